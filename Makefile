@@ -1,0 +1,26 @@
+# Set-up and the two everyday commands. Everything installs into .venv, so a fresh
+# clone needs only Python 3.10+ (3.11 on this project's machines).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The ephemeral Prefect API's telemetry races its own first migration; see histo_cli.
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+
+.PHONY: demo test setup clean
+
+$(BIN)/histo: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	@touch $@
+
+setup: $(BIN)/histo
+
+demo: setup
+	$(BIN)/histo demo
+
+test: setup
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) histo-demo histo-store histo-work

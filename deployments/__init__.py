@@ -1,0 +1,1 @@
+"""Deployments of the flows: schedules and triggers, served locally or deployed to a work pool."""

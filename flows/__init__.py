@@ -1,0 +1,1 @@
+"""Prefect flows: the retrain chain (and, as they land, watch, predict, rollback)."""

@@ -1,0 +1,1 @@
+"""The ``histo`` command line: the edge where arguments become typed configs."""

@@ -1,0 +1,136 @@
+"""``histo``: run the demo, a retrain, or make sample data.
+
+Prefect and torch are imported inside the commands that need them, so ``histo --help``
+answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from histo_core.config import RetrainConfig, TrainConfig
+
+
+def _quiet_prefect_defaults() -> None:
+    """Defaults for running on a laptop; an explicit environment setting wins.
+
+    The ephemeral API server's telemetry heartbeat races its own database migration on
+    first start and prints a 'database is locked' traceback; nothing is lost, but it
+    reads like a failure, so it is off unless asked for.
+    """
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+
+
+def _run_retrain(config: RetrainConfig) -> dict[str, Any]:
+    _quiet_prefect_defaults()
+    from flows.retrain import retrain
+
+    return retrain(config)
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from histo_core.data.synthetic import SyntheticSpec, write_kaggle_layout
+
+    start = time.perf_counter()
+    write_kaggle_layout(args.dest, SyntheticSpec(count=args.count, seed=args.seed))
+    print(f"wrote {args.count} patches to {args.dest} in {time.perf_counter() - start:.1f}s")
+    return 0
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    train = TrainConfig(epochs=args.epochs, device=args.device)
+    config = RetrainConfig(data=args.data, store=args.store, workdir=args.workdir,
+                           model_name=args.model_name, train=train)
+    result = _run_retrain(config)
+    return 0 if result["outcome"] in ("promoted", "rejected") else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Two retrain runs on generated data: the first model becomes champion, then a
+    second batch arrives and the new challenger must beat it on the same hold-out."""
+    from histo_core.data.synthetic import SyntheticSpec, write_kaggle_layout
+
+    started = time.perf_counter()
+    root = Path(args.workdir).resolve() / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    data = root / "data"
+    config = RetrainConfig(data=str(data), store=str(root / "store"), workdir=str(root / "work"),
+                           train=TrainConfig(epochs=args.epochs))
+    outcomes = []
+    for step, (batch, count, seed) in enumerate([("batch-001", 2000, 1), ("batch-002", 1500, 2)], 1):
+        print(f"\n=== demo {step}/2: new labelled batch {batch} ({count} generated patches) ===", flush=True)
+        write_kaggle_layout(data / "batches" / batch, SyntheticSpec(count=count, seed=seed))
+        outcomes.append(_run_retrain(config))
+    print("\n=== demo finished in {:.0f}s ===".format(time.perf_counter() - started))
+    for i, r in enumerate(outcomes, 1):
+        print(f"run {i}: {r['outcome']:<9} challenger AUC {r['challenger_auc']:.4f}  "
+              f"champion before: {r['previous_champion'] or 'none'}")
+    print(f"champion now: {outcomes[-1]['champion']}\n"
+          f"store (models, versions, events, run records): {config.store}\n"
+          f"data: {data}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    _quiet_prefect_defaults()
+    from deployments.serve import serve_deployments
+
+    config = RetrainConfig(data=args.data, store=args.store, workdir=args.workdir)
+    serve_deployments(config, cron=args.cron, timezone=args.timezone)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="histo", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="generate sample data and run two retrains (no cloud account)")
+    demo.add_argument("--workdir", default="histo-demo", help="folder for data, store and scratch")
+    demo.add_argument("--epochs", type=int, default=TrainConfig().epochs)
+    demo.set_defaults(func=cmd_demo)
+
+    retrain = sub.add_parser("retrain", help="validate, split, train, evaluate, promote, upload")
+    retrain.add_argument("--data", required=True, help="data root in any supported layout")
+    retrain.add_argument("--store", default=RetrainConfig.model_fields["store"].default)
+    retrain.add_argument("--workdir", default=RetrainConfig.model_fields["workdir"].default)
+    retrain.add_argument("--model-name", default=RetrainConfig.model_fields["model_name"].default)
+    retrain.add_argument("--epochs", type=int, default=TrainConfig().epochs)
+    retrain.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    retrain.set_defaults(func=cmd_retrain)
+
+    serve = sub.add_parser("serve", help="serve the retrain deployments (nightly and manual)")
+    serve.add_argument("--data", required=True, help="data root the deployments retrain on")
+    serve.add_argument("--store", default=RetrainConfig.model_fields["store"].default)
+    serve.add_argument("--workdir", default=RetrainConfig.model_fields["workdir"].default)
+    serve.add_argument("--cron", default="0 2 * * *", help="nightly schedule (cron syntax)")
+    serve.add_argument("--timezone", default="UTC", help="IANA time zone of the cron schedule")
+    serve.set_defaults(func=cmd_serve)
+
+    data = sub.add_parser("data", help="data utilities").add_subparsers(dest="data_command", required=True)
+    synth = data.add_parser("synth", help="write generated H&E-like patches in the Kaggle layout")
+    synth.add_argument("dest", type=Path)
+    synth.add_argument("--count", type=int, default=2000)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(func=cmd_synth)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileExistsError, FileNotFoundError) as exc:
+        # Our errors say what is wrong and what to do; a traceback would bury that.
+        print(f"histo: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

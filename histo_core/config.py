@@ -1,0 +1,81 @@
+"""Typed configuration shared by the library, the CLI, the flows and the deployments.
+
+Every model is frozen: the library receives a finished config and never edits it;
+overrides from the command line or a Prefect form are applied at the edge with
+``model_copy(update=...)``. Defaults run on a laptop CPU in a few minutes.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ValidationConfig(_Frozen):
+    """Thresholds that decide whether a data set may be trained on."""
+
+    image_size: int = Field(96, description="Expected width and height of every patch, in pixels.")
+    max_quarantine_fraction: float = Field(
+        0.05, ge=0, le=1, description="Stop the run when more than this fraction of rows is quarantined."
+    )
+    min_positive_fraction: float = Field(0.05, ge=0, le=1, description="Lowest accepted share of label 1.")
+    max_positive_fraction: float = Field(0.95, ge=0, le=1, description="Highest accepted share of label 1.")
+    min_rows: int = Field(20, ge=1, description="Fewest usable rows worth training on.")
+
+
+class SplitConfig(_Frozen):
+    """Fractions of the content-hash split. Changing ``salt`` reshuffles every image: don't."""
+
+    val_fraction: float = Field(0.15, gt=0, lt=1)
+    test_fraction: float = Field(0.15, gt=0, lt=1)
+    salt: str = Field("histo-retrain-v1", description="Fixed salt of the split hash.")
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_data(self) -> "SplitConfig":
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError(
+                f"val_fraction + test_fraction = {self.val_fraction + self.test_fraction:.2f}; "
+                "it must stay below 0.9 to leave data for training"
+            )
+        return self
+
+
+class TrainConfig(_Frozen):
+    """How the challenger is trained."""
+
+    model: str = Field("simple_cnn", description="Architecture name, see histo_core.model.MODELS.")
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    dropout: float = Field(0.5, ge=0, lt=1)
+    augment: bool = Field(True, description="Random flips and 90-degree rotations while training.")
+    seed: int = 0
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
+    num_threads: int = Field(0, ge=0, description="CPU threads for torch; 0 means all cores.")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+
+
+class GateConfig(_Frozen):
+    """When a challenger replaces the champion."""
+
+    auc_floor: float = Field(0.8, ge=0, le=1, description="A challenger below this test AUC is never promoted.")
+    min_improvement: float = Field(
+        0.0, ge=0, description="Required AUC margin over the champion on the same hold-out."
+    )
+
+
+class RetrainConfig(_Frozen):
+    """Everything one retrain run needs; the Prefect UI renders it as a form."""
+
+    data: str = Field(..., description="Data root: a folder in any supported layout, or a root of batches/.")
+    store: str = Field("./histo-store", description="Artifact store: a folder (S3 lands with issue 5).")
+    workdir: str = Field("./histo-work", description="Local scratch folder for caches and run files.")
+    model_name: str = Field("pcam-cnn", description="Registry name the versions are filed under.")
+    validation: ValidationConfig = ValidationConfig()
+    split: SplitConfig = SplitConfig()
+    train: TrainConfig = TrainConfig()
+    gate: GateConfig = GateConfig()

@@ -1,0 +1,1 @@
+"""Getting labelled patches in: sources, the manifest, the decoded cache, the Dataset."""

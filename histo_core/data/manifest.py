@@ -1,0 +1,111 @@
+"""The manifest: one row per labelled image with what validation and training need.
+
+Each image is opened once here, in a process pool for large data sets. Nothing is
+written to the data folder: the pipeline treats inputs as read-only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from histo_core.data.sources import list_images
+
+# Refuse decompression bombs before decoding: a 96x96 patch has 9,216 pixels.
+MAX_PIXELS = 4096 * 4096
+BLANK_LEVEL = 220  # a pixel whose channels are all above this is background glass
+PARALLEL_FROM = 4000  # below this many rows a process pool costs more than it saves
+
+MANIFEST_COLUMNS = [
+    "id", "label", "path", "batch", "width", "height", "mode", "bytes", "pixel_sha256",
+    "mean_r", "mean_g", "mean_b", "std", "blank_fraction", "error",
+]
+
+
+def inspect_image(path: str) -> dict[str, object]:
+    """Open one image and describe it; failures are reported in ``error``, never raised."""
+    info: dict[str, object] = {"width": 0, "height": 0, "mode": "", "bytes": 0, "pixel_sha256": "",
+                               "mean_r": np.nan, "mean_g": np.nan, "mean_b": np.nan, "std": np.nan,
+                               "blank_fraction": np.nan, "error": ""}
+    if not path:
+        info["error"] = "id is not a safe file name (absolute, '..' or a path separator)"
+        return info
+    try:
+        info["bytes"] = os.path.getsize(path)
+    except OSError:
+        info["error"] = f"no image file at {path}"
+        return info
+    if info["bytes"] == 0:
+        info["error"] = "empty file (0 bytes)"
+        return info
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                info.update(width=img.width, height=img.height, mode=img.mode)
+                if img.width * img.height > MAX_PIXELS:
+                    info["error"] = f"refused: {img.width}x{img.height} pixels exceeds {MAX_PIXELS}"
+                    return info
+                pixels = np.asarray(img)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as exc:
+        info["error"] = f"unreadable image: {exc}"
+        return info
+    info["pixel_sha256"] = hashlib.sha256(pixels.tobytes()).hexdigest()
+    if info["mode"] == "RGB":
+        means = pixels.reshape(-1, 3).mean(axis=0)
+        info.update(mean_r=float(means[0]), mean_g=float(means[1]), mean_b=float(means[2]),
+                    std=float(pixels.std()),
+                    blank_fraction=float((pixels.min(axis=2) > BLANK_LEVEL).mean()))
+    return info
+
+
+def _inspect_many(paths: list[str]) -> list[dict[str, object]]:
+    return [inspect_image(p) for p in paths]
+
+
+def build_manifest(
+    root: Path | str,
+    workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> pd.DataFrame:
+    """Describe every labelled image under ``root`` (see ``MANIFEST_COLUMNS``)."""
+    table = list_images(root)
+    paths = table["path"].tolist()
+    workers = workers or os.cpu_count() or 1
+    if len(paths) < PARALLEL_FROM or workers == 1:
+        infos = []
+        for start in range(0, len(paths), 1000):
+            infos += _inspect_many(paths[start:start + 1000])
+            if progress:
+                progress(len(infos), len(paths))
+    else:
+        chunk = max(256, len(paths) // (workers * 8))
+        chunks = [paths[i:i + chunk] for i in range(0, len(paths), chunk)]
+        infos = []
+        # fork: workers need no re-import of the caller's main module (spawn would run an
+        # unguarded script again); they only run PIL, numpy and hashlib, which hold no
+        # locks shared with the caller's threads.
+        with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
+            for part in pool.map(_inspect_many, chunks):
+                infos += part
+                if progress:
+                    progress(len(infos), len(paths))
+    manifest = pd.concat([table.reset_index(drop=True), pd.DataFrame(infos)], axis=1)
+    return manifest[MANIFEST_COLUMNS]
+
+
+def manifest_hash(manifest: pd.DataFrame) -> str:
+    """A content hash of the rows that matter for training (id, label, pixels)."""
+    digest = hashlib.sha256()
+    for row in manifest[["id", "label", "pixel_sha256"]].itertuples(index=False):
+        digest.update("\t".join(map(str, row)).encode() + b"\n")
+    return digest.hexdigest()

@@ -1,0 +1,133 @@
+"""Resolve a data root to a table of labelled images: ``id, label, path, batch``.
+
+Supported layouts (detected in this order):
+
+* ``batches/<batch-id>/`` — append-only batches, each in one of the layouts below;
+  the data set is their union and every row remembers its batch;
+* Kaggle — ``train_labels.csv`` (``id,label``) and ``train/<id>.tif``;
+* labels CSV — ``labels.csv`` (``id,label`` and optionally ``filename`` or ``path``)
+  beside the images (in the root or in ``images/``), any of .tif/.tiff/.png/.jpg;
+* class folders — ``0/`` and ``1/`` holding images.
+
+Labels are kept as the text found in the file; ``validation`` decides what is valid.
+An id that could escape the data root (absolute, ``..``, separators) gets no path, so
+nothing outside the root is ever opened.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+COLUMNS = ["id", "label", "path", "batch"]
+
+
+class DataSourceError(ValueError):
+    """The data root cannot be read as any supported layout."""
+
+
+def _read_labels_csv(csv_path: Path) -> pd.DataFrame:
+    """Read a labels file as text, tolerating a UTF-8 BOM, CRLF and padded cells."""
+    table = pd.read_csv(csv_path, dtype=str, encoding="utf-8-sig", keep_default_na=False)
+    table.columns = [c.strip() for c in table.columns]
+    missing = {"id", "label"} - set(table.columns)
+    if missing:
+        raise DataSourceError(
+            f"{csv_path}: missing column(s) {sorted(missing)}; found {list(table.columns)}. "
+            "A labels file needs at least 'id' and 'label'."
+        )
+    return table.apply(lambda col: col.str.strip())
+
+
+def _safe_child(root: Path, relative: str) -> Path | None:
+    """``root/relative`` if it stays inside ``root``; None for anything that could escape."""
+    if not relative or relative.startswith(("/", "\\")) or ".." in Path(relative).parts:
+        return None
+    candidate = (root / relative).resolve()
+    return candidate if candidate.is_relative_to(root.resolve()) else None
+
+
+def _safe_id(image_id: str) -> bool:
+    return bool(image_id) and not any(ch in image_id for ch in "/\\") and image_id not in {".", ".."}
+
+
+def _find_image(folder: Path, image_id: str) -> Path:
+    """The file for ``image_id`` in ``folder``; the ``.tif`` name when none exists, so the
+    manifest reports it as missing by its expected name."""
+    for suffix in IMAGE_SUFFIXES:
+        candidate = folder / f"{image_id}{suffix}"
+        if candidate.is_file():
+            return candidate
+    return folder / f"{image_id}.tif"
+
+
+def _kaggle(root: Path) -> pd.DataFrame:
+    table = _read_labels_csv(root / "train_labels.csv")
+    paths = [str(root / "train" / f"{i}.tif") if _safe_id(i) else "" for i in table["id"]]
+    return pd.DataFrame({"id": table["id"], "label": table["label"], "path": paths})
+
+
+def _labels_csv(root: Path) -> pd.DataFrame:
+    table = _read_labels_csv(root / "labels.csv")
+    column = next((c for c in ("filename", "path") if c in table.columns), None)
+    folder = root / "images" if (root / "images").is_dir() else root
+    paths = []
+    for row_id, rel in zip(table["id"], table[column] if column else table["id"]):
+        if column:
+            found = _safe_child(root, rel)
+        else:
+            found = _find_image(folder, row_id) if _safe_id(row_id) else None
+        paths.append(str(found) if found else "")
+    return pd.DataFrame({"id": table["id"], "label": table["label"], "path": paths})
+
+
+def _class_folders(root: Path) -> pd.DataFrame:
+    rows = [
+        {"id": f.stem, "label": label, "path": str(f)}
+        for label in ("0", "1")
+        for f in sorted((root / label).iterdir())
+        if f.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    return pd.DataFrame(rows, columns=["id", "label", "path"])
+
+
+def detect_layout(root: Path) -> str:
+    """Name the layout of ``root``; raise with the list of layouts when none fits."""
+    if (root / "batches").is_dir():
+        return "batches"
+    if (root / "train_labels.csv").is_file():
+        return "kaggle"
+    if (root / "labels.csv").is_file():
+        return "labels_csv"
+    if (root / "0").is_dir() and (root / "1").is_dir():
+        return "class_folders"
+    raise DataSourceError(
+        f"{root}: no supported layout found. Expected one of: batches/<batch-id>/; "
+        "train_labels.csv + train/ (Kaggle); labels.csv beside the images; class folders 0/ and 1/."
+    )
+
+
+_READERS = {"kaggle": _kaggle, "labels_csv": _labels_csv, "class_folders": _class_folders}
+
+
+def list_images(root: Path | str) -> pd.DataFrame:
+    """All labelled images under ``root`` as ``id, label, path, batch`` (paths absolute)."""
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        raise DataSourceError(f"{root}: no such data folder")
+    layout = detect_layout(root)
+    if layout != "batches":
+        table = _READERS[layout](root)
+        table["batch"] = ""
+        return table[COLUMNS]
+    batches = sorted(p for p in (root / "batches").iterdir() if p.is_dir())
+    if not batches:
+        raise DataSourceError(f"{root / 'batches'}: holds no batch folders")
+    parts = []
+    for batch in batches:
+        table = _READERS[detect_layout(batch)](batch)
+        table["batch"] = batch.name
+        parts.append(table)
+    return pd.concat(parts, ignore_index=True)[COLUMNS]

@@ -1,0 +1,110 @@
+"""Model versions and the champion pointer, on top of a ``Store``.
+
+Layout::
+
+    models/<name>/versions/<version>/model.pt, metrics.json, ...
+    models/<name>/champion.json        {"version": ..., "sha256": ..., "auc": ...}
+    models/<name>/events/<time>-<kind>-<version>.json
+
+A version is uploaded and verified completely before ``champion.json`` may point at it,
+and the pointer moves only by a conditional write, so a reader always finds a complete,
+checksummed version and two concurrent promotions cannot both win.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from histo_core.storage import ConflictError, Store, StoreError, sha256_file
+
+WEIGHTS = "model.pt"
+
+
+class ChecksumError(StoreError):
+    """A downloaded file does not match the checksum recorded for it."""
+
+
+@dataclass(frozen=True)
+class Champion:
+    version: str
+    record: dict[str, Any]
+    etag: str
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+class Registry:
+    def __init__(self, store: Store, name: str) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+            raise ValueError(f"model name {name!r}: use letters, digits, '.', '_' or '-'")
+        self.store, self.name = store, name
+        self.prefix = f"models/{name}"
+
+    def new_version_id(self) -> str:
+        """A sortable, unique version id: UTC time to the microsecond."""
+        return f"v{_now()}"
+
+    def publish_version(self, version: str, files: dict[str, Path], metadata: dict[str, Any]) -> dict[str, Any]:
+        """Upload a version's files, then its ``version.json`` listing their checksums.
+
+        ``files`` must include ``model.pt``. ``version.json`` is written last, so a version
+        without it is incomplete and is never made champion.
+        """
+        if WEIGHTS not in files:
+            raise ValueError(f"a version needs {WEIGHTS}; got {sorted(files)}")
+        base = f"{self.prefix}/versions/{version}"
+        checksums = {}
+        for name, local in files.items():
+            expected = sha256_file(local)
+            stored = self.store.put_file(local, f"{base}/{name}")
+            if stored != expected:
+                raise ChecksumError(f"{base}/{name}: uploaded sha256 {stored} != local {expected}")
+            checksums[name] = expected
+        record = {"version": version, "model": self.name, "files": checksums, **metadata}
+        self.store.put_json(f"{base}/version.json", record)
+        return record
+
+    def version(self, version: str) -> dict[str, Any]:
+        record = self.store.get_json(f"{self.prefix}/versions/{version}/version.json")
+        if record is None:
+            raise StoreError(f"{self.name}: no complete version {version!r}")
+        return record
+
+    def versions(self) -> list[str]:
+        keys = self.store.list(f"{self.prefix}/versions")
+        return sorted({k.split("/")[3] for k in keys if k.endswith("/version.json")})
+
+    def champion(self) -> Champion | None:
+        record, etag = self.store.get_json_with_etag(f"{self.prefix}/champion.json")
+        return Champion(record["version"], record, etag) if record else None
+
+    def set_champion(self, version: str, expected_etag: str | None, **details: Any) -> None:
+        """Point the champion at ``version`` unless someone else moved it since we read it."""
+        record = self.version(version)  # refuses incomplete versions
+        pointer = {"version": version, "sha256": record["files"][WEIGHTS], "since": _now(), **details}
+        try:
+            self.store.put_json_if(f"{self.prefix}/champion.json", pointer, expected_etag)
+        except ConflictError as exc:
+            raise ConflictError(f"champion changed underneath this run; not promoting {version}: {exc}") from exc
+
+    def record_event(self, kind: str, version: str, payload: dict[str, Any]) -> str:
+        key = f"{self.prefix}/events/{_now()}-{kind}-{version}.json"
+        self.store.put_json(key, {"kind": kind, "version": version, **payload})
+        return key
+
+    def download_weights(self, version: str, local: Path | str) -> Path:
+        """Fetch ``model.pt`` of ``version`` and verify it against the recorded sha256."""
+        expected = self.version(version)["files"][WEIGHTS]
+        path = self.store.get_file(f"{self.prefix}/versions/{version}/{WEIGHTS}", local)
+        actual = sha256_file(path)
+        if actual != expected:
+            path.unlink()
+            raise ChecksumError(f"{self.name} {version}: weights sha256 {actual} != recorded {expected}; "
+                                "the stored file is corrupt and was not loaded")
+        return path

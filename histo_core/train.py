@@ -1,0 +1,165 @@
+"""The trainer: BCEWithLogits + Adam with class-balanced sampling, best-val-loss checkpoints.
+
+Read top to bottom: ``fit`` sets up, then alternates ``train_one_epoch`` and
+``evaluate_loss_auc`` and writes ``history.json``, ``best.pt`` (whenever the val loss
+improves) and ``last.pt`` (every epoch, with optimizer and RNG state, so a retried run
+resumes where it stopped instead of starting over).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+from torch import nn
+from torch.utils.data import DataLoader, WeightedRandomSampler
+
+from histo_core.config import TrainConfig
+from histo_core.data.dataset import PatchDataset, to_model_input
+from histo_core.model import create_model
+from histo_core.split import balanced_weights
+
+log = logging.getLogger(__name__)
+EpochCallback = Callable[[dict[str, float]], None]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    best_checkpoint: Path
+    last_checkpoint: Path
+    history: list[dict[str, float]]
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """CUDA, then Apple MPS, then CPU, unless a device is named."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def build_model(cfg: TrainConfig) -> nn.Module:
+    return create_model(cfg.model, dropout=cfg.dropout)
+
+
+def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
+                    loss_fn: nn.Module, device: torch.device) -> tuple[float, float]:
+    """One pass over ``loader``; returns (mean loss, images per second)."""
+    model.train()
+    total, seen, start = 0.0, 0, time.perf_counter()
+    for images, labels in loader:
+        x, y = to_model_input(images, device), labels.to(device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(y)
+        seen += len(y)
+    return total / max(1, seen), seen / (time.perf_counter() - start)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and labels for every item of ``loader``, in order."""
+    model.eval()
+    logits, labels = [], []
+    for images, y in loader:
+        logits.append(model(to_model_input(images, device)).float().cpu())
+        labels.append(y)
+    return torch.cat(logits).numpy(), torch.cat(labels).numpy()
+
+
+def evaluate_loss_auc(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[float, float]:
+    logits, labels = predict_logits(model, loader, device)
+    loss = nn.functional.binary_cross_entropy_with_logits(torch.from_numpy(logits), torch.from_numpy(labels))
+    auc = roc_auc_score(labels, logits) if len(set(labels.tolist())) == 2 else math.nan
+    return float(loss), float(auc)
+
+
+def _checkpoint(model: nn.Module, cfg: TrainConfig, **extra: object) -> dict[str, object]:
+    """A plain dict loadable with ``torch.load(..., weights_only=True)``."""
+    return {"model": model.state_dict(), "model_name": cfg.model,
+            "model_kwargs": {"dropout": cfg.dropout}, "config": cfg.model_dump(), **extra}
+
+
+def _save(obj: dict[str, object], path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)  # a crash mid-write never leaves a truncated checkpoint
+
+
+def fit(train_set: PatchDataset, val_set: PatchDataset, cfg: TrainConfig, out_dir: Path | str,
+        on_epoch: EpochCallback | None = None) -> TrainResult:
+    """Train ``cfg.model`` on ``train_set``; checkpoints and history go to ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = pick_device(cfg.device)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg).to(device, memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    loss_fn = nn.BCEWithLogitsLoss()
+    sampler_gen = torch.Generator().manual_seed(cfg.seed)
+    weights = balanced_weights(train_set.labels[train_set.indices])
+    sampler = WeightedRandomSampler(torch.as_tensor(weights), len(weights), replacement=True,
+                                    generator=sampler_gen)
+    pin = device.type == "cuda"
+    train_loader = DataLoader(train_set, cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
+                              pin_memory=pin, drop_last=len(train_set) > cfg.batch_size)
+    val_loader = DataLoader(val_set, cfg.batch_size * 2, num_workers=cfg.num_workers, pin_memory=pin)
+
+    history: list[dict[str, float]] = []
+    best_loss, start_epoch = math.inf, 0
+    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    if last_path.exists():
+        state = torch.load(last_path, map_location=device, weights_only=True)
+        if state["config"] == cfg.model_dump():
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            sampler_gen.set_state(state["sampler_rng"])
+            torch.set_rng_state(state["torch_rng"])
+            history, best_loss, start_epoch = state["history"], state["best_val_loss"], state["epoch"]
+            log.info("resuming from %s after epoch %d", last_path, start_epoch)
+        else:
+            log.warning("ignoring %s: it was written with a different config", last_path)
+
+    log.info("training %s on %s: %d train / %d val images, %d epochs",
+             cfg.model, device, len(train_set), len(val_set), cfg.epochs)
+    for epoch in range(start_epoch + 1, cfg.epochs + 1):
+        train_loss, images_per_s = train_one_epoch(model, train_loader, optimizer, loss_fn, device)
+        val_loss, val_auc = evaluate_loss_auc(model, val_loader, device)
+        record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_auc": val_auc,
+                  "lr": optimizer.param_groups[0]["lr"], "images_per_s": images_per_s,
+                  "improved": val_loss < best_loss}
+        history.append(record)
+        if val_loss < best_loss:
+            best_loss = val_loss
+            _save(_checkpoint(model, cfg, epoch=epoch, val_loss=val_loss, val_auc=val_auc), best_path)
+        _save(_checkpoint(model, cfg, epoch=epoch, optimizer=optimizer.state_dict(), history=history,
+                          best_val_loss=best_loss, sampler_rng=sampler_gen.get_state(),
+                          torch_rng=torch.get_rng_state()), last_path)
+        (out_dir / "history.json").write_text(json.dumps(history, indent=2))
+        if on_epoch:
+            on_epoch(record)
+    return TrainResult(best_path, last_path, history)
+
+
+def load_model(checkpoint: Path | str, device: torch.device | str = "cpu") -> nn.Module:
+    """Rebuild a model from a checkpoint written by ``fit`` (safe loader: weights only)."""
+    state = torch.load(checkpoint, map_location=device, weights_only=True)
+    model = create_model(state["model_name"], **state["model_kwargs"])
+    model.load_state_dict(state["model"])
+    return model.to(device, memory_format=torch.channels_last).eval()

@@ -1,0 +1,174 @@
+"""Validation of a manifest with a Great Expectations (GX Core 1.x) suite.
+
+Two kinds of problem, two consequences:
+
+* **row problems** (unreadable file, wrong size or mode, a label that is not 0 or 1,
+  an id used twice with different labels or pixels, an unsafe id) quarantine that row
+  with a reason, and the run goes on without it;
+* **data set problems** (too few rows, one class only, class balance out of bounds,
+  too many rows quarantined) stop the run with ``DataValidationError``.
+
+Each row check is one GX expectation over the manifest, so the suite can be read and
+extended like any other GX suite; helper columns computed with pandas hold the facts
+GX cannot express directly (duplicate-id conflicts). GX is imported lazily: it takes
+seconds to import and only this step needs it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from histo_core.config import ValidationConfig
+
+log = logging.getLogger(__name__)
+
+NEAR_BLANK = 0.9  # blank_fraction above this draws a warning
+
+
+class DataValidationError(ValueError):
+    """The data set as a whole cannot be trained on; the message says why and what to do."""
+
+
+@dataclass
+class ValidationResult:
+    """The manifest with ``status`` (ok / warning / quarantined) and ``reason`` per row."""
+
+    rows: pd.DataFrame
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+    def counts(self) -> dict[str, int]:
+        return {k: int(v) for k, v in self.rows["status"].value_counts().items()}
+
+    def report(self) -> dict[str, Any]:
+        """A JSON-ready report listing every row and the data set verdict."""
+        usable = self.rows[self.rows["status"] != "quarantined"]
+        return {
+            "verdict": "passed" if self.passed else "stopped",
+            "problems": self.problems,
+            "counts": self.counts(),
+            "labels": {str(k): int(v) for k, v in usable["label"].value_counts().sort_index().items()},
+            "rows": self.rows[["id", "status", "reason"]].to_dict(orient="records"),
+        }
+
+    def summary(self) -> str:
+        c = self.counts()
+        line = (f"{len(self.rows)} rows: {c.get('ok', 0)} ok, {c.get('warning', 0)} with warnings, "
+                f"{c.get('quarantined', 0)} quarantined")
+        return line + ("" if self.passed else " -- STOPPED: " + "; ".join(self.problems))
+
+
+def _helper_columns(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Add the columns the suite checks that the manifest does not hold directly."""
+    rows = manifest.reset_index(drop=True).copy()
+    rows["row"] = rows.index  # a unique key for GX to report failing rows by
+    rows["error"] = rows["error"].replace("", None)
+    rows["label"] = rows["label"].astype(str).str.strip()
+    same_id = rows.groupby("id")
+    rows["id_conflict"] = (same_id["label"].transform("nunique") > 1) | (
+        same_id["pixel_sha256"].transform("nunique") > 1
+    )
+    rows["near_blank"] = rows["blank_fraction"].fillna(0) > NEAR_BLANK
+    return rows
+
+
+def _row_expectations(cfg: ValidationConfig) -> list[tuple[Any, str, str]]:
+    """(expectation, consequence, reason template) for each row rule, in reporting order."""
+    import great_expectations as gx
+
+    e = gx.expectations
+    return [
+        (e.ExpectColumnValuesToBeNull(column="error"), "quarantined", "{error}"),
+        (e.ExpectColumnValuesToBeInSet(column="label", value_set=["0", "1"]),
+         "quarantined", "label {label!r} is not 0 or 1"),
+        (e.ExpectColumnValuesToBeInSet(column="mode", value_set=["RGB"]),
+         "quarantined", "image mode {mode!r} is not 8-bit RGB"),
+        (e.ExpectColumnValuesToBeBetween(column="width", min_value=cfg.image_size, max_value=cfg.image_size),
+         "quarantined", "size {width}x{height}, expected " + f"{cfg.image_size}x{cfg.image_size}"),
+        (e.ExpectColumnValuesToBeBetween(column="height", min_value=cfg.image_size, max_value=cfg.image_size),
+         "quarantined", "size {width}x{height}, expected " + f"{cfg.image_size}x{cfg.image_size}"),
+        (e.ExpectColumnValuesToBeInSet(column="id_conflict", value_set=[False]),
+         "quarantined", "id {id!r} appears more than once with different labels or pixels"),
+        (e.ExpectColumnValuesToBeInSet(column="near_blank", value_set=[False]),
+         "warning", "near-blank patch ({blank_fraction:.0%} background)"),
+    ]
+
+
+def run_suite(rows: pd.DataFrame, cfg: ValidationConfig) -> list[tuple[str, str, list[int]]]:
+    """Run the GX suite; return (consequence, reason template, failing row numbers) per rule."""
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    batch_def = (context.data_sources.add_pandas("manifest")
+                 .add_dataframe_asset("rows").add_batch_definition_whole_dataframe("all"))
+    rules = _row_expectations(cfg)
+    suite = context.suites.add(gx.ExpectationSuite(name="histo_manifest"))
+    for expectation, _, _ in rules:
+        suite.add_expectation(expectation)
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(name="histo_manifest", data=batch_def, suite=suite))
+    result = definition.run(
+        batch_parameters={"dataframe": rows},
+        result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["row"]},
+    )
+    # GX keeps the suite's order in its results; pair them back with our reasons.
+    failing = []
+    for (_, consequence, reason), outcome in zip(rules, result.results):
+        index_list = outcome.result.get("unexpected_index_list") or []
+        failing.append((consequence, reason, [int(item["row"]) for item in index_list]))
+    return failing
+
+
+def _dataset_problems(rows: pd.DataFrame, cfg: ValidationConfig) -> list[str]:
+    usable = rows[rows["status"] != "quarantined"]
+    quarantined = 1 - len(usable) / max(1, len(rows))
+    problems = []
+    if len(rows) == 0:
+        return ["the data set has no rows; check that the labels file lists images"]
+    if quarantined > cfg.max_quarantine_fraction:
+        problems.append(f"{quarantined:.1%} of rows quarantined, above the limit of "
+                        f"{cfg.max_quarantine_fraction:.1%}; see the report for each row's reason")
+    if len(usable) < cfg.min_rows:
+        problems.append(f"only {len(usable)} usable rows, fewer than the minimum of {cfg.min_rows}")
+    classes = set(usable["label"])
+    if len(usable) and len(classes) < 2:
+        problems.append(f"only label {sorted(classes)} present; training needs both 0 and 1")
+    elif len(usable):
+        positive = (usable["label"] == "1").mean()
+        if not cfg.min_positive_fraction <= positive <= cfg.max_positive_fraction:
+            problems.append(f"label 1 is {positive:.1%} of usable rows, outside the accepted "
+                            f"{cfg.min_positive_fraction:.0%}-{cfg.max_positive_fraction:.0%}")
+    return problems
+
+
+def validate_manifest(manifest: pd.DataFrame, cfg: ValidationConfig = ValidationConfig()) -> ValidationResult:
+    """Check every row and the data set; never raises for bad rows, only marks them."""
+    rows = _helper_columns(manifest)
+    rows["status"], rows["reason"] = "ok", ""
+    if len(rows):
+        for consequence, template, failing in run_suite(rows, cfg):
+            for i in failing:
+                if rows.at[i, "status"] == "quarantined":
+                    continue  # the first, most basic reason is the one reported
+                rows.at[i, "status"] = consequence
+                rows.at[i, "reason"] = template.format(**rows.loc[i].to_dict())
+    result = ValidationResult(rows.drop(columns=["row", "id_conflict", "near_blank"]))
+    result.problems = _dataset_problems(result.rows, cfg)
+    for _, row in result.rows[result.rows["status"] == "quarantined"].head(20).iterrows():
+        log.warning("quarantined %s (%s): %s", row["id"], row["path"] or "no path", row["reason"])
+    return result
+
+
+def require_passed(result: ValidationResult) -> None:
+    """Raise ``DataValidationError`` with every data set problem when validation stopped the run."""
+    if not result.passed:
+        raise DataValidationError("data set rejected: " + "; ".join(result.problems))

@@ -1,0 +1,76 @@
+"""One Prefect task per retrain step, in run order. Each passes file paths, not data,
+so Prefect can retry a step, show its inputs, and a re-run can pick up the files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
+
+from histo_core import steps
+from histo_core.config import GateConfig, SplitConfig, TrainConfig, ValidationConfig
+
+
+@task(name="validate-data", cache_policy=NO_CACHE)
+def validate_data(data: str, run_dir: str, cfg: ValidationConfig) -> str:
+    """Manifest + GX validation; fails the run with the data set problems if rejected."""
+    logger = get_run_logger()
+    try:
+        return str(steps.validate(data, Path(run_dir), cfg))
+    finally:
+        report_path = Path(run_dir) / "validation.json"
+        if report_path.exists():
+            report = json.loads(report_path.read_text())
+            logger.info("data %s: %s; labels %s", report["verdict"], report["counts"], report["labels"])
+            for row in [r for r in report["rows"] if r["status"] == "quarantined"][:10]:
+                logger.warning("quarantined %s: %s", row["id"], row["reason"])
+
+
+@task(name="split-data", cache_policy=NO_CACHE)
+def split_data(manifest_csv: str, run_dir: str, cfg: SplitConfig) -> str:
+    return str(steps.split(Path(manifest_csv), Path(run_dir), cfg))
+
+
+# A retry resumes from last.pt in the same run folder instead of starting over.
+@task(name="train-model", retries=1, cache_policy=NO_CACHE)
+def train_model(split_csv: str, run_dir: str, cache_dir: str, cfg: TrainConfig) -> str:
+    logger = get_run_logger()
+
+    def log_epoch(r: dict[str, float]) -> None:
+        logger.info("epoch %d/%d  train loss %.4f  val loss %.4f  val AUC %.4f  %.0f img/s%s",
+                    r["epoch"], cfg.epochs, r["train_loss"], r["val_loss"], r["val_auc"],
+                    r["images_per_s"], "  (best so far, saved)" if r["improved"] else "")
+
+    return str(steps.train(Path(split_csv), Path(run_dir), Path(cache_dir), cfg, log_epoch))
+
+
+@task(name="evaluate-models", retries=2, retry_delay_seconds=exponential_backoff(5), cache_policy=NO_CACHE)
+def evaluate_models(split_csv: str, challenger: str, run_dir: str, cache_dir: str,
+                    store: str, model_name: str, device: str) -> str:
+    path = steps.evaluate(Path(split_csv), Path(challenger), Path(run_dir), Path(cache_dir),
+                          store, model_name, device)
+    report = json.loads(path.read_text())
+    logger = get_run_logger()
+    logger.info("challenger on hold-out: %s", report["challenger"])
+    logger.info("champion %s on hold-out: %s", report["champion_version"] or "(none)", report["champion"])
+    return str(path)
+
+
+@task(name="promote-model", retries=2, retry_delay_seconds=exponential_backoff(5), cache_policy=NO_CACHE)
+def promote_model(evaluation_json: str, challenger: str, run_dir: str, store: str,
+                  model_name: str, cfg: GateConfig) -> str:
+    manifest = Path(run_dir) / "manifest.csv"
+    path = steps.promote(Path(evaluation_json), Path(challenger), Path(run_dir), store, model_name,
+                         cfg, steps.data_hash(manifest))
+    decision = json.loads(path.read_text())
+    get_run_logger().info("decision: %s %s (%s)", decision["outcome"], decision["version"],
+                          "; ".join(decision["reasons"]))
+    return str(path)
+
+
+@task(name="upload-artifacts", retries=3, retry_delay_seconds=exponential_backoff(2), cache_policy=NO_CACHE)
+def upload_artifacts(run_dir: str, store: str, run_id: str) -> str:
+    return steps.upload(Path(run_dir), store, run_id)
