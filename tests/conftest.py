@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny real-format data sets made on the fly, and the shared real data."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from histo_core.data.synthetic import SyntheticSpec, write_kaggle_layout
+
+# Shared real PCam/Kaggle patches, beside the repository; never copied into it.
+PCAM_REAL = Path(os.environ.get("HISTO_PCAM_REAL", Path(__file__).resolve().parents[2] / "shared/data/pcam_real"))
+
+
+@pytest.fixture(autouse=True)
+def _seeded() -> None:
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def kaggle_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """300 generated patches in the Kaggle layout (read-only by convention: don't modify)."""
+    return write_kaggle_layout(tmp_path_factory.mktemp("kaggle"), SyntheticSpec(count=300, seed=7))
+
+
+@pytest.fixture
+def pcam_real() -> Path:
+    if not (PCAM_REAL / "labels.csv").is_file():
+        pytest.skip(f"real PCam sample not found at {PCAM_REAL} (the shared/ folder beside the repo)")
+    return PCAM_REAL
+
+
+def tree_fingerprint(root: Path) -> dict[str, tuple[int, int]]:
+    """(size, mtime_ns) of every file under ``root``: proof that inputs were not touched."""
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()}

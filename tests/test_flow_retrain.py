@@ -1,0 +1,89 @@
+"""The retrain flow end to end on a tiny generated data set, against a real (temporary)
+Prefect API server started by ``prefect_test_harness``."""
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+from prefect.testing.utilities import prefect_test_harness
+
+from flows.retrain import retrain
+from histo_core.config import GateConfig, RetrainConfig, TrainConfig
+from histo_core.data.synthetic import SyntheticSpec, write_kaggle_layout
+from histo_core.storage import LocalStore
+from conftest import tree_fingerprint
+
+
+@pytest.fixture(scope="module")
+def prefect_api():
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
+
+
+def test_two_runs_promote_then_gate_against_the_champion(prefect_api, tmp_path):
+    data = tmp_path / "data"
+    write_kaggle_layout(data / "batches" / "b1", SyntheticSpec(count=360, seed=5))
+    before = tree_fingerprint(data)
+    config = RetrainConfig(data=str(data), store=str(tmp_path / "store"), workdir=str(tmp_path / "work"),
+                           train=TrainConfig(epochs=1, batch_size=32), gate=GateConfig(auc_floor=0.5))
+
+    first = retrain(config)
+    assert first["outcome"] == "promoted" and first["champion"] == first["version"]
+    assert first["previous_champion"] is None
+
+    write_kaggle_layout(data / "batches" / "b2", SyntheticSpec(count=120, seed=6))
+    # An impossible margin: the second challenger must be rejected and the champion kept.
+    strict = config.model_copy(update={"gate": GateConfig(auc_floor=0.5, min_improvement=1.0)})
+    second = retrain(strict)
+    assert second["outcome"] == "rejected"
+    assert second["previous_champion"] == first["version"] == second["champion"]
+    assert second["champion_auc"] is not None
+    assert any("margin 1.0000" in r for r in second["reasons"])
+
+    store = LocalStore(tmp_path / "store")
+    assert store.get_json("models/pcam-cnn/champion.json")["version"] == first["version"]
+    for run in (first, second):
+        keys = store.list(f"runs/{run['run_id']}")
+        assert {f"runs/{run['run_id']}/{n}" for n in ("manifest.csv", "validation.json", "split.csv",
+                                                      "evaluation.json", "decision.json")} <= set(keys)
+        version = store.get_json(f"models/pcam-cnn/versions/{run['version']}/version.json")
+        assert set(version["files"]) == {"model.pt", "evaluation.json", "history.json"}
+    events = store.list("models/pcam-cnn/events")
+    assert [e.split("-")[1] for e in (Path(k).name for k in events)] == ["promoted", "rejected"]
+    manifest = json.loads(Path(second["run_dir"], "validation.json").read_text())
+    assert manifest["counts"] == {"ok": 480}
+    assert tree_fingerprint(data) == {**before, **{k: v for k, v in tree_fingerprint(data).items()
+                                                   if "/b2/" in k}}
+
+
+def test_a_rejected_data_set_fails_the_run_with_its_reason(prefect_api, tmp_path):
+    data = tmp_path / "data"
+    write_kaggle_layout(data, SyntheticSpec(count=40, seed=1, tumour_fraction=0.0, label_noise=0.0))
+    config = RetrainConfig(data=str(data), store=str(tmp_path / "s"), workdir=str(tmp_path / "w"))
+    with pytest.raises(ValueError, match=r"only label \['0'\] present"):
+        retrain(config)
+    reports = list((tmp_path / "w" / "runs").glob("*/validation.json"))
+    assert len(reports) == 1 and json.loads(reports[0].read_text())["verdict"] == "stopped"
+
+
+def test_summary_artifact_is_readable_through_the_api(prefect_api, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    data = tmp_path / "data"
+    write_kaggle_layout(data, SyntheticSpec(count=300, seed=9))
+    result = retrain(RetrainConfig(data=str(data), store=str(tmp_path / "s"), workdir=str(tmp_path / "w"),
+                                   train=TrainConfig(epochs=1), gate=GateConfig(auc_floor=0.0)))
+
+    async def latest(key):
+        async with get_client() as client:
+            found = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                                                sort=ArtifactSort.CREATED_DESC, limit=1)
+            return found[0]
+
+    summary = asyncio.run(latest("retrain-summary"))
+    assert result["version"] in summary.data and "hold-out AUC" in summary.data
+    epochs = asyncio.run(latest("retrain-epochs"))
+    assert "val_auc" in str(epochs.data)

@@ -1,0 +1,30 @@
+import pytest
+import torch
+from torch import nn
+
+from histo_core.model import MODELS, CHANNELS, create_model
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_registered_model_gives_one_logit_per_image(name):
+    model = create_model(name).eval()
+    with torch.no_grad():
+        out = model(torch.randn(4, 3, 96, 96))
+    assert out.shape == (4,)
+    assert torch.isfinite(out).all()
+
+
+def test_default_model_is_the_original_five_block_cnn():
+    model = create_model("simple_cnn", dropout=0.3)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == list(CHANNELS) == [32, 64, 128, 256, 512]
+    assert all(c.kernel_size == (3, 3) for c in convs)
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 5
+    assert sum(isinstance(m, nn.MaxPool2d) for m in model.modules()) == 5
+    assert any(isinstance(m, nn.Dropout) and m.p == 0.3 for m in model.modules())
+    assert model.head[-1].out_features == 1
+
+
+def test_unknown_model_name_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="choose one of: simple_cnn"):
+        create_model("resnet9000")

@@ -1,0 +1,72 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from histo_core.config import TrainConfig
+from histo_core.data.dataset import PatchDataset, random_dihedral
+from histo_core.data.manifest import build_manifest
+from histo_core.split import assign_partitions
+from histo_core.steps import load_partitions
+from histo_core.train import fit, load_model
+
+
+@pytest.fixture(scope="module")
+def parts(kaggle_root, tmp_path_factory):
+    rows = build_manifest(kaggle_root)
+    rows["label"] = rows["label"].astype(int)
+    split_csv = tmp_path_factory.mktemp("split") / "split.csv"
+    assign_partitions(rows).to_csv(split_csv, index=False)
+    return load_partitions(split_csv, tmp_path_factory.mktemp("cache"), augment_train=True)
+
+
+def test_random_dihedral_only_moves_pixels():
+    image = torch.arange(3 * 4 * 4, dtype=torch.uint8).view(3, 4, 4)
+    seen = {tuple(random_dihedral(image, torch.Generator().manual_seed(s)).flatten().tolist()) for s in range(60)}
+    assert len(seen) == 8
+    assert all(sorted(v) == sorted(image.flatten().tolist()) for v in seen)
+
+
+def test_fit_writes_checkpoints_history_and_keeps_the_best(parts, tmp_path):
+    cfg = TrainConfig(epochs=3, batch_size=32, seed=1)
+    result = fit(parts["train"], parts["val"], cfg, tmp_path)
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert [r["epoch"] for r in history] == [1, 2, 3] == [r["epoch"] for r in result.history]
+    assert all(np.isfinite(r["train_loss"]) and 0 <= r["val_auc"] <= 1 for r in history)
+    best_epoch = min(history, key=lambda r: r["val_loss"])["epoch"]
+    best = torch.load(result.best_checkpoint, weights_only=True)
+    assert best["epoch"] == best_epoch
+    assert best["val_loss"] == pytest.approx(min(r["val_loss"] for r in history))
+    assert [r["improved"] for r in history][0] is True
+    assert torch.load(result.last_checkpoint, weights_only=True)["epoch"] == 3
+    model = load_model(result.best_checkpoint)
+    with torch.no_grad():
+        assert model(torch.zeros(2, 3, 96, 96)).shape == (2,)
+
+
+def test_a_stopped_run_resumes_and_ends_where_an_uninterrupted_run_would(parts, tmp_path):
+    cfg = TrainConfig(epochs=2, batch_size=32, seed=3, augment=False)
+    uninterrupted = fit(parts["train"], parts["val"], cfg, tmp_path / "a")
+    fit(parts["train"], parts["val"], cfg.model_copy(update={"epochs": 1}), tmp_path / "b")
+    # A config change (epochs) would normally discard last.pt; rewrite it as if the
+    # 2-epoch run had been killed after epoch 1.
+    state = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    state["config"] = cfg.model_dump()
+    torch.save(state, tmp_path / "b" / "last.pt")
+    resumed = fit(parts["train"], parts["val"], cfg, tmp_path / "b")
+    assert [r["epoch"] for r in resumed.history] == [1, 2]
+    assert resumed.history[1]["val_loss"] == pytest.approx(uninterrupted.history[1]["val_loss"], rel=1e-4)
+
+
+def test_checkpoint_from_another_config_is_not_resumed(parts, tmp_path):
+    fit(parts["train"], parts["val"], TrainConfig(epochs=1, batch_size=32), tmp_path)
+    result = fit(parts["train"], parts["val"], TrainConfig(epochs=1, batch_size=32, lr=5e-4), tmp_path)
+    assert [r["epoch"] for r in result.history] == [1]
+
+
+def test_dataset_items_are_uint8_chw_with_float_labels(parts):
+    image, label = parts["val"][0]
+    assert image.dtype == torch.uint8 and image.shape == (3, 96, 96)
+    assert label.dtype == torch.float32 and label.item() in (0.0, 1.0)
+    assert isinstance(parts["val"], PatchDataset) and not parts["val"].augment and parts["train"].augment

@@ -1,0 +1,92 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import tree_fingerprint
+from histo_core.config import ValidationConfig
+from histo_core.data.manifest import build_manifest
+from histo_core.validation import DataValidationError, require_passed, validate_manifest
+
+
+def _tissue(seed):
+    return np.random.default_rng(seed).integers(60, 200, (96, 96, 3), dtype=np.uint8)
+
+
+@pytest.fixture
+def bad_corpus(tmp_path):
+    """A labels-CSV data set with 30 good rows and one row for each kind of problem."""
+    img = tmp_path / "images"
+    img.mkdir()
+    rows = []
+    for i in range(30):
+        Image.fromarray(_tissue(i)).save(img / f"good{i}.png")
+        rows.append((f"good{i}", i % 2))
+    Image.fromarray(_tissue(100)).convert("L").save(img / "grey.png")
+    Image.fromarray(_tissue(101)).convert("RGBA").save(img / "rgba.png")
+    Image.fromarray(_tissue(102)[:50, :50]).save(img / "small.png")
+    (img / "empty.png").write_bytes(b"")
+    (img / "text.png").write_text("hello")
+    Image.fromarray(_tissue(103)).save(img / "badlabel.png")
+    Image.fromarray(_tissue(104)).save(img / "dup.png")
+    Image.fromarray(np.full((96, 96, 3), 245, np.uint8)).save(img / "blank.png")
+    rows += [("grey", 1), ("rgba", 0), ("small", 1), ("empty", 0), ("text", 1), ("badlabel", 2),
+             ("dup", 0), ("dup", 1), ("missing", 0), ("../escape", 1), ("blank", 0)]
+    (tmp_path / "labels.csv").write_text("id,label\n" + "".join(f"{i},{lab}\n" for i, lab in rows))
+    return tmp_path
+
+
+EXPECTED = {
+    "grey": "image mode 'L' is not 8-bit RGB",
+    "rgba": "image mode 'RGBA' is not 8-bit RGB",
+    "small": "size 50x50, expected 96x96",
+    "empty": "empty file (0 bytes)",
+    "text": "unreadable image",
+    "badlabel": "label '2' is not 0 or 1",
+    "dup": "id 'dup' appears more than once with different labels or pixels",
+    "missing": "no image file at",
+    "../escape": "not a safe file name",
+}
+
+
+def test_each_bad_row_is_quarantined_with_its_reason(bad_corpus):
+    before = tree_fingerprint(bad_corpus)
+    result = validate_manifest(build_manifest(bad_corpus), ValidationConfig(max_quarantine_fraction=0.5))
+    assert tree_fingerprint(bad_corpus) == before, "validation must not touch the inputs"
+    rows = result.rows
+    for image_id, reason in EXPECTED.items():
+        got = rows[rows["id"] == image_id]
+        assert (got["status"] == "quarantined").all(), image_id
+        assert got["reason"].str.contains(reason, regex=False).all(), (image_id, got["reason"].tolist())
+    blank = rows[rows["id"] == "blank"].iloc[0]
+    assert (blank["status"], blank["reason"]) == ("warning", "near-blank patch (100% background)")
+    assert (rows[rows["id"].str.startswith("good")]["status"] == "ok").all()
+    assert result.passed
+    report = result.report()
+    assert report["verdict"] == "passed"
+    assert len(report["rows"]) == len(rows) and report["counts"]["quarantined"] == 10
+
+
+def test_too_many_quarantined_rows_stop_the_run(bad_corpus):
+    result = validate_manifest(build_manifest(bad_corpus))  # default limit 5%
+    assert not result.passed
+    with pytest.raises(DataValidationError, match=r"24\.4% of rows quarantined, above the limit of 5\.0%"):
+        require_passed(result)
+
+
+@pytest.mark.parametrize("labels, message", [
+    ([0] * 40, r"only label \['0'\] present"),
+    ([1] * 39 + [0], r"label 1 is 97\.5% of usable rows"),
+    ([0, 1] * 5, "only 10 usable rows"),
+])
+def test_data_set_problems_stop_the_run(tmp_path, labels, message):
+    for i, label in enumerate(labels):
+        Image.fromarray(_tissue(i)).save(tmp_path / f"{i}.png")
+    (tmp_path / "labels.csv").write_text("id,label\n" + "".join(f"{i},{lab}\n" for i, lab in enumerate(labels)))
+    result = validate_manifest(build_manifest(tmp_path))
+    with pytest.raises(DataValidationError, match=message):
+        require_passed(result)
+
+
+def test_generated_data_passes_cleanly(kaggle_root):
+    result = validate_manifest(build_manifest(kaggle_root))
+    assert result.passed and result.counts() == {"ok": 300}
