@@ -11,6 +11,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
+from histo_core import steps
 from histo_core.config import RetrainConfig
 from tasks.retrain import (evaluate_models, promote_model, split_data, train_model, upload_artifacts,
                            validate_data)
@@ -47,7 +48,8 @@ def retrain(config: RetrainConfig) -> dict[str, Any]:
     run_id = _run_id()
     workdir = Path(config.workdir).expanduser().resolve()
     run_dir, cache_dir = workdir / "runs" / run_id, workdir / "cache"
-    logger.info("run %s: data %s -> store %s", run_id, config.data, config.store)
+    logger.info("run %s: data %s -> store %s", run_id, config.data, config.store.uri)
+    steps.record_config(run_dir, config)
 
     manifest = validate_data(config.data, str(run_dir), config.validation)
     split = split_data(manifest, str(run_dir), config.split)

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from histo_core.config import RetrainConfig, TrainConfig
+from histo_core.config import RetrainConfig, StoreConfig, TrainConfig
 
 
 def _quiet_prefect_defaults() -> None:
@@ -36,6 +36,16 @@ def _run_retrain(config: RetrainConfig) -> dict[str, Any]:
     return retrain(config)
 
 
+def _store(args: argparse.Namespace) -> StoreConfig:
+    return StoreConfig(uri=args.store, endpoint_url=args.endpoint_url, region=args.region)
+
+
+def _add_store_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", default=StoreConfig().uri, help="folder, file:///path or s3://bucket/prefix")
+    parser.add_argument("--endpoint-url", help="S3-compatible endpoint (default: AWS or AWS_ENDPOINT_URL_S3)")
+    parser.add_argument("--region", help="S3 region (default: the AWS configuration chain)")
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from histo_core.data.synthetic import SyntheticSpec, write_kaggle_layout
 
@@ -46,8 +56,14 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
+    if "://" not in args.data:  # fail in a second, before starting Prefect, on an obvious mistake
+        from histo_core.data.sources import detect_layout
+
+        if not Path(args.data).is_dir():
+            raise FileNotFoundError(f"{args.data}: no such data folder")
+        detect_layout(Path(args.data))
     train = TrainConfig(epochs=args.epochs, device=args.device)
-    config = RetrainConfig(data=args.data, store=args.store, workdir=args.workdir,
+    config = RetrainConfig(data=args.data, store=_store(args), workdir=args.workdir,
                            model_name=args.model_name, train=train)
     result = _run_retrain(config)
     return 0 if result["outcome"] in ("promoted", "rejected") else 1
@@ -61,7 +77,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     root = Path(args.workdir).resolve() / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     data = root / "data"
-    config = RetrainConfig(data=str(data), store=str(root / "store"), workdir=str(root / "work"),
+    config = RetrainConfig(data=str(data), store=StoreConfig(uri=str(root / "store")), workdir=str(root / "work"),
                            train=TrainConfig(epochs=args.epochs))
     outcomes = []
     for step, (batch, count, seed) in enumerate([("batch-001", 2000, 1), ("batch-002", 1500, 2)], 1):
@@ -73,7 +89,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"run {i}: {r['outcome']:<9} challenger AUC {r['challenger_auc']:.4f}  "
               f"champion before: {r['previous_champion'] or 'none'}")
     print(f"champion now: {outcomes[-1]['champion']}\n"
-          f"store (models, versions, events, run records): {config.store}\n"
+          f"store (models, versions, events, run records): {config.store.uri}\n"
           f"data: {data}")
     return 0
 
@@ -82,7 +98,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _quiet_prefect_defaults()
     from deployments.serve import serve_deployments
 
-    config = RetrainConfig(data=args.data, store=args.store, workdir=args.workdir)
+    config = RetrainConfig(data=args.data, store=_store(args), workdir=args.workdir)
     serve_deployments(config, cron=args.cron, timezone=args.timezone)
     return 0
 
@@ -98,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     retrain = sub.add_parser("retrain", help="validate, split, train, evaluate, promote, upload")
     retrain.add_argument("--data", required=True, help="data root in any supported layout")
-    retrain.add_argument("--store", default=RetrainConfig.model_fields["store"].default)
+    _add_store_arguments(retrain)
     retrain.add_argument("--workdir", default=RetrainConfig.model_fields["workdir"].default)
     retrain.add_argument("--model-name", default=RetrainConfig.model_fields["model_name"].default)
     retrain.add_argument("--epochs", type=int, default=TrainConfig().epochs)
@@ -107,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="serve the retrain deployments (nightly and manual)")
     serve.add_argument("--data", required=True, help="data root the deployments retrain on")
-    serve.add_argument("--store", default=RetrainConfig.model_fields["store"].default)
+    _add_store_arguments(serve)
     serve.add_argument("--workdir", default=RetrainConfig.model_fields["workdir"].default)
     serve.add_argument("--cron", default="0 2 * * *", help="nightly schedule (cron syntax)")
     serve.add_argument("--timezone", default="UTC", help="IANA time zone of the cron schedule")

@@ -7,6 +7,8 @@ overrides from the command line or a Prefect form are applied at the edge with
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
@@ -66,13 +68,27 @@ class GateConfig(_Frozen):
     min_improvement: float = Field(
         0.0, ge=0, description="Required AUC margin over the champion on the same hold-out."
     )
+    significance: Literal["none", "delong"] = Field(
+        "none", description="Also require DeLong's paired test to find the improvement significant."
+    )
+    alpha: float = Field(0.05, gt=0, lt=1, description="Significance level of the paired test.")
+
+
+class StoreConfig(_Frozen):
+    """Where versions, the champion pointer and run records go. Credentials never appear
+    here: S3 uses the standard AWS chain (environment, profile, instance role)."""
+
+    uri: str = Field("./histo-store", description="A folder, file:///path or s3://bucket/prefix.")
+    endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint (MinIO, Swift, ...); default: AWS or AWS_ENDPOINT_URL_S3.")
+    region: str | None = Field(None, description="S3 region; default: the AWS configuration chain.")
 
 
 class RetrainConfig(_Frozen):
     """Everything one retrain run needs; the Prefect UI renders it as a form."""
 
     data: str = Field(..., description="Data root: a folder in any supported layout, or a root of batches/.")
-    store: str = Field("./histo-store", description="Artifact store: a folder (S3 lands with issue 5).")
+    store: StoreConfig = StoreConfig()
     workdir: str = Field("./histo-work", description="Local scratch folder for caches and run files.")
     model_name: str = Field("pcam-cnn", description="Registry name the versions are filed under.")
     validation: ValidationConfig = ValidationConfig()

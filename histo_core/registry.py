@@ -19,13 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from histo_core.storage import ConflictError, Store, StoreError, sha256_file
+from histo_core.storage import ChecksumError, ConflictError, Store, StoreError, sha256_file
 
 WEIGHTS = "model.pt"
-
-
-class ChecksumError(StoreError):
-    """A downloaded file does not match the checksum recorded for it."""
 
 
 @dataclass(frozen=True)
@@ -84,14 +80,31 @@ class Registry:
         record, etag = self.store.get_json_with_etag(f"{self.prefix}/champion.json")
         return Champion(record["version"], record, etag) if record else None
 
-    def set_champion(self, version: str, expected_etag: str | None, **details: Any) -> None:
-        """Point the champion at ``version`` unless someone else moved it since we read it."""
+    def set_champion(self, version: str, expected: Champion | None, **details: Any) -> None:
+        """Point the champion at ``version`` unless someone moved it since ``expected`` was read.
+
+        The pointer keeps the chain of earlier champions, so ``rollback`` knows where to go.
+        """
+        history = [*expected.record.get("history", []), expected.version] if expected else []
+        self._write_pointer(version, expected, history, **details)
+
+    def rollback(self) -> tuple[str, str]:
+        """Re-point the champion to the one before it; returns (from, to)."""
+        current = self.champion()
+        if current is None or not current.record.get("history"):
+            raise StoreError(f"{self.name}: no earlier champion to roll back to")
+        *history, previous = current.record["history"]
+        self._write_pointer(previous, current, history, rolled_back_from=current.version)
+        return current.version, previous
+
+    def _write_pointer(self, version: str, expected: Champion | None, history: list[str], **details: Any) -> None:
         record = self.version(version)  # refuses incomplete versions
-        pointer = {"version": version, "sha256": record["files"][WEIGHTS], "since": _now(), **details}
+        pointer = {"version": version, "sha256": record["files"][WEIGHTS], "since": _now(),
+                   "history": history, **details}
         try:
-            self.store.put_json_if(f"{self.prefix}/champion.json", pointer, expected_etag)
+            self.store.put_json_if(f"{self.prefix}/champion.json", pointer, expected.etag if expected else None)
         except ConflictError as exc:
-            raise ConflictError(f"champion changed underneath this run; not promoting {version}: {exc}") from exc
+            raise ConflictError(f"champion changed underneath this run; not moving it to {version}: {exc}") from exc
 
     def record_event(self, kind: str, version: str, payload: dict[str, Any]) -> str:
         key = f"{self.prefix}/events/{_now()}-{kind}-{version}.json"

@@ -23,13 +23,16 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from pydantic import BaseModel
+
 from histo_core import __version__
-from histo_core.config import GateConfig, SplitConfig, TrainConfig, ValidationConfig
+from histo_core.config import GateConfig, SplitConfig, StoreConfig, TrainConfig, ValidationConfig
 from histo_core.data.cache import build_cache, open_cache
 from histo_core.data.dataset import PatchDataset
 from histo_core.data.manifest import build_manifest, manifest_hash
-from histo_core.evaluate import evaluate_checkpoint
+from histo_core.evaluate import binary_metrics, compare_paired, plot_roc, predict_probabilities
 from histo_core.gate import decide
+from histo_core.model_card import render_model_card
 from histo_core.registry import WEIGHTS, Registry
 from histo_core.split import assign_partitions
 from histo_core.storage import ConflictError, open_store
@@ -89,61 +92,103 @@ def train(split_csv: Path, run_dir: Path, cache_dir: Path, cfg: TrainConfig,
 
 
 def evaluate(split_csv: Path, challenger: Path, run_dir: Path, cache_dir: Path,
-             store_uri: str, model_name: str, device: str = "auto") -> Path:
-    """Score the challenger and the current champion (if any) on the same test partition."""
+             store: StoreConfig, model_name: str, device: str = "auto") -> Path:
+    """Score the challenger and the current champion (if any) on the same test images.
+
+    Writes ``predictions.csv`` (per image), ``roc.png`` and ``evaluation.json`` with the
+    metrics of both and their paired DeLong comparison.
+    """
+    table = pd.read_csv(split_csv, dtype={"id": str}, keep_default_na=False)
     test_set = load_partitions(split_csv, cache_dir)["test"]
-    report: dict[str, Any] = {"challenger": evaluate_checkpoint(challenger, test_set, device),
-                              "champion": None, "champion_version": None, "champion_etag": None}
-    registry = Registry(open_store(store_uri), model_name)
+    scores, labels = predict_probabilities(challenger, test_set, device)
+    predictions = pd.DataFrame({"id": table["id"].to_numpy()[test_set.indices], "label": labels.astype(int),
+                                "challenger": scores})
+    report: dict[str, Any] = {"challenger": binary_metrics(labels, scores), "champion": None,
+                              "champion_version": None, "champion_etag": None, "comparison": None}
+    registry = Registry(open_store(store), model_name)
     champion = registry.champion()
     if champion:
         weights = registry.download_weights(champion.version, run_dir / "champion" / WEIGHTS)
-        report.update(champion=evaluate_checkpoint(weights, test_set, device),
-                      champion_version=champion.version, champion_etag=champion.etag)
+        predictions["champion"], _ = predict_probabilities(weights, test_set, device)
+        report.update(champion=binary_metrics(labels, predictions["champion"].to_numpy()),
+                      champion_version=champion.version, champion_etag=champion.etag,
+                      comparison=compare_paired(labels, scores, predictions["champion"].to_numpy()))
+    predictions.to_csv(run_dir / "predictions.csv", index=False)
+    plot_roc(labels, {c: predictions[c].to_numpy() for c in ("challenger", "champion") if c in predictions},
+             run_dir / "roc.png")
     return _write_json(run_dir / "evaluation.json", report)
 
 
-def promote(evaluation_json: Path, challenger: Path, run_dir: Path, store_uri: str,
-            model_name: str, cfg: GateConfig, data_hash: str) -> Path:
-    """File the challenger as a version, apply the gate, and move the champion if it wins."""
+def promote(evaluation_json: Path, challenger: Path, run_dir: Path, store: StoreConfig,
+            model_name: str, cfg: GateConfig) -> Path:
+    """File the challenger as a complete version, apply the gate, move the champion if it wins.
+
+    The pointer moves only if the champion is still the one this run evaluated: a
+    conditional write, so of two runs promoting at once, one ends with "conflict".
+    """
     evaluation = json.loads(evaluation_json.read_text())
     challenger_auc = evaluation["challenger"]["auc"]
     champion_auc = evaluation["champion"]["auc"] if evaluation["champion"] else None
-    decision = decide(challenger_auc, champion_auc, cfg)
-    registry = Registry(open_store(store_uri), model_name)
+    p_value = evaluation["comparison"]["p_value"] if evaluation["comparison"] else None
+    decision = decide(challenger_auc, champion_auc, cfg, p_value)
+    registry = Registry(open_store(store), model_name)
     version = registry.new_version_id()
-    files = {WEIGHTS: challenger, "evaluation.json": evaluation_json}
-    history = challenger.parent / "history.json"
-    if history.exists():
-        files["history.json"] = history
-    registry.publish_version(version, files, {
-        "metrics": evaluation["challenger"], "data_manifest_hash": data_hash,
-        "code_version": __version__, "gate": cfg.model_dump(), "decision": decision.to_dict()})
-    outcome, reasons = "rejected", list(decision.reasons)
-    if decision.promote:
+    reasons = list(decision.reasons)
+    outcome = "promoted" if decision.promote else "rejected"
+    current = registry.champion()
+    if decision.promote and (current.etag if current else None) != evaluation["champion_etag"]:
+        outcome = "conflict"
+        reasons.append("champion changed underneath this run since it was evaluated; not promoting")
+    record = {"outcome": outcome, "version": version, "reasons": reasons, "challenger_auc": challenger_auc,
+              "champion_auc": champion_auc, "previous_champion": evaluation["champion_version"]}
+    _publish(registry, version, record, evaluation, challenger, run_dir, cfg)
+    if outcome == "promoted":
         try:
-            registry.set_champion(version, evaluation["champion_etag"], auc=challenger_auc)
-            outcome = "promoted"
+            registry.set_champion(version, current, auc=challenger_auc)
         except ConflictError as exc:
-            outcome = "conflict"
+            outcome, record["outcome"] = "conflict", "conflict"
             reasons.append(str(exc))
     registry.record_event(outcome, version, {"reasons": reasons,
                                              "previous_champion": evaluation["champion_version"]})
     champion = registry.champion()
-    return _write_json(run_dir / "decision.json", {
-        "outcome": outcome, "version": version, "reasons": reasons,
-        "challenger_auc": challenger_auc, "champion_auc": champion_auc,
-        "previous_champion": evaluation["champion_version"],
-        "champion": champion.version if champion else None})
+    record["champion"] = champion.version if champion else None
+    return _write_json(run_dir / "decision.json", record)
 
 
-def upload(run_dir: Path, store_uri: str, run_id: str) -> str:
+def _publish(registry: Registry, version: str, decision: dict[str, Any], evaluation: dict[str, Any],
+             challenger: Path, run_dir: Path, gate: GateConfig) -> None:
+    """Write the version's metrics, model card and config beside the weights, then upload all."""
+    config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {}
+    split_table = pd.read_csv(run_dir / "split.csv", dtype={"id": str}, keep_default_na=False)
+    manifest_digest = data_hash(run_dir / "manifest.csv")
+    files = {WEIGHTS: challenger,
+             "metrics.json": _write_json(run_dir / "metrics.json", evaluation),
+             "config.json": _write_json(run_dir / "version-config.json", {**config, "gate": gate.model_dump()}),
+             "roc.png": run_dir / "roc.png",
+             "history.json": challenger.parent / "history.json"}
+    card = run_dir / "model_card.md"
+    card.write_text(render_model_card(model_name=registry.name, version=version, code_version=__version__,
+                                      data_hash=manifest_digest, split=split_table, config=config,
+                                      evaluation=evaluation, decision=decision))
+    files["model_card.md"] = card
+    registry.publish_version(version, {k: v for k, v in files.items() if v.exists()}, {
+        "metrics": evaluation["challenger"], "data_manifest_hash": manifest_digest,
+        "code_version": __version__, "decision": decision})
+
+
+def record_config(run_dir: Path, config: BaseModel) -> Path:
+    """Keep the run's full configuration beside its outputs (and later in its version)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return _write_json(run_dir / "config.json", config.model_dump(mode="json"))
+
+
+def upload(run_dir: Path, store: StoreConfig, run_id: str) -> str:
     """Copy the run's records (not caches or checkpoints: those live in the version) to the store."""
-    store = open_store(store_uri)
+    target = open_store(store)
     for path in sorted(run_dir.rglob("*")):
         if path.is_file() and path.suffix in {".json", ".csv", ".md", ".html", ".png", ".log"}:
-            store.put_file(path, f"runs/{run_id}/{path.relative_to(run_dir)}")
-    return f"{store.uri}/runs/{run_id}"
+            target.put_file(path, f"runs/{run_id}/{path.relative_to(run_dir)}")
+    return f"{target.uri}/runs/{run_id}"
 
 
 def data_hash(manifest_csv: Path) -> str:

@@ -11,7 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from histo_core import steps
-from histo_core.config import GateConfig, SplitConfig, TrainConfig, ValidationConfig
+from histo_core.config import GateConfig, SplitConfig, StoreConfig, TrainConfig, ValidationConfig
 
 
 @task(name="validate-data", cache_policy=NO_CACHE)
@@ -49,22 +49,22 @@ def train_model(split_csv: str, run_dir: str, cache_dir: str, cfg: TrainConfig) 
 
 @task(name="evaluate-models", retries=2, retry_delay_seconds=exponential_backoff(5), cache_policy=NO_CACHE)
 def evaluate_models(split_csv: str, challenger: str, run_dir: str, cache_dir: str,
-                    store: str, model_name: str, device: str) -> str:
+                    store: StoreConfig, model_name: str, device: str) -> str:
     path = steps.evaluate(Path(split_csv), Path(challenger), Path(run_dir), Path(cache_dir),
                           store, model_name, device)
     report = json.loads(path.read_text())
     logger = get_run_logger()
     logger.info("challenger on hold-out: %s", report["challenger"])
     logger.info("champion %s on hold-out: %s", report["champion_version"] or "(none)", report["champion"])
+    if report["comparison"]:
+        logger.info("paired DeLong comparison: %s", report["comparison"])
     return str(path)
 
 
 @task(name="promote-model", retries=2, retry_delay_seconds=exponential_backoff(5), cache_policy=NO_CACHE)
-def promote_model(evaluation_json: str, challenger: str, run_dir: str, store: str,
+def promote_model(evaluation_json: str, challenger: str, run_dir: str, store: StoreConfig,
                   model_name: str, cfg: GateConfig) -> str:
-    manifest = Path(run_dir) / "manifest.csv"
-    path = steps.promote(Path(evaluation_json), Path(challenger), Path(run_dir), store, model_name,
-                         cfg, steps.data_hash(manifest))
+    path = steps.promote(Path(evaluation_json), Path(challenger), Path(run_dir), store, model_name, cfg)
     decision = json.loads(path.read_text())
     get_run_logger().info("decision: %s %s (%s)", decision["outcome"], decision["version"],
                           "; ".join(decision["reasons"]))
@@ -72,5 +72,5 @@ def promote_model(evaluation_json: str, challenger: str, run_dir: str, store: st
 
 
 @task(name="upload-artifacts", retries=3, retry_delay_seconds=exponential_backoff(2), cache_policy=NO_CACHE)
-def upload_artifacts(run_dir: str, store: str, run_id: str) -> str:
+def upload_artifacts(run_dir: str, store: StoreConfig, run_id: str) -> str:
     return steps.upload(Path(run_dir), store, run_id)

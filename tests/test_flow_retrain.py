@@ -9,7 +9,7 @@ import pytest
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.retrain import retrain
-from histo_core.config import GateConfig, RetrainConfig, TrainConfig
+from histo_core.config import GateConfig, RetrainConfig, StoreConfig, TrainConfig
 from histo_core.data.synthetic import SyntheticSpec, write_kaggle_layout
 from histo_core.storage import LocalStore
 from conftest import tree_fingerprint
@@ -25,7 +25,7 @@ def test_two_runs_promote_then_gate_against_the_champion(prefect_api, tmp_path):
     data = tmp_path / "data"
     write_kaggle_layout(data / "batches" / "b1", SyntheticSpec(count=360, seed=5))
     before = tree_fingerprint(data)
-    config = RetrainConfig(data=str(data), store=str(tmp_path / "store"), workdir=str(tmp_path / "work"),
+    config = RetrainConfig(data=str(data), store=StoreConfig(uri=str(tmp_path / "store")), workdir=str(tmp_path / "work"),
                            train=TrainConfig(epochs=1, batch_size=32), gate=GateConfig(auc_floor=0.5))
 
     first = retrain(config)
@@ -48,7 +48,8 @@ def test_two_runs_promote_then_gate_against_the_champion(prefect_api, tmp_path):
         assert {f"runs/{run['run_id']}/{n}" for n in ("manifest.csv", "validation.json", "split.csv",
                                                       "evaluation.json", "decision.json")} <= set(keys)
         version = store.get_json(f"models/pcam-cnn/versions/{run['version']}/version.json")
-        assert set(version["files"]) == {"model.pt", "evaluation.json", "history.json"}
+        assert set(version["files"]) == {"model.pt", "metrics.json", "config.json", "roc.png",
+                                         "history.json", "model_card.md"}
     events = store.list("models/pcam-cnn/events")
     assert [e.split("-")[1] for e in (Path(k).name for k in events)] == ["promoted", "rejected"]
     manifest = json.loads(Path(second["run_dir"], "validation.json").read_text())
@@ -60,7 +61,7 @@ def test_two_runs_promote_then_gate_against_the_champion(prefect_api, tmp_path):
 def test_a_rejected_data_set_fails_the_run_with_its_reason(prefect_api, tmp_path):
     data = tmp_path / "data"
     write_kaggle_layout(data, SyntheticSpec(count=40, seed=1, tumour_fraction=0.0, label_noise=0.0))
-    config = RetrainConfig(data=str(data), store=str(tmp_path / "s"), workdir=str(tmp_path / "w"))
+    config = RetrainConfig(data=str(data), store=StoreConfig(uri=str(tmp_path / "s")), workdir=str(tmp_path / "w"))
     with pytest.raises(ValueError, match=r"only label \['0'\] present"):
         retrain(config)
     reports = list((tmp_path / "w" / "runs").glob("*/validation.json"))
@@ -74,7 +75,7 @@ def test_summary_artifact_is_readable_through_the_api(prefect_api, tmp_path):
 
     data = tmp_path / "data"
     write_kaggle_layout(data, SyntheticSpec(count=300, seed=9))
-    result = retrain(RetrainConfig(data=str(data), store=str(tmp_path / "s"), workdir=str(tmp_path / "w"),
+    result = retrain(RetrainConfig(data=str(data), store=StoreConfig(uri=str(tmp_path / "s")), workdir=str(tmp_path / "w"),
                                    train=TrainConfig(epochs=1), gate=GateConfig(auc_floor=0.0)))
 
     async def latest(key):

@@ -1,13 +1,4 @@
-"""Where artifacts go: one small interface, chosen by URI.
-
-Keys are ``/``-separated paths relative to the store root (``models/x/champion.json``).
-The store never deletes: versions and run records are append-only, and the only object
-ever replaced is a pointer, through ``put_json_if`` (a conditional write), so two runs
-racing to promote cannot both win.
-
-Implemented here: a local folder (a path or ``file://``). Writes go to a temporary file
-and are renamed into place, so a reader never sees half an object.
-"""
+"""A local folder as a store: atomic writes by rename, conditional writes under a lock file."""
 
 from __future__ import annotations
 
@@ -19,41 +10,9 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Protocol
-from urllib.parse import urlparse
+from typing import Any, Iterator
 
-
-class StoreError(RuntimeError):
-    """A store operation failed; the message names the key and the reason."""
-
-
-class ConflictError(StoreError):
-    """A conditional write lost: the object changed since it was read."""
-
-
-def sha256_file(path: Path | str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-class Store(Protocol):
-    uri: str
-
-    def put_file(self, local: Path | str, key: str) -> str: ...
-    def get_file(self, key: str, local: Path | str) -> Path: ...
-    def put_json(self, key: str, data: Any) -> str: ...
-    def get_json(self, key: str) -> Any: ...
-    def get_json_with_etag(self, key: str) -> tuple[Any, str | None]: ...
-    def put_json_if(self, key: str, data: Any, expected_etag: str | None) -> str: ...
-    def exists(self, key: str) -> bool: ...
-    def list(self, prefix: str = "") -> list[str]: ...
-
-
-def _json_bytes(data: Any) -> bytes:
-    return (json.dumps(data, indent=2, sort_keys=True, default=str) + "\n").encode()
+from histo_core.storage.base import ConflictError, StoreError, json_bytes, sha256_file
 
 
 class LocalStore:
@@ -100,7 +59,7 @@ class LocalStore:
         return local
 
     def put_json(self, key: str, data: Any) -> str:
-        return self._write_atomic(_json_bytes(data), key)
+        return self._write_atomic(json_bytes(data), key)
 
     def get_json(self, key: str) -> Any:
         return self.get_json_with_etag(key)[0]
@@ -153,11 +112,3 @@ class LocalStore:
             return []
         return sorted(str(p.relative_to(self.root)) for p in base.rglob("*")
                       if p.is_file() and not p.name.startswith(".") and not p.name.endswith(".lock"))
-
-
-def open_store(uri: str) -> Store:
-    """The store for ``uri``: a local path or ``file://`` URI."""
-    parsed = urlparse(uri)
-    if parsed.scheme in ("", "file"):
-        return LocalStore(parsed.path if parsed.scheme else uri)
-    raise StoreError(f"unsupported store URI {uri!r}: use a local folder path or file:// URI")

@@ -1,0 +1,40 @@
+"""The model card filed with every version: what it was trained on, how, and how good it is."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+
+def _metrics_line(name: str, m: dict[str, Any]) -> str:
+    return (f"| {name} | {m['auc']:.4f} ({m['auc_ci_low']:.4f}-{m['auc_ci_high']:.4f}) | {m['threshold']:.2f} | "
+            f"{m['accuracy']:.4f} | {m['sensitivity']:.4f} | {m['specificity']:.4f} | {m['n']} |")
+
+
+def render_model_card(*, model_name: str, version: str, code_version: str, data_hash: str,
+                      split: pd.DataFrame, config: dict[str, Any], evaluation: dict[str, Any],
+                      decision: dict[str, Any]) -> str:
+    """Markdown for one version. ``split`` is the run's split table (batch, label, partition)."""
+    counts = split.assign(batch=split["batch"].replace("", "(root)")) \
+        .groupby(["batch", "partition", "label"]).size().unstack(["partition", "label"], fill_value=0)
+    lines = [
+        f"# {model_name} {version}", "",
+        f"- outcome: **{decision['outcome']}** — " + "; ".join(decision["reasons"]),
+        f"- code version: {code_version}",
+        f"- data manifest hash: `{data_hash}`", "",
+        "## Data (images per batch, partition and label)", "",
+        "```", counts.to_string(), "```", "",
+        "## Hold-out metrics (AUC with DeLong 95% CI; the rest at the operating threshold)", "",
+        "| model | AUC (95% CI) | threshold | accuracy | sensitivity | specificity | images |",
+        "|---|---|---|---|---|---|---|",
+        _metrics_line(f"this version ({version})", evaluation["challenger"]),
+    ]
+    if evaluation.get("champion"):
+        lines.append(_metrics_line(f"champion at the time ({evaluation['champion_version']})", evaluation["champion"]))
+        c = evaluation["comparison"]
+        lines += ["", f"Paired DeLong comparison: AUC difference {c['auc_difference']:+.4f} "
+                      f"(95% CI {c['difference_ci_low']:+.4f} to {c['difference_ci_high']:+.4f}), "
+                      f"one-sided p = {c['p_value']:.4f}."]
+    lines += ["", "## Configuration", "", "```json", pd.Series(config).to_json(indent=2), "```", ""]
+    return "\n".join(lines)

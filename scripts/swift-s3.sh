@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# Start or stop a one-node OpenStack Swift with its S3 API (s3api) on 127.0.0.1, for tests
+# and for trying the S3 store by hand. Everything lives under DIR; nothing is installed.
+#
+#   scripts/swift-s3.sh install                 # Debian packages (once, as root)
+#   scripts/swift-s3.sh start DIR [PORT]        # proxy on PORT (default 8480); prints the endpoint
+#   scripts/swift-s3.sh stop DIR
+#
+# S3 credentials: access key "test:tester", secret "testing", region us-east-1, path-style.
+# Swift's s3api refuses conditional PUTs (If-Match / If-None-Match) with 501: the store
+# falls back to its lease scheme there (see histo_core/storage.py).
+set -euo pipefail
+
+cmd=${1:?usage: $0 install|start DIR [PORT]|stop DIR}
+
+if [ "$cmd" = install ]; then
+  command -v swift-proxy-server >/dev/null && exit 0
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq swift swift-proxy swift-account swift-container swift-object >/dev/null
+  exit 0
+fi
+
+dir=$(realpath -m "${2:?missing DIR}")
+port=${3:-8480}
+acc=$((port + 2)); con=$((port + 3)); obj=$((port + 4))
+
+if [ "$cmd" = stop ]; then
+  for pidfile in "$dir"/run/*.pid; do
+    [ -e "$pidfile" ] || continue
+    kill "$(cat "$pidfile")" 2>/dev/null || true
+    rm -f "$pidfile"
+  done
+  exit 0
+fi
+
+[ "$cmd" = start ] || { echo "unknown command $cmd" >&2; exit 2; }
+command -v swift-proxy-server >/dev/null || { echo "Swift is not installed: run '$0 install' first" >&2; exit 1; }
+mkdir -p "$dir/srv/d1" "$dir/run" "$dir/log"
+
+cat > "$dir/swift.conf" <<CONF
+[swift-hash]
+swift_hash_path_suffix = histo-test
+swift_hash_path_prefix = histo-test
+[storage-policy:0]
+name = Policy-0
+default = yes
+CONF
+
+for kind in account container object; do
+  case $kind in account) p=$acc;; container) p=$con;; object) p=$obj;; esac
+  cat > "$dir/$kind-server.conf" <<CONF
+[DEFAULT]
+bind_ip = 127.0.0.1
+bind_port = $p
+devices = $dir/srv
+mount_check = false
+swift_dir = $dir
+user = $(id -un)
+log_name = $kind-server
+[pipeline:main]
+pipeline = $kind-server
+[app:$kind-server]
+use = egg:swift#$kind
+[${kind}-replicator]
+[${kind}-updater]
+[${kind}-auditor]
+CONF
+  if [ ! -f "$dir/$kind.ring.gz" ]; then
+    (cd "$dir" && swift-ring-builder $kind.builder create 10 1 1 >/dev/null &&
+      swift-ring-builder $kind.builder add r1z1-127.0.0.1:$p/d1 1 >/dev/null &&
+      swift-ring-builder $kind.builder rebalance >/dev/null)
+  fi
+done
+
+cat > "$dir/proxy-server.conf" <<CONF
+[DEFAULT]
+bind_ip = 127.0.0.1
+bind_port = $port
+swift_dir = $dir
+user = $(id -un)
+log_name = proxy-server
+[pipeline:main]
+pipeline = catch_errors gatekeeper healthcheck proxy-logging cache listing_formats bulk tempurl ratelimit s3api tempauth copy container-quotas account-quotas slo dlo versioned_writes symlink proxy-logging proxy-server
+[app:proxy-server]
+use = egg:swift#proxy
+account_autocreate = true
+[filter:tempauth]
+use = egg:swift#tempauth
+user_test_tester = testing .admin .reseller_admin
+[filter:s3api]
+use = egg:swift#s3api
+location = us-east-1
+[filter:catch_errors]
+use = egg:swift#catch_errors
+[filter:gatekeeper]
+use = egg:swift#gatekeeper
+[filter:healthcheck]
+use = egg:swift#healthcheck
+[filter:proxy-logging]
+use = egg:swift#proxy_logging
+[filter:cache]
+use = egg:swift#memcache
+[filter:listing_formats]
+use = egg:swift#listing_formats
+[filter:bulk]
+use = egg:swift#bulk
+[filter:tempurl]
+use = egg:swift#tempurl
+[filter:ratelimit]
+use = egg:swift#ratelimit
+[filter:copy]
+use = egg:swift#copy
+[filter:container-quotas]
+use = egg:swift#container_quotas
+[filter:account-quotas]
+use = egg:swift#account_quotas
+[filter:slo]
+use = egg:swift#slo
+[filter:dlo]
+use = egg:swift#dlo
+[filter:versioned_writes]
+use = egg:swift#versioned_writes
+[filter:symlink]
+use = egg:swift#symlink
+CONF
+
+for kind in account container object proxy; do
+  nohup swift-$kind-server "$dir/$kind-server.conf" >"$dir/log/$kind.log" 2>&1 &
+  echo $! > "$dir/run/$kind.pid"
+done
+
+for _ in $(seq 1 150); do
+  if curl -fsS "http://127.0.0.1:$port/healthcheck" >/dev/null 2>&1; then
+    echo "http://127.0.0.1:$port"
+    exit 0
+  fi
+  sleep 0.2
+done
+echo "Swift did not answer on 127.0.0.1:$port within 30 s; logs in $dir/log" >&2
+tail -n 20 "$dir"/log/*.log >&2
+"$0" stop "$dir"
+exit 1

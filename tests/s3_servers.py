@@ -1,0 +1,104 @@
+"""Real S3-compatible endpoints on 127.0.0.1 for the storage tests.
+
+* moto's standalone server: honours conditional writes like AWS S3;
+* OpenStack Swift with s3api (``scripts/swift-s3.sh``): answers 501 to conditional writes.
+
+Both are real HTTP servers reached through boto3; the fixtures start and stop them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.config import Config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Endpoint:
+    kind: str
+    url: str
+    access_key: str
+    secret_key: str
+    stop: callable
+    start: callable
+
+    def client(self):
+        return boto3.client("s3", endpoint_url=self.url, aws_access_key_id=self.access_key,
+                            aws_secret_access_key=self.secret_key, region_name="us-east-1",
+                            config=Config(s3={"addressing_style": "path"}))
+
+    def env(self) -> dict[str, str]:
+        return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
+                "AWS_REGION": "us-east-1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f}s")
+
+
+def start_moto(tmp: Path) -> Endpoint:
+    port = free_port()
+    exe = Path(sys.executable).with_name("moto_server")
+    log = open(tmp / "moto.log", "w")
+    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log)
+    _wait_for_port(port)
+
+    def stop():
+        proc.terminate()
+        proc.wait(10)
+
+    return Endpoint("moto", f"http://127.0.0.1:{port}", "AKIAHISTOTESTKEY0001", "histo-secret-do-not-leak-0001",
+                    stop, lambda: None)
+
+
+def swift_available() -> bool:
+    return shutil.which("swift-proxy-server") is not None
+
+
+def start_swift(tmp: Path) -> Endpoint:
+    script, folder, port = REPO / "scripts" / "swift-s3.sh", tmp / "swift", free_port()
+    # Swift's account/container/object servers use port+2..4; find a clear range.
+    while any(socket.socket().connect_ex(("127.0.0.1", port + k)) == 0 for k in range(5)):
+        port = free_port()
+
+    def start():
+        subprocess.run(["bash", str(script), "start", str(folder), str(port)], check=True, capture_output=True)
+
+    def stop():
+        subprocess.run(["bash", str(script), "stop", str(folder)], check=True)
+        time.sleep(0.5)
+
+    start()
+    return Endpoint("swift", f"http://127.0.0.1:{port}", "test:tester", "testing", stop, start)
+
+
+def endpoint_or_skip(kind: str, tmp: Path) -> Endpoint:
+    if kind == "swift" and not swift_available():
+        reason = "OpenStack Swift is not installed (scripts/swift-s3.sh install, as root)"
+        if os.environ.get("CI"):
+            pytest.fail(reason + "; CI must run the Swift tests")
+        pytest.skip(reason)
+    return start_moto(tmp) if kind == "moto" else start_swift(tmp)
