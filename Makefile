@@ -19,7 +19,10 @@ setup: $(BIN)/histo
 demo: setup
 	$(BIN)/histo demo
 
+# The storage tests run against OpenStack Swift (Debian packages) as well as moto; where
+# apt is not available to us, those tests skip with their reason (and fail under CI=true).
 test: setup
+	@bash scripts/swift-s3.sh install || echo "note: could not install OpenStack Swift; its tests will skip"
 	$(BIN)/python -m pytest
 
 clean:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from histo_core.config import RetrainConfig, StoreConfig, TrainConfig
+from histo_core.storage.base import StoreError
 
 
 def _quiet_prefect_defaults() -> None:
@@ -103,6 +104,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    """List, inspect, promote or roll back versions; every pointer move is a conditional write."""
+    import json
+
+    from histo_core.registry import Registry
+    from histo_core.storage import open_store
+
+    registry = Registry(open_store(_store(args)), args.name)
+    champion = registry.champion()
+    if args.models_command == "list":
+        for version in registry.versions():
+            record = registry.version(version)
+            auc = record.get("metrics", {}).get("auc")
+            outcome = record.get("decision", {}).get("outcome", "")
+            marker = "*" if champion and champion.version == version else " "
+            print(f"{marker} {version}  AUC {auc if auc is None else f'{auc:.4f}'}  {outcome}")
+        if not registry.versions():
+            print(f"no versions of {args.name} in {registry.store.uri}")
+    elif args.models_command == "show":
+        print(json.dumps(registry.version(args.version or (champion.version if champion else "")), indent=2))
+    elif args.models_command == "promote":
+        registry.set_champion(args.version, champion, promoted_by="histo models promote")
+        registry.record_event("manual-promotion", args.version, {"previous_champion": champion and champion.version})
+        print(f"champion of {args.name}: {champion.version if champion else 'none'} -> {args.version}")
+    elif args.models_command == "rollback":
+        old, new = registry.rollback()
+        registry.record_event("rollback", new, {"rolled_back_from": old})
+        print(f"champion of {args.name} rolled back: {old} -> {new}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="histo", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -129,6 +161,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--timezone", default="UTC", help="IANA time zone of the cron schedule")
     serve.set_defaults(func=cmd_serve)
 
+    models = sub.add_parser("models", help="list, show, promote or roll back model versions")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    for name, text in [("list", "versions, newest last; * marks the champion"),
+                       ("show", "one version's record (default: the champion)"),
+                       ("promote", "make VERSION the champion"),
+                       ("rollback", "re-point the champion to the one before it")]:
+        p = models_sub.add_parser(name, help=text)
+        if name in ("show", "promote"):
+            p.add_argument("version", nargs="?" if name == "show" else None)
+        p.add_argument("--name", default=RetrainConfig.model_fields["model_name"].default, help="model name")
+        _add_store_arguments(p)
+        p.set_defaults(func=cmd_models)
+
     data = sub.add_parser("data", help="data utilities").add_subparsers(dest="data_command", required=True)
     synth = data.add_parser("synth", help="write generated H&E-like patches in the Kaggle layout")
     synth.add_argument("dest", type=Path)
@@ -142,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileExistsError, FileNotFoundError) as exc:
+    except (ValueError, FileExistsError, FileNotFoundError, StoreError) as exc:
         # Our errors say what is wrong and what to do; a traceback would bury that.
         print(f"histo: error: {exc}", file=sys.stderr)
         return 2

@@ -30,3 +30,32 @@ def test_invalid_arguments_exit_non_zero():
     with pytest.raises(SystemExit) as exc:
         main(["retrain"])
     assert exc.value.code == 2
+
+
+def test_models_list_promote_rollback_show(tmp_path, capsys):
+    from histo_core.registry import Registry
+    from histo_core.storage import LocalStore
+
+    registry = Registry(LocalStore(tmp_path / "store"), "pcam-cnn")
+    versions = []
+    for tag in ("a", "b"):
+        weights = tmp_path / f"{tag}.pt"
+        weights.write_bytes(tag.encode() * 10)
+        versions.append(registry.new_version_id())
+        registry.publish_version(versions[-1], {"model.pt": weights}, {"metrics": {"auc": 0.9}})
+    store = ["--store", str(tmp_path / "store")]
+    assert main(["models", "promote", versions[0], *store]) == 0
+    assert main(["models", "promote", versions[1], *store]) == 0
+    capsys.readouterr()
+    assert main(["models", "list", *store]) == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert listing == [f"  {versions[0]}  AUC 0.9000  ", f"* {versions[1]}  AUC 0.9000  "]
+    assert main(["models", "rollback", *store]) == 0
+    assert f"{versions[1]} -> {versions[0]}" in capsys.readouterr().out
+    assert main(["models", "show", *store]) == 0
+    assert f'"version": "{versions[0]}"' in capsys.readouterr().out
+    assert main(["models", "rollback", *store]) == 2
+    assert "no earlier champion to roll back to" in capsys.readouterr().err
+    kinds = sorted(k.split("-", 1)[1].rsplit("-v", 1)[0] for k in
+                   (p.name for p in (tmp_path / "store/models/pcam-cnn/events").iterdir()))
+    assert kinds == ["manual-promotion", "manual-promotion", "rollback"]

@@ -29,3 +29,71 @@ def test_gate_decisions_carry_their_reasons(challenger, champion, cfg, promote, 
     decision = decide(challenger, champion, cfg)
     assert decision.promote is promote
     assert any(phrase in reason for reason in decision.reasons), decision.reasons
+
+
+def test_delong_matches_sklearn_auc_and_bootstrap_spread():
+    from sklearn.metrics import roc_auc_score
+
+    from histo_core.evaluate import delong
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 400)
+    scores = labels * 0.8 + rng.normal(0, 1, 400)
+    (auc,), cov = delong(labels, scores[None, :])
+    assert auc == pytest.approx(roc_auc_score(labels, scores))
+    boot = []
+    for _ in range(400):
+        idx = rng.integers(0, 400, 400)
+        boot.append(roc_auc_score(labels[idx], scores[idx]))
+    assert np.sqrt(cov[0, 0]) == pytest.approx(np.std(boot), rel=0.15)
+
+
+def test_paired_comparison_finds_a_real_improvement_and_not_a_fake_one():
+    from histo_core.evaluate import compare_paired
+
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 600)
+    base = rng.normal(0, 1, 600)
+    weak, strong = labels * 0.5 + base, labels * 1.5 + base
+    better = compare_paired(labels, strong, weak)
+    assert better["auc_difference"] > 0 and better["p_value"] < 0.001
+    assert better["difference_ci_low"] > 0
+    same = compare_paired(labels, weak + rng.normal(0, 0.01, 600), weak)
+    assert same["p_value"] > 0.05
+
+
+def test_gate_with_significance_needs_a_small_p_value():
+    cfg = GateConfig(significance="delong", alpha=0.05)
+    assert decide(0.93, 0.92, cfg, p_value=0.01).promote
+    refused = decide(0.93, 0.92, cfg, p_value=0.2)
+    assert not refused.promote and "p = 0.2000 >= alpha 0.05" in refused.reasons[-1]
+    with pytest.raises(ValueError, match="no p-value"):
+        decide(0.93, 0.92, cfg)
+    assert decide(0.93, None, cfg).promote  # the first model needs only the floor
+
+
+def test_metrics_carry_a_confidence_interval_around_the_auc():
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 2, 300)
+    m = binary_metrics(labels, labels * 1.0 + rng.normal(0, 1, 300))
+    assert m["auc_ci_low"] < m["auc"] < m["auc_ci_high"]
+
+
+def test_model_card_lists_data_metrics_comparison_and_decision():
+    import pandas as pd
+
+    from histo_core.model_card import render_model_card
+
+    split = pd.DataFrame({"batch": ["b1", "b1", "b2", ""], "partition": ["train", "test", "train", "val"],
+                          "label": [0, 1, 1, 0]})
+    metrics = {"auc": 0.91, "auc_ci_low": 0.88, "auc_ci_high": 0.94, "threshold": 0.5, "accuracy": 0.9,
+               "sensitivity": 0.85, "specificity": 0.95, "n": 100}
+    evaluation = {"challenger": metrics, "champion": {**metrics, "auc": 0.89}, "champion_version": "v1",
+                  "comparison": {"auc_difference": 0.02, "difference_ci_low": -0.01, "difference_ci_high": 0.05,
+                                 "p_value": 0.09}}
+    card = render_model_card(model_name="m", version="v2", code_version="0.1.0", data_hash="abc123", split=split,
+                             config={"train": {"epochs": 3}}, evaluation=evaluation,
+                             decision={"outcome": "promoted", "reasons": ["beats champion"]})
+    for text in ("# m v2", "**promoted** — beats champion", "`abc123`", "b2", "(root)",
+                 "| 0.9100 (0.8800-0.9400) |", "champion at the time (v1)", "p = 0.0900", '"epochs":3'):
+        assert text in card, text
