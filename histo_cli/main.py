@@ -130,7 +130,6 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(f"champion of {args.name}: {champion.version if champion else 'none'} -> {args.version}")
     elif args.models_command == "rollback":
         old, new = registry.rollback()
-        registry.record_event("rollback", new, {"rolled_back_from": old})
         print(f"champion of {args.name} rolled back: {old} -> {new}")
     return 0
 

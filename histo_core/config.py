@@ -26,6 +26,9 @@ class ValidationConfig(_Frozen):
     min_positive_fraction: float = Field(0.05, ge=0, le=1, description="Lowest accepted share of label 1.")
     max_positive_fraction: float = Field(0.95, ge=0, le=1, description="Highest accepted share of label 1.")
     min_rows: int = Field(20, ge=1, description="Fewest usable rows worth training on.")
+    drift_threshold: float = Field(
+        0.5, gt=0, description="Warn when the newest batch's mean colour moves more than this many "
+                               "reference standard deviations.")
 
 
 class SplitConfig(_Frozen):

@@ -95,6 +95,7 @@ class Registry:
             raise StoreError(f"{self.name}: no earlier champion to roll back to")
         *history, previous = current.record["history"]
         self._write_pointer(previous, current, history, rolled_back_from=current.version)
+        self.record_event("rollback", previous, {"rolled_back_from": current.version})
         return current.version, previous
 
     def _write_pointer(self, version: str, expected: Champion | None, history: list[str], **details: Any) -> None:

@@ -15,6 +15,7 @@ notebook. The Prefect tasks in ``tasks/`` are one-line wrappers over these.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -29,7 +30,7 @@ from histo_core import __version__
 from histo_core.config import GateConfig, SplitConfig, StoreConfig, TrainConfig, ValidationConfig
 from histo_core.data.cache import build_cache, open_cache
 from histo_core.data.dataset import PatchDataset
-from histo_core.data.manifest import build_manifest, manifest_hash
+from histo_core.data.manifest import NUMERIC_COLUMNS, build_manifest, manifest_hash
 from histo_core.evaluate import binary_metrics, compare_paired, plot_roc, predict_probabilities
 from histo_core.gate import decide
 from histo_core.model_card import render_model_card
@@ -47,25 +48,42 @@ def _write_json(path: Path, data: Any) -> Path:
     return path
 
 
-def validate(data: str, run_dir: Path, cfg: ValidationConfig,
+def validate(data: str, run_dir: Path, cfg: ValidationConfig, manifest_cache: Path | None = None,
              progress: Callable[[int, int], None] | None = None) -> Path:
     """Build the manifest of ``data`` and validate it; raises if the data set is rejected.
 
-    The report is written before raising, so a rejected run still leaves its reasons.
+    Writes ``manifest.csv``, ``validation.json`` and GX Data Docs (``data_docs/``) before
+    raising, so a rejected run still leaves its reasons. ``manifest_cache`` (a folder of
+    ours, never the data root) keeps the last manifest of each data root, so unchanged
+    files are not opened again.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
-    result = validate_manifest(build_manifest(data, progress=progress), cfg)
+    cached = manifest_cache / f"{hashlib.sha256(str(Path(data).resolve()).encode()).hexdigest()[:16]}.csv" \
+        if manifest_cache else None
+    previous = read_manifest(cached) if cached and cached.exists() else None
+    result = validate_manifest(build_manifest(data, progress=progress, previous=previous), cfg,
+                               docs_dir=run_dir / "data_docs")
     result.rows.to_csv(run_dir / "manifest.csv", index=False)
+    if cached:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        result.rows.to_csv(cached, index=False)
     _write_json(run_dir / "validation.json", result.report())
     log.info("validation: %s", result.summary())
     require_passed(result)
     return run_dir / "manifest.csv"
 
 
+def read_manifest(path: Path) -> pd.DataFrame:
+    """A manifest CSV as written by ``validate``, with its text columns kept as text."""
+    return pd.read_csv(path, dtype={"id": str, "label": str, "batch": str, "path": str, "mode": str,
+                                    "pixel_sha256": str, "error": str, "reason": str},
+                       keep_default_na=False, na_values={c: [""] for c in NUMERIC_COLUMNS})
+
+
 def split(manifest_csv: Path, run_dir: Path, cfg: SplitConfig) -> Path:
     """Keep usable rows and assign each its content-hash partition."""
-    rows = pd.read_csv(manifest_csv, dtype={"label": str, "id": str}, keep_default_na=False)
-    usable = rows[rows["status"] != "quarantined"].copy()
+    rows = read_manifest(manifest_csv)
+    usable = rows[(rows["status"] != "quarantined") & rows["labelled"]].copy()
     usable["label"] = usable["label"].astype(int)
     table = assign_partitions(usable[["id", "label", "path", "batch", "pixel_sha256"]], cfg)
     table.to_csv(run_dir / "split.csv", index=False)
@@ -186,11 +204,13 @@ def upload(run_dir: Path, store: StoreConfig, run_id: str) -> str:
     """Copy the run's records (not caches or checkpoints: those live in the version) to the store."""
     target = open_store(store)
     for path in sorted(run_dir.rglob("*")):
-        if path.is_file() and path.suffix in {".json", ".csv", ".md", ".html", ".png", ".log"}:
-            target.put_file(path, f"runs/{run_id}/{path.relative_to(run_dir)}")
+        relative = path.relative_to(run_dir)
+        wanted = path.suffix in {".json", ".csv", ".md", ".png"} or relative.parts[0] == "data_docs"
+        if path.is_file() and wanted and relative.parts[0] not in ("train", "champion"):
+            target.put_file(path, f"runs/{run_id}/{relative}")
     return f"{target.uri}/runs/{run_id}"
 
 
 def data_hash(manifest_csv: Path) -> str:
-    rows = pd.read_csv(manifest_csv, dtype={"label": str, "id": str}, keep_default_na=False)
+    rows = read_manifest(manifest_csv)
     return manifest_hash(rows[rows["status"] != "quarantined"])

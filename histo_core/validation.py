@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -39,6 +40,7 @@ class ValidationResult:
 
     rows: pd.DataFrame
     problems: list[str] = field(default_factory=list)
+    drift: dict[str, Any] | None = None
 
     @property
     def passed(self) -> bool:
@@ -49,10 +51,11 @@ class ValidationResult:
 
     def report(self) -> dict[str, Any]:
         """A JSON-ready report listing every row and the data set verdict."""
-        usable = self.rows[self.rows["status"] != "quarantined"]
+        usable = self.rows[(self.rows["status"] != "quarantined") & self.rows["labelled"]]
         return {
             "verdict": "passed" if self.passed else "stopped",
             "problems": self.problems,
+            "drift": self.drift,
             "counts": self.counts(),
             "labels": {str(k): int(v) for k, v in usable["label"].value_counts().sort_index().items()},
             "rows": self.rows[["id", "status", "reason"]].to_dict(orient="records"),
@@ -69,12 +72,13 @@ def _helper_columns(manifest: pd.DataFrame) -> pd.DataFrame:
     """Add the columns the suite checks that the manifest does not hold directly."""
     rows = manifest.reset_index(drop=True).copy()
     rows["row"] = rows.index  # a unique key for GX to report failing rows by
+    rows["labelled"] = rows["labelled"].astype(bool) if "labelled" in rows else True
     rows["error"] = rows["error"].replace("", None)
     rows["label"] = rows["label"].astype(str).str.strip()
-    same_id = rows.groupby("id")
-    rows["id_conflict"] = (same_id["label"].transform("nunique") > 1) | (
+    same_id = rows[rows["labelled"]].groupby("id")
+    rows["id_conflict"] = ((same_id["label"].transform("nunique") > 1) | (
         same_id["pixel_sha256"].transform("nunique") > 1
-    )
+    )).reindex(rows.index, fill_value=False)
     rows["near_blank"] = rows["blank_fraction"].fillna(0) > NEAR_BLANK
     return rows
 
@@ -101,8 +105,12 @@ def _row_expectations(cfg: ValidationConfig) -> list[tuple[Any, str, str]]:
     ]
 
 
-def run_suite(rows: pd.DataFrame, cfg: ValidationConfig) -> list[tuple[str, str, list[int]]]:
-    """Run the GX suite; return (consequence, reason template, failing row numbers) per rule."""
+def run_suite(rows: pd.DataFrame, cfg: ValidationConfig,
+              docs_dir: Path | None = None) -> list[tuple[str, str, list[int]]]:
+    """Run the GX suite; return (consequence, reason template, failing row numbers) per rule.
+
+    With ``docs_dir``, GX also renders its Data Docs (HTML) of this validation there.
+    """
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
@@ -116,10 +124,17 @@ def run_suite(rows: pd.DataFrame, cfg: ValidationConfig) -> list[tuple[str, str,
         suite.add_expectation(expectation)
     definition = context.validation_definitions.add(
         gx.ValidationDefinition(name="histo_manifest", data=batch_def, suite=suite))
-    result = definition.run(
-        batch_parameters={"dataframe": rows},
-        result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["row"]},
-    )
+    actions = []
+    if docs_dir is not None:
+        context.add_data_docs_site(site_name="histo", site_config={
+            "class_name": "SiteBuilder",
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"}})
+        actions.append(gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["histo"]))
+    checkpoint = context.checkpoints.add(gx.Checkpoint(
+        name="histo_manifest", validation_definitions=[definition], actions=actions,
+        result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["row"]}))
+    result = next(iter(checkpoint.run(batch_parameters={"dataframe": rows}).run_results.values()))
     # GX keeps the suite's order in its results; pair them back with our reasons.
     failing = []
     for (_, consequence, reason), outcome in zip(rules, result.results):
@@ -128,7 +143,29 @@ def run_suite(rows: pd.DataFrame, cfg: ValidationConfig) -> list[tuple[str, str,
     return failing
 
 
+def colour_drift(rows: pd.DataFrame, threshold: float) -> dict[str, Any] | None:
+    """Compare the newest batch's mean colour with the other batches' (reference) images.
+
+    The score is the largest per-channel shift of the batch mean, in units of the
+    reference's per-image standard deviation; a new scanner or stain batch shows up here
+    long before it shows up in the model's AUC.
+    """
+    usable = rows[(rows["status"] != "quarantined") & rows["labelled"]]
+    batches = sorted(b for b in usable["batch"].unique() if b)
+    if len(batches) < 2:
+        return None
+    newest = usable["batch"] == batches[-1]
+    channels = ["mean_r", "mean_g", "mean_b"]
+    new, ref = usable.loc[newest, channels].astype(float), usable.loc[~newest, channels].astype(float)
+    shift = (new.mean() - ref.mean()) / ref.std().clip(lower=1e-6)
+    score = float(shift.abs().max())
+    return {"batch": batches[-1], "reference_images": int(len(ref)), "batch_images": int(len(new)),
+            "shift_in_sd": {c[-1]: round(float(v), 3) for c, v in shift.items()},
+            "score": round(score, 3), "threshold": threshold, "warning": score > threshold}
+
+
 def _dataset_problems(rows: pd.DataFrame, cfg: ValidationConfig) -> list[str]:
+    rows = rows[rows["labelled"]]
     usable = rows[rows["status"] != "quarantined"]
     quarantined = 1 - len(usable) / max(1, len(rows))
     problems = []
@@ -150,19 +187,26 @@ def _dataset_problems(rows: pd.DataFrame, cfg: ValidationConfig) -> list[str]:
     return problems
 
 
-def validate_manifest(manifest: pd.DataFrame, cfg: ValidationConfig = ValidationConfig()) -> ValidationResult:
+def validate_manifest(manifest: pd.DataFrame, cfg: ValidationConfig = ValidationConfig(),
+                      docs_dir: Path | None = None) -> ValidationResult:
     """Check every row and the data set; never raises for bad rows, only marks them."""
     rows = _helper_columns(manifest)
     rows["status"], rows["reason"] = "ok", ""
-    if len(rows):
-        for consequence, template, failing in run_suite(rows, cfg):
+    labelled = rows[rows["labelled"]]
+    if len(labelled):
+        for consequence, template, failing in run_suite(labelled, cfg, docs_dir):
             for i in failing:
                 if rows.at[i, "status"] == "quarantined":
                     continue  # the first, most basic reason is the one reported
                 rows.at[i, "status"] = consequence
                 rows.at[i, "reason"] = template.format(**rows.loc[i].to_dict())
+    rows.loc[~rows["labelled"], ["status", "reason"]] = ["warning", "image file has no label row; not used"]
     result = ValidationResult(rows.drop(columns=["row", "id_conflict", "near_blank"]))
     result.problems = _dataset_problems(result.rows, cfg)
+    result.drift = colour_drift(result.rows, cfg.drift_threshold)
+    if result.drift and result.drift["warning"]:
+        log.warning("colour drift: batch %s is %.2f SD from the reference data (threshold %.2f)",
+                    result.drift["batch"], result.drift["score"], cfg.drift_threshold)
     for _, row in result.rows[result.rows["status"] == "quarantined"].head(20).iterrows():
         log.warning("quarantined %s (%s): %s", row["id"], row["path"] or "no path", row["reason"])
     return result

@@ -124,13 +124,24 @@ use = egg:swift#versioned_writes
 use = egg:swift#symlink
 CONF
 
-for kind in account container object proxy; do
-  nohup swift-$kind-server "$dir/$kind-server.conf" >"$dir/log/$kind.log" 2>&1 &
-  echo $! > "$dir/run/$kind.pid"
+start_server() {
+  nohup swift-$1-server "$dir/$1-server.conf" >"$dir/log/$1.log" 2>&1 &
+  echo $! > "$dir/run/$1.pid"
+}
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+for kind in account container object; do start_server $kind; done
+# Start the proxy only once its back ends listen (see below for why).
+for _ in $(seq 1 150); do
+  listening $acc && listening $con && listening $obj && break
+  sleep 0.2
 done
+start_server proxy
 
 for _ in $(seq 1 150); do
-  if curl -fsS "http://127.0.0.1:$port/healthcheck" >/dev/null 2>&1; then
+  # The proxy must not see a backend down on its first request: it would then
+  # error-limit that node for a minute and answer 503 "reduce your request rate".
+  if listening $acc && listening $con && listening $obj &&
+     curl -fsS "http://127.0.0.1:$port/healthcheck" >/dev/null 2>&1; then
     echo "http://127.0.0.1:$port"
     exit 0
   fi

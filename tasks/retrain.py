@@ -15,16 +15,18 @@ from histo_core.config import GateConfig, SplitConfig, StoreConfig, TrainConfig,
 
 
 @task(name="validate-data", cache_policy=NO_CACHE)
-def validate_data(data: str, run_dir: str, cfg: ValidationConfig) -> str:
+def validate_data(data: str, run_dir: str, manifest_cache: str, cfg: ValidationConfig) -> str:
     """Manifest + GX validation; fails the run with the data set problems if rejected."""
     logger = get_run_logger()
     try:
-        return str(steps.validate(data, Path(run_dir), cfg))
+        return str(steps.validate(data, Path(run_dir), cfg, Path(manifest_cache)))
     finally:
         report_path = Path(run_dir) / "validation.json"
         if report_path.exists():
             report = json.loads(report_path.read_text())
             logger.info("data %s: %s; labels %s", report["verdict"], report["counts"], report["labels"])
+            if report["drift"]:
+                (logger.warning if report["drift"]["warning"] else logger.info)("colour drift: %s", report["drift"])
             for row in [r for r in report["rows"] if r["status"] == "quarantined"][:10]:
                 logger.warning("quarantined %s: %s", row["id"], row["reason"])
 

@@ -26,9 +26,13 @@ BLANK_LEVEL = 220  # a pixel whose channels are all above this is background gla
 PARALLEL_FROM = 4000  # below this many rows a process pool costs more than it saves
 
 MANIFEST_COLUMNS = [
-    "id", "label", "path", "batch", "width", "height", "mode", "bytes", "pixel_sha256",
+    "id", "label", "path", "batch", "labelled", "width", "height", "mode", "bytes", "mtime_ns", "pixel_sha256",
     "mean_r", "mean_g", "mean_b", "std", "blank_fraction", "error",
 ]
+NUMERIC_COLUMNS = ["width", "height", "bytes", "mtime_ns", "mean_r", "mean_g", "mean_b", "std", "blank_fraction"]
+# What inspecting a file yields; reused as is while the file's size and mtime are unchanged.
+IMAGE_COLUMNS = ["width", "height", "mode", "pixel_sha256", "mean_r", "mean_g", "mean_b", "std",
+                 "blank_fraction", "error"]
 
 
 def inspect_image(path: str) -> dict[str, object]:
@@ -72,39 +76,74 @@ def _inspect_many(paths: list[str]) -> list[dict[str, object]]:
     return [inspect_image(p) for p in paths]
 
 
-def build_manifest(
-    root: Path | str,
-    workers: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
-) -> pd.DataFrame:
-    """Describe every labelled image under ``root`` (see ``MANIFEST_COLUMNS``)."""
-    table = list_images(root)
-    paths = table["path"].tolist()
-    workers = workers or os.cpu_count() or 1
+def _file_stats(paths: list[str]) -> tuple[list[int], list[int]]:
+    sizes, mtimes = [], []
+    for path in paths:
+        try:
+            st = os.stat(path) if path else None
+        except OSError:
+            st = None
+        sizes.append(st.st_size if st else -1)
+        mtimes.append(st.st_mtime_ns if st else -1)
+    return sizes, mtimes
+
+
+def _inspect_all(paths: list[str], workers: int, progress: Callable[[int, int], None] | None) -> list[dict]:
     if len(paths) < PARALLEL_FROM or workers == 1:
-        infos = []
+        infos: list[dict] = []
         for start in range(0, len(paths), 1000):
             infos += _inspect_many(paths[start:start + 1000])
             if progress:
                 progress(len(infos), len(paths))
-    else:
-        chunk = max(256, len(paths) // (workers * 8))
-        chunks = [paths[i:i + chunk] for i in range(0, len(paths), chunk)]
-        infos = []
-        # fork: workers need no re-import of the caller's main module (spawn would run an
-        # unguarded script again); they only run PIL, numpy and hashlib, which hold no
-        # locks shared with the caller's threads.
-        with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
-            for part in pool.map(_inspect_many, chunks):
-                infos += part
-                if progress:
-                    progress(len(infos), len(paths))
-    manifest = pd.concat([table.reset_index(drop=True), pd.DataFrame(infos)], axis=1)
-    return manifest[MANIFEST_COLUMNS]
+        return infos
+    chunk = max(256, len(paths) // (workers * 8))
+    chunks = [paths[i:i + chunk] for i in range(0, len(paths), chunk)]
+    infos = []
+    # fork: workers need no re-import of the caller's main module (spawn would run an
+    # unguarded script again); they only run PIL, numpy and hashlib, which hold no
+    # locks shared with the caller's threads.
+    with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
+        for part in pool.map(_inspect_many, chunks):
+            infos += part
+            if progress:
+                progress(len(infos), len(paths))
+    return infos
+
+
+def build_manifest(
+    root: Path | str,
+    workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    previous: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """Describe every image under ``root`` (see ``MANIFEST_COLUMNS``).
+
+    Rows of ``previous`` (an earlier manifest) are reused for files whose path, size and
+    mtime are unchanged, so only new or changed files are opened again.
+    """
+    table = list_images(root).reset_index(drop=True)
+    table["bytes"], table["mtime_ns"] = _file_stats(table["path"].tolist())
+    info = pd.DataFrame(index=table.index, columns=IMAGE_COLUMNS, dtype=object)
+    todo = table["labelled"].to_numpy().copy()
+    if previous is not None and len(previous):
+        known = previous.drop_duplicates("path").set_index(["path", "bytes", "mtime_ns"])[IMAGE_COLUMNS]
+        keys = pd.MultiIndex.from_frame(table[["path", "bytes", "mtime_ns"]])
+        hit = keys.isin(known.index) & (table["path"] != "").to_numpy()
+        info.loc[hit] = known.loc[keys[hit]].to_numpy()
+        todo &= ~hit
+    paths = table.loc[todo, "path"].tolist()
+    fresh = _inspect_all(paths, workers or os.cpu_count() or 1, progress)
+    if fresh:
+        info.loc[todo] = pd.DataFrame(fresh)[IMAGE_COLUMNS].to_numpy()
+    manifest = pd.concat([table, info], axis=1)
+    manifest.loc[~manifest["labelled"], "error"] = ""
+    manifest["bytes"] = manifest["bytes"].clip(lower=0)
+    return manifest[MANIFEST_COLUMNS].infer_objects()
 
 
 def manifest_hash(manifest: pd.DataFrame) -> str:
     """A content hash of the rows that matter for training (id, label, pixels)."""
+    manifest = manifest[manifest["labelled"]] if "labelled" in manifest else manifest
     digest = hashlib.sha256()
     for row in manifest[["id", "label", "pixel_sha256"]].itertuples(index=False):
         digest.update("\t".join(map(str, row)).encode() + b"\n")

@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
-COLUMNS = ["id", "label", "path", "batch"]
+COLUMNS = ["id", "label", "path", "batch", "labelled"]
 
 
 class DataSourceError(ValueError):
@@ -63,10 +63,19 @@ def _find_image(folder: Path, image_id: str) -> Path:
     return folder / f"{image_id}.tif"
 
 
+def _with_orphans(table: pd.DataFrame, folder: Path) -> pd.DataFrame:
+    """Add the images in ``folder`` that no label row names (reported, never trained on)."""
+    named = set(table["path"])
+    orphans = [str(f) for f in sorted(folder.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES
+               and str(f) not in named] if folder.is_dir() else []
+    extra = pd.DataFrame({"id": [Path(p).stem for p in orphans], "label": "", "path": orphans, "labelled": False})
+    return pd.concat([table.assign(labelled=True), extra], ignore_index=True)
+
+
 def _kaggle(root: Path) -> pd.DataFrame:
     table = _read_labels_csv(root / "train_labels.csv")
     paths = [str(root / "train" / f"{i}.tif") if _safe_id(i) else "" for i in table["id"]]
-    return pd.DataFrame({"id": table["id"], "label": table["label"], "path": paths})
+    return _with_orphans(pd.DataFrame({"id": table["id"], "label": table["label"], "path": paths}), root / "train")
 
 
 def _labels_csv(root: Path) -> pd.DataFrame:
@@ -80,7 +89,7 @@ def _labels_csv(root: Path) -> pd.DataFrame:
         else:
             found = _find_image(folder, row_id) if _safe_id(row_id) else None
         paths.append(str(found) if found else "")
-    return pd.DataFrame({"id": table["id"], "label": table["label"], "path": paths})
+    return _with_orphans(pd.DataFrame({"id": table["id"], "label": table["label"], "path": paths}), folder)
 
 
 def _class_folders(root: Path) -> pd.DataFrame:
@@ -90,7 +99,7 @@ def _class_folders(root: Path) -> pd.DataFrame:
         for f in sorted((root / label).iterdir())
         if f.suffix.lower() in IMAGE_SUFFIXES
     ]
-    return pd.DataFrame(rows, columns=["id", "label", "path"])
+    return pd.DataFrame(rows, columns=["id", "label", "path"]).assign(labelled=True)
 
 
 def detect_layout(root: Path) -> str:
@@ -113,7 +122,11 @@ _READERS = {"kaggle": _kaggle, "labels_csv": _labels_csv, "class_folders": _clas
 
 
 def list_images(root: Path | str) -> pd.DataFrame:
-    """All labelled images under ``root`` as ``id, label, path, batch`` (paths absolute)."""
+    """All images under ``root`` as ``id, label, path, batch, labelled`` (paths absolute).
+
+    ``labelled`` is False for image files that no label row names: validation warns about
+    them and they are never trained on.
+    """
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise DataSourceError(f"{root}: no such data folder")
