@@ -51,7 +51,8 @@ def retrain(config: RetrainConfig) -> dict[str, Any]:
     logger.info("run %s: data %s -> store %s", run_id, config.data, config.store.uri)
     steps.record_config(run_dir, config)
 
-    manifest = validate_data(config.data, str(run_dir), str(workdir / "manifests"), config.validation)
+    manifest = validate_data(config.data, str(run_dir), str(workdir / "manifests"), config.validation,
+                             config.store)
     split = split_data(manifest, str(run_dir), config.split)
     challenger = train_model(split, str(run_dir), str(cache_dir), config.train)
     evaluation = evaluate_models(split, challenger, str(run_dir), str(cache_dir), config.store,

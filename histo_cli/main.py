@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from histo_core.config import RetrainConfig, StoreConfig, TrainConfig
+from histo_core.data.download import DownloadError
 from histo_core.storage.base import StoreError
 
 
@@ -53,6 +54,75 @@ def cmd_synth(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     write_kaggle_layout(args.dest, SyntheticSpec(count=args.count, seed=args.seed))
     print(f"wrote {args.count} patches to {args.dest} in {time.perf_counter() - start:.1f}s")
+    return 0
+
+
+class _Bar:
+    """A tqdm bar fed by (done, total) callbacks; created on the first call."""
+
+    def __init__(self, desc: str, unit: str = "img") -> None:
+        self.desc, self.unit, self.bar = desc, unit, None
+
+    def __call__(self, done: int, total: int | None) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc=self.desc, unit=self.unit, unit_scale=True, file=sys.stderr)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Exit 0 when the data set passes (quarantined rows allowed), 1 when it is stopped."""
+    import json
+
+    from histo_core.config import ValidationConfig
+    from histo_core.data.manifest import build_manifest
+    from histo_core.validation import validate_manifest
+
+    bar = _Bar("inspecting images")
+    try:
+        manifest = build_manifest(args.data, progress=bar)
+    finally:
+        bar.close()
+    result = validate_manifest(manifest, ValidationConfig(), docs_dir=args.docs)
+    if args.report:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(json.dumps(result.report(), indent=2) + "\n")
+    print(result.summary().split(" -- ")[0])
+    for row in result.rows[result.rows["status"] != "ok"].head(args.show).itertuples():
+        print(f"  {row.status:<11} {row.id}: {row.reason}")
+    if result.drift:
+        print(f"colour drift of batch {result.drift['batch']}: {result.drift['score']:.2f} SD "
+              f"({'WARNING' if result.drift['warning'] else 'ok'}, threshold {result.drift['threshold']})")
+    if args.report:
+        print(f"report: {args.report}")
+    if args.docs:
+        print(f"Data Docs: {args.docs / 'index.html'}")
+    if not result.passed:
+        print("histo: data set rejected: " + "; ".join(result.problems), file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from histo_core.data.download import PCAM_URL, download, pcam_resources
+
+    bars: dict[str, object] = {}
+
+    def progress(name: str, done: int, total: int | None) -> None:
+        bars.setdefault(name, _Bar(name, unit="B"))(done, total)
+
+    try:
+        paths = download(pcam_resources(args.splits, url=args.url or PCAM_URL), args.dest, progress)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    for path in paths:
+        print(f"verified {path}")
     return 0
 
 
@@ -179,6 +249,20 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--count", type=int, default=2000)
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(func=cmd_synth)
+
+    check = data.add_parser("validate", help="validate a data root (exit 0: passed, 1: rejected)")
+    check.add_argument("data", help="data root in any supported layout")
+    check.add_argument("--report", type=Path, help="write the JSON report (every row, the verdict) here")
+    check.add_argument("--docs", type=Path, help="write Great Expectations Data Docs (HTML) into this folder")
+    check.add_argument("--show", type=int, default=20, help="print at most this many problem rows")
+    check.set_defaults(func=cmd_validate)
+
+    fetch = data.add_parser("download", help="download a public data set (resumable, checksum-verified)")
+    fetch.add_argument("dataset", choices=["pcam"])
+    fetch.add_argument("dest", type=Path)
+    fetch.add_argument("--splits", nargs="+", default=["train", "valid", "test"], choices=["train", "valid", "test"])
+    fetch.add_argument("--url", help="URL template with {name} (default: the Zenodo record); for mirrors")
+    fetch.set_defaults(func=cmd_download)
     return parser
 
 
@@ -186,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileExistsError, FileNotFoundError, StoreError) as exc:
+    except (ValueError, FileExistsError, FileNotFoundError, StoreError, DownloadError) as exc:
         # Our errors say what is wrong and what to do; a traceback would bury that.
         print(f"histo: error: {exc}", file=sys.stderr)
         return 2

@@ -57,7 +57,9 @@ class TrainConfig(_Frozen):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     dropout: float = Field(0.5, ge=0, lt=1)
-    augment: bool = Field(True, description="Random flips and 90-degree rotations while training.")
+    augment: bool = Field(True, description="Random flips, 90-degree rotations and colour jitter while training.")
+    color_jitter: float = Field(0.1, ge=0, lt=1, description="Brightness/contrast/saturation jitter; 0: off.")
+    hue_jitter: float = Field(0.0, ge=0, le=0.5, description="Hue jitter (slow on CPU; see build_augmentation).")
     seed: int = 0
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
     num_threads: int = Field(0, ge=0, description="CPU threads for torch; 0 means all cores.")

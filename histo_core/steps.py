@@ -29,8 +29,9 @@ from pydantic import BaseModel
 from histo_core import __version__
 from histo_core.config import GateConfig, SplitConfig, StoreConfig, TrainConfig, ValidationConfig
 from histo_core.data.cache import build_cache, open_cache
-from histo_core.data.dataset import PatchDataset
+from histo_core.data.dataset import PatchDataset, build_augmentation
 from histo_core.data.manifest import NUMERIC_COLUMNS, build_manifest, manifest_hash
+from histo_core.data.sources import mirror_s3
 from histo_core.evaluate import binary_metrics, compare_paired, plot_roc, predict_probabilities
 from histo_core.gate import decide
 from histo_core.model_card import render_model_card
@@ -49,15 +50,20 @@ def _write_json(path: Path, data: Any) -> Path:
 
 
 def validate(data: str, run_dir: Path, cfg: ValidationConfig, manifest_cache: Path | None = None,
-             progress: Callable[[int, int], None] | None = None) -> Path:
+             progress: Callable[[int, int], None] | None = None, store: StoreConfig | None = None) -> Path:
     """Build the manifest of ``data`` and validate it; raises if the data set is rejected.
 
     Writes ``manifest.csv``, ``validation.json`` and GX Data Docs (``data_docs/``) before
     raising, so a rejected run still leaves its reasons. ``manifest_cache`` (a folder of
     ours, never the data root) keeps the last manifest of each data root, so unchanged
-    files are not opened again.
+    files are not opened again. An ``s3://`` data root is first mirrored into
+    ``manifest_cache/../mirror`` through ``store``'s endpoint.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
+    if data.startswith("s3://"):
+        mirror_root = (manifest_cache or run_dir).parent / "mirror"
+        data = str(mirror_s3(data, mirror_root, store.endpoint_url if store else None,
+                             store.region if store else None))
     cached = manifest_cache / f"{hashlib.sha256(str(Path(data).resolve()).encode()).hexdigest()[:16]}.csv" \
         if manifest_cache else None
     previous = read_manifest(cached) if cached and cached.exists() else None
@@ -92,20 +98,21 @@ def split(manifest_csv: Path, run_dir: Path, cfg: SplitConfig) -> Path:
     return run_dir / "split.csv"
 
 
-def load_partitions(split_csv: Path, cache_dir: Path, augment_train: bool = False) -> dict[str, PatchDataset]:
+def load_partitions(split_csv: Path, cache_dir: Path,
+                    train_transform: Callable | None = None) -> dict[str, PatchDataset]:
     """One dataset per partition, all reading one decoded cache of the split's rows."""
     table = pd.read_csv(split_csv, dtype={"id": str}, keep_default_na=False)
     pixels = open_cache(build_cache(table, cache_dir))
     labels = table["label"].to_numpy()
     return {name: PatchDataset(pixels, labels, np.flatnonzero(table["partition"] == name),
-                               augment=augment_train and name == "train")
+                               transform=train_transform if name == "train" else None)
             for name in ("train", "val", "test")}
 
 
 def train(split_csv: Path, run_dir: Path, cache_dir: Path, cfg: TrainConfig,
           on_epoch: EpochCallback | None = None) -> Path:
     """Train a challenger; returns its best-val-loss checkpoint."""
-    parts = load_partitions(split_csv, cache_dir, augment_train=cfg.augment)
+    parts = load_partitions(split_csv, cache_dir, build_augmentation(cfg.color_jitter, cfg.hue_jitter) if cfg.augment else None)
     return fit(parts["train"], parts["val"], cfg, run_dir / "train", on_epoch).best_checkpoint
 
 

@@ -7,19 +7,38 @@ import json
 from pathlib import Path
 
 from prefect import get_run_logger, task
+from prefect.states import State
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from histo_core import steps
 from histo_core.config import GateConfig, SplitConfig, StoreConfig, TrainConfig, ValidationConfig
+from histo_core.data.sources import DataSourceError
+from histo_core.validation import DataValidationError
 
 
-@task(name="validate-data", cache_policy=NO_CACHE)
-def validate_data(data: str, run_dir: str, manifest_cache: str, cfg: ValidationConfig) -> str:
-    """Manifest + GX validation; fails the run with the data set problems if rejected."""
+def _worth_retrying(task: object, task_run: object, state: State) -> bool:
+    """Retry network trouble; never a data set that validation rejected (it fails the same way)."""
+    try:
+        state.result()
+    except (DataValidationError, DataSourceError):
+        return False
+    except Exception:  # noqa: BLE001 - anything else may be transient
+        return True
+    return False
+
+
+@task(name="validate-data", retries=2, retry_delay_seconds=exponential_backoff(5),
+      retry_condition_fn=_worth_retrying, cache_policy=NO_CACHE)
+def validate_data(data: str, run_dir: str, manifest_cache: str, cfg: ValidationConfig, store: StoreConfig) -> str:
+    """Manifest + GX validation; fails the run with the data set problems if rejected.
+
+    Retried because an ``s3://`` data root is listed and fetched over the network; a
+    rejected data set fails the same way every time and costs only seconds to re-check.
+    """
     logger = get_run_logger()
     try:
-        return str(steps.validate(data, Path(run_dir), cfg, Path(manifest_cache)))
+        return str(steps.validate(data, Path(run_dir), cfg, Path(manifest_cache), store=store))
     finally:
         report_path = Path(run_dir) / "validation.json"
         if report_path.exists():

@@ -59,3 +59,21 @@ def test_models_list_promote_rollback_show(tmp_path, capsys):
     kinds = sorted(k.split("-", 1)[1].rsplit("-v", 1)[0] for k in
                    (p.name for p in (tmp_path / "store/models/pcam-cnn/events").iterdir()))
     assert kinds == ["manual-promotion", "manual-promotion", "rollback"]
+
+
+def test_data_validate_reports_every_row_and_exits_by_verdict(kaggle_root, tmp_path, capsys):
+    import json
+
+    report = tmp_path / "r.json"
+    assert main(["data", "validate", str(kaggle_root), "--report", str(report), "--docs", str(tmp_path / "d")]) == 0
+    data = json.loads(report.read_text())
+    assert data["verdict"] == "passed" and len(data["rows"]) == 300
+    assert set(data["rows"][0]) == {"id", "status", "reason"}
+    assert (tmp_path / "d" / "index.html").exists()
+    one_class = tmp_path / "one"
+    main(["data", "synth", str(one_class), "--count", "30"])
+    labels = one_class / "train_labels.csv"
+    labels.write_text(labels.read_text().replace(",1\n", ",0\n"))
+    capsys.readouterr()
+    assert main(["data", "validate", str(one_class)]) == 1
+    assert "data set rejected: only label ['0'] present" in capsys.readouterr().err

@@ -52,3 +52,20 @@ def test_pixel_hashes_match_the_shared_data_set_record(pcam_real, tmp_path):
     sample = pd.concat([labels.head(20), labels.sample(40, random_state=0)])
     for row in sample.itertuples():
         assert inspect_image(str(pcam_real / row.filename))["pixel_sha256"] == row.pixel_sha256
+
+
+def test_a_second_run_reopens_only_changed_files(kaggle_root, tmp_path):
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(kaggle_root, root)
+    first = build_manifest(root)
+    seen = []
+    again = build_manifest(root, previous=first, progress=lambda done, total: seen.append(total))
+    assert seen == [] and again.equals(first)
+    touched = root / "train" / f"{first.loc[5, 'id']}.tif"
+    Image.fromarray(np.zeros((96, 96, 3), np.uint8)).save(touched)
+    third = build_manifest(root, previous=first, progress=lambda done, total: seen.append(total))
+    assert seen == [1]
+    assert third.loc[5, "pixel_sha256"] != first.loc[5, "pixel_sha256"]
+    assert third.drop(index=5)["pixel_sha256"].equals(first.drop(index=5)["pixel_sha256"])

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from histo_core.config import TrainConfig
-from histo_core.data.dataset import PatchDataset, random_dihedral
+from histo_core.data.dataset import PatchDataset, build_augmentation, random_dihedral
 from histo_core.data.manifest import build_manifest
 from histo_core.split import assign_partitions
 from histo_core.steps import load_partitions
@@ -18,7 +18,7 @@ def parts(kaggle_root, tmp_path_factory):
     rows["label"] = rows["label"].astype(int)
     split_csv = tmp_path_factory.mktemp("split") / "split.csv"
     assign_partitions(rows).to_csv(split_csv, index=False)
-    return load_partitions(split_csv, tmp_path_factory.mktemp("cache"), augment_train=True)
+    return load_partitions(split_csv, tmp_path_factory.mktemp("cache"), build_augmentation())
 
 
 def test_random_dihedral_only_moves_pixels():
@@ -69,4 +69,15 @@ def test_dataset_items_are_uint8_chw_with_float_labels(parts):
     image, label = parts["val"][0]
     assert image.dtype == torch.uint8 and image.shape == (3, 96, 96)
     assert label.dtype == torch.float32 and label.item() in (0.0, 1.0)
-    assert isinstance(parts["val"], PatchDataset) and not parts["val"].augment and parts["train"].augment
+    assert isinstance(parts["val"], PatchDataset) and parts["val"].transform is None
+    assert parts["train"].transform is not None
+
+
+def test_augmentation_keeps_shape_and_type_and_jitter_changes_colours():
+    image = torch.randint(0, 256, (3, 96, 96), dtype=torch.uint8)
+    out = build_augmentation(0.3)(image)
+    assert out.dtype == torch.uint8 and out.shape == image.shape
+    symmetries = [torch.rot90(im, k, dims=(1, 2)) for im in (image, image.flip(2)) for k in range(4)]
+    assert not any(torch.equal(out, s) for s in symmetries), "colour jitter should change pixel values"
+    plain = build_augmentation(0.0)(image)
+    assert sorted(plain.flatten().tolist()) == sorted(image.flatten().tolist())

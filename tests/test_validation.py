@@ -90,3 +90,48 @@ def test_data_set_problems_stop_the_run(tmp_path, labels, message):
 def test_generated_data_passes_cleanly(kaggle_root):
     result = validate_manifest(build_manifest(kaggle_root))
     assert result.passed and result.counts() == {"ok": 300}
+
+
+def test_more_kinds_of_bad_image_are_quarantined(tmp_path):
+    img = tmp_path / "images"
+    img.mkdir()
+    for i in range(40):
+        Image.fromarray(_tissue(i)).save(img / f"good{i}.png")
+    Image.fromarray(_tissue(200)).convert("CMYK").save(img / "cmyk.tif")
+    Image.fromarray(np.full((96, 96), 40000, np.uint16)).save(img / "deep.png")  # 16-bit grey
+    Image.new("1", (5000, 5000)).save(img / "bomb.png")  # 25 megapixels in a tiny file
+    Image.fromarray(_tissue(201)).save(img / "orphan.png")  # no label row names it
+    labels = [(f"good{i}", i % 2) for i in range(40)] + [("cmyk", 1), ("deep", 0), ("bomb", 1)]
+    (tmp_path / "labels.csv").write_text("id,label\n" + "".join(f"{i},{lab}\n" for i, lab in labels))
+    rows = validate_manifest(build_manifest(tmp_path), ValidationConfig(max_quarantine_fraction=0.5)).rows
+    reason = dict(zip(rows["id"], rows["reason"]))
+    status = dict(zip(rows["id"], rows["status"]))
+    assert reason["cmyk"] == "image mode 'CMYK' is not 8-bit RGB"
+    assert reason["deep"].startswith("image mode 'I") and reason["deep"].endswith("is not 8-bit RGB")
+    assert reason["bomb"] == "refused: 5000x5000 pixels exceeds 16777216"
+    assert (status["orphan"], reason["orphan"]) == ("warning", "image file has no label row; not used")
+
+
+def test_a_batch_with_shifted_colours_draws_a_drift_warning(tmp_path):
+    def batch(name, shift):
+        folder = tmp_path / "batches" / name / "images"
+        folder.mkdir(parents=True)
+        for i in range(30):
+            pixels = np.clip(_tissue(i).astype(int) + shift, 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{name}{i}.png")
+        (folder.parent / "labels.csv").write_text("id,label\n" + "".join(f"{name}{i},{i % 2}\n" for i in range(30)))
+
+    batch("b1", 0)
+    batch("b2", 0)
+    calm = validate_manifest(build_manifest(tmp_path)).drift
+    assert calm["batch"] == "b2" and not calm["warning"]
+    batch("b3", [-60, 10, 40])  # a different stain
+    drift = validate_manifest(build_manifest(tmp_path)).drift
+    assert drift["batch"] == "b3" and drift["warning"] and drift["score"] > 1
+
+
+def test_data_docs_are_written(kaggle_root, tmp_path):
+    validate_manifest(build_manifest(kaggle_root), docs_dir=tmp_path / "docs")
+    assert (tmp_path / "docs" / "index.html").is_file()
+    pages = list((tmp_path / "docs" / "validations").rglob("*.html"))
+    assert len(pages) == 1 and "histo_manifest" in pages[0].read_text()

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
+
+from histo_core.data.images import open_image
 
 
 def cache_key(rows: pd.DataFrame) -> str:
@@ -32,7 +33,7 @@ def build_cache(rows: pd.DataFrame, cache_dir: Path | str, size: int = 96) -> Pa
     partial = target.with_suffix(f".{os.getpid()}.tmp")
     array = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(len(rows), size, size, 3))
     for i, path in enumerate(rows["path"]):
-        with Image.open(path) as img:
+        with open_image(path) as img:
             array[i] = np.asarray(img.convert("RGB"))
     array.flush()
     del array

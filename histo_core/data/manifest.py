@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from histo_core.data import images
 from histo_core.data.sources import list_images
 
 # Refuse decompression bombs before decoding: a 96x96 patch has 9,216 pixels.
@@ -44,7 +45,7 @@ def inspect_image(path: str) -> dict[str, object]:
         info["error"] = "id is not a safe file name (absolute, '..' or a path separator)"
         return info
     try:
-        info["bytes"] = os.path.getsize(path)
+        info["bytes"] = images.stat(path).st_size
     except OSError:
         info["error"] = f"no image file at {path}"
         return info
@@ -54,13 +55,13 @@ def inspect_image(path: str) -> dict[str, object]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with images.open_image(path) as img:
                 info.update(width=img.width, height=img.height, mode=img.mode)
                 if img.width * img.height > MAX_PIXELS:
                     info["error"] = f"refused: {img.width}x{img.height} pixels exceeds {MAX_PIXELS}"
                     return info
                 pixels = np.asarray(img)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as exc:
+    except (OSError, SyntaxError, ValueError, IndexError, KeyError, Image.DecompressionBombWarning) as exc:
         info["error"] = f"unreadable image: {exc}"
         return info
     info["pixel_sha256"] = hashlib.sha256(pixels.tobytes()).hexdigest()
@@ -80,7 +81,7 @@ def _file_stats(paths: list[str]) -> tuple[list[int], list[int]]:
     sizes, mtimes = [], []
     for path in paths:
         try:
-            st = os.stat(path) if path else None
+            st = images.stat(path) if path else None
         except OSError:
             st = None
         sizes.append(st.st_size if st else -1)

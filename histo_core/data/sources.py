@@ -7,7 +7,9 @@ Supported layouts (detected in this order):
 * Kaggle — ``train_labels.csv`` (``id,label``) and ``train/<id>.tif``;
 * labels CSV — ``labels.csv`` (``id,label`` and optionally ``filename`` or ``path``)
   beside the images (in the root or in ``images/``), any of .tif/.tiff/.png/.jpg;
-* class folders — ``0/`` and ``1/`` holding images.
+* class folders — ``0/`` and ``1/`` holding images;
+* PCam HDF5 — ``camelyonpatch_level_2_split_{train,valid,test}_{x,y}.h5``, read lazily
+  (patch ids ``pcam_<split>_<index>``, as in the shared real sample).
 
 Labels are kept as the text found in the file; ``validation`` decides what is valid.
 An id that could escape the data root (absolute, ``..``, separators) gets no path, so
@@ -17,8 +19,13 @@ nothing outside the root is ever opened.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
+from urllib.parse import urlparse
 
+import numpy as np
 import pandas as pd
+
+from histo_core.data.images import H5_SEP
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 COLUMNS = ["id", "label", "path", "batch", "labelled"]
@@ -102,6 +109,29 @@ def _class_folders(root: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["id", "label", "path"]).assign(labelled=True)
 
 
+PCAM_SPLITS = ("train", "valid", "test")
+PCAM_FILE = "camelyonpatch_level_2_split_{split}_{xy}.h5"
+
+
+def _pcam_h5(root: Path) -> pd.DataFrame:
+    """One row per patch of every split present; only the small label files are read."""
+    import h5py
+
+    parts = []
+    for split in PCAM_SPLITS:
+        x_file, y_file = root / PCAM_FILE.format(split=split, xy="x"), root / PCAM_FILE.format(split=split, xy="y")
+        if not y_file.is_file():
+            continue
+        if not x_file.is_file():
+            raise DataSourceError(f"{y_file} has no images beside it: {x_file.name} is missing")
+        with h5py.File(y_file, "r") as f:
+            labels = np.asarray(f["y"]).reshape(-1)
+        parts.append(pd.DataFrame({"id": [f"pcam_{split}_{i}" for i in range(len(labels))],
+                                   "label": labels.astype(str),
+                                   "path": [f"{x_file}{H5_SEP}{i}" for i in range(len(labels))]}))
+    return pd.concat(parts, ignore_index=True).assign(labelled=True)
+
+
 def detect_layout(root: Path) -> str:
     """Name the layout of ``root``; raise with the list of layouts when none fits."""
     if (root / "batches").is_dir():
@@ -112,13 +142,39 @@ def detect_layout(root: Path) -> str:
         return "labels_csv"
     if (root / "0").is_dir() and (root / "1").is_dir():
         return "class_folders"
+    if any((root / PCAM_FILE.format(split=s, xy="y")).is_file() for s in PCAM_SPLITS):
+        return "pcam_h5"
     raise DataSourceError(
         f"{root}: no supported layout found. Expected one of: batches/<batch-id>/; "
-        "train_labels.csv + train/ (Kaggle); labels.csv beside the images; class folders 0/ and 1/."
+        "train_labels.csv + train/ (Kaggle); labels.csv beside the images; class folders 0/ and 1/; "
+        "PCam HDF5 (camelyonpatch_level_2_split_*_{x,y}.h5)."
     )
 
 
-_READERS = {"kaggle": _kaggle, "labels_csv": _labels_csv, "class_folders": _class_folders}
+_READERS = {"kaggle": _kaggle, "labels_csv": _labels_csv, "class_folders": _class_folders, "pcam_h5": _pcam_h5}
+
+
+def mirror_s3(uri: str, local_root: Path, endpoint_url: str | None = None, region: str | None = None,
+              progress: Callable[[int, int], None] | None = None) -> Path:
+    """Copy the objects under an ``s3://`` data root that are not here yet into ``local_root``.
+
+    Data roots are append-only (new batches, never edited files), so objects already
+    mirrored are not fetched again; each download is verified against the object's
+    recorded SHA-256 when it has one. Goes through the store interface: one S3 client.
+    """
+    from histo_core.storage import open_store
+
+    store = open_store(uri, endpoint_url=endpoint_url, region=region)
+    target = local_root / urlparse(uri).netloc / urlparse(uri).path.strip("/")
+    keys = store.list()
+    missing = [k for k in keys if not (target / k).is_file()]
+    for i, key in enumerate(missing, 1):
+        store.get_file(key, target / key)
+        if progress:
+            progress(i, len(missing))
+    if not keys:
+        raise DataSourceError(f"{uri}: no objects under this prefix")
+    return target
 
 
 def list_images(root: Path | str) -> pd.DataFrame:
