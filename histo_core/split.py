@@ -40,6 +40,9 @@ def assign_partitions(rows: pd.DataFrame, cfg: SplitConfig = SplitConfig()) -> p
     partition = np.where(u < cfg.test_fraction, "test",
                          np.where(u < cfg.test_fraction + cfg.val_fraction, "val", "train"))
     out = rows.assign(partition=partition)
+    leaked = out.groupby("pixel_sha256")["partition"].nunique()
+    if (leaked > 1).any():  # impossible by construction; checked because the hold-out depends on it
+        raise SplitError(f"{int((leaked > 1).sum())} identical images fall in more than one partition")
     for name in PARTITIONS:
         labels = set(out.loc[out["partition"] == name, "label"])
         if len(labels) < 2:

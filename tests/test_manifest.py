@@ -14,7 +14,8 @@ def test_a_good_image_is_described(tmp_path):
     info = inspect_image(str(tmp_path / "x.png"))
     assert (info["width"], info["height"], info["mode"], info["error"]) == (96, 96, "RGB", "")
     assert info["pixel_sha256"] == hashlib.sha256(pixels.tobytes()).hexdigest()
-    assert abs(info["mean_r"] - pixels[..., 0].mean()) < 1e-6
+    assert abs(info["mean_r"] - pixels[..., 0].mean()) < 1e-4
+    assert abs(info["std_b"] - pixels[..., 2].std()) < 1e-3
 
 
 def test_bad_files_are_reported_not_raised(tmp_path):

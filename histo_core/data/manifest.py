@@ -28,18 +28,38 @@ PARALLEL_FROM = 4000  # below this many rows a process pool costs more than it s
 
 MANIFEST_COLUMNS = [
     "id", "label", "path", "batch", "labelled", "width", "height", "mode", "bytes", "mtime_ns", "pixel_sha256",
-    "mean_r", "mean_g", "mean_b", "std", "blank_fraction", "error",
+    "mean_r", "mean_g", "mean_b", "std_r", "std_g", "std_b", "blank_fraction", "error",
 ]
-NUMERIC_COLUMNS = ["width", "height", "bytes", "mtime_ns", "mean_r", "mean_g", "mean_b", "std", "blank_fraction"]
+NUMERIC_COLUMNS = ["width", "height", "bytes", "mtime_ns", "mean_r", "mean_g", "mean_b", "std_r", "std_g", "std_b",
+                   "blank_fraction"]
 # What inspecting a file yields; reused as is while the file's size and mtime are unchanged.
-IMAGE_COLUMNS = ["width", "height", "mode", "pixel_sha256", "mean_r", "mean_g", "mean_b", "std",
-                 "blank_fraction", "error"]
+IMAGE_COLUMNS = ["width", "height", "mode", "pixel_sha256", "mean_r", "mean_g", "mean_b", "std_r", "std_g",
+                 "std_b", "blank_fraction", "error"]
+
+
+def _colour_stats(pixels: np.ndarray) -> dict[str, float]:
+    """Per-channel means and standard deviations, and the background fraction of an (H, W, 3) uint8 image.
+
+    Written for speed (this runs once per image of every data set): a float32 copy and
+    a matrix-vector product instead of numpy's strided reductions over the channel axis,
+    which cost ~10x more per image.
+    """
+    flat = pixels.reshape(-1, 3)
+    values = flat.astype(np.float32)
+    ones = np.ones(len(flat), np.float32)
+    means = (ones @ values / len(flat)).astype(np.float64)
+    stds = np.sqrt(np.maximum((ones @ (values * values) / len(flat)).astype(np.float64) - means**2, 0.0))
+    bright = flat > BLANK_LEVEL
+    return {"mean_r": float(means[0]), "mean_g": float(means[1]), "mean_b": float(means[2]),
+            "std_r": float(stds[0]), "std_g": float(stds[1]), "std_b": float(stds[2]),
+            "blank_fraction": np.count_nonzero(bright[:, 0] & bright[:, 1] & bright[:, 2]) / len(flat)}
 
 
 def inspect_image(path: str) -> dict[str, object]:
     """Open one image and describe it; failures are reported in ``error``, never raised."""
     info: dict[str, object] = {"width": 0, "height": 0, "mode": "", "bytes": 0, "pixel_sha256": "",
-                               "mean_r": np.nan, "mean_g": np.nan, "mean_b": np.nan, "std": np.nan,
+                               "mean_r": np.nan, "mean_g": np.nan, "mean_b": np.nan,
+                               "std_r": np.nan, "std_g": np.nan, "std_b": np.nan,
                                "blank_fraction": np.nan, "error": ""}
     if not path:
         info["error"] = "id is not a safe file name (absolute, '..' or a path separator)"
@@ -66,10 +86,7 @@ def inspect_image(path: str) -> dict[str, object]:
         return info
     info["pixel_sha256"] = hashlib.sha256(pixels.tobytes()).hexdigest()
     if info["mode"] == "RGB":
-        means = pixels.reshape(-1, 3).mean(axis=0)
-        info.update(mean_r=float(means[0]), mean_g=float(means[1]), mean_b=float(means[2]),
-                    std=float(pixels.std()),
-                    blank_fraction=float((pixels.min(axis=2) > BLANK_LEVEL).mean()))
+        info.update(_colour_stats(pixels))
     return info
 
 
