@@ -100,3 +100,21 @@ class RetrainConfig(_Frozen):
     split: SplitConfig = SplitConfig()
     train: TrainConfig = TrainConfig()
     gate: GateConfig = GateConfig()
+
+
+class WatchConfig(_Frozen):
+    """What the watcher looks at, and where it remembers what it has seen."""
+
+    data: str = Field(..., description="Data root whose batches/<batch-id>/ folders are watched.")
+    store: StoreConfig = StoreConfig()
+
+
+class PredictConfig(_Frozen):
+    """Score a folder or prefix of patches with the champion (or a named version)."""
+
+    data: str = Field(..., description="Folder of patches (any supported layout, or just image files).")
+    out: str = Field("predictions.csv", description="Local CSV to write: id,label (tumour probability),error.")
+    store: StoreConfig = StoreConfig()
+    model_name: str = "pcam-cnn"
+    version: str | None = Field(None, description="Version to use; default: the current champion.")
+    device: str = "auto"

@@ -5,12 +5,17 @@ returns their path, so an orchestrator can pass small references between steps, 
 one, or run it again later; and each step runs without any orchestrator in a test or a
 notebook. The Prefect tasks in ``tasks/`` are one-line wrappers over these.
 
-    validate -> manifest.csv, validation.json
-    split    -> split.csv
-    train    -> train/best.pt, train/last.pt, train/history.json
-    evaluate -> evaluation.json (challenger and champion on the same test images)
-    promote  -> decision.json (+ a registry version; the champion pointer maybe moved)
+    validate -> <data set dir>/manifest.csv, validation.json, data_docs/
+    split    -> <data set dir>/split-<key>/split.csv
+    train    -> <model dir>/best.pt, last.pt, history.json
+    evaluate -> <run dir>/evaluation.json, predictions.csv, roc.png (challenger and
+                champion on the same test images)
+    promote  -> <run dir>/decision.json, model_card.md (+ a registry version; the
+                champion pointer moved if the gate says so)
     upload   -> runs/<run-id>/ in the store
+
+Data set and model folders are content-addressed (``dataset_dir``, ``model_dir``), so a
+re-run on unchanged data finds its earlier outputs and a retried training resumes.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -37,7 +43,7 @@ from histo_core.gate import decide
 from histo_core.model_card import render_model_card
 from histo_core.registry import WEIGHTS, Registry
 from histo_core.split import assign_partitions
-from histo_core.storage import ConflictError, open_store
+from histo_core.storage import ConflictError, open_store, sha256_file
 from histo_core.train import EpochCallback, fit
 from histo_core.validation import require_passed, validate_manifest
 
@@ -47,6 +53,36 @@ log = logging.getLogger(__name__)
 def _write_json(path: Path, data: Any) -> Path:
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
     return path
+
+
+def content_key(*parts: Any) -> str:
+    """A short hash of JSON-able parts: names the folders that content-addressed steps write."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def data_fingerprint(data: str) -> str | None:
+    """Hash of every file's relative path, size and mtime under a local data root (cheap:
+    no file is opened); None for remote roots, whose content is only known after listing."""
+    if "://" in data and not data.startswith("file://"):
+        return None
+    root = Path(data.removeprefix("file://")).resolve()
+    entries = []
+    for folder, _, files in os.walk(root):
+        for name in files:
+            st = os.stat(os.path.join(folder, name))
+            entries.append((os.path.relpath(os.path.join(folder, name), root), st.st_size, st.st_mtime_ns))
+    return content_key(str(root), sorted(entries))
+
+
+def dataset_dir(workdir: Path, data: str, cfg: ValidationConfig) -> Path | None:
+    """Where ``validate`` writes for this data and config; None when it cannot be known upfront."""
+    fingerprint = data_fingerprint(data)
+    return workdir / "datasets" / content_key(fingerprint, cfg.model_dump()) if fingerprint else None
+
+
+def model_dir(workdir: Path, split_csv: Path, cfg: TrainConfig) -> Path:
+    """Where ``train`` writes for this split and config: a retry or re-run resumes there."""
+    return workdir / "models" / content_key(sha256_file(split_csv), cfg.model_dump())
 
 
 def validate(data: str, run_dir: Path, cfg: ValidationConfig, manifest_cache: Path | None = None,
@@ -86,16 +122,25 @@ def read_manifest(path: Path) -> pd.DataFrame:
                        keep_default_na=False, na_values={c: [""] for c in NUMERIC_COLUMNS})
 
 
-def split(manifest_csv: Path, run_dir: Path, cfg: SplitConfig) -> Path:
-    """Keep usable rows and assign each its content-hash partition."""
+def split_path(manifest_csv: Path, cfg: SplitConfig) -> Path:
+    return manifest_csv.parent / f"split-{content_key(cfg.model_dump())}" / "split.csv"
+
+
+def split(manifest_csv: Path, cfg: SplitConfig) -> Path:
+    """Keep usable rows and assign each its content-hash partition.
+
+    Writes ``split-<config-key>/split.csv`` beside the manifest: one data set, one
+    folder, whatever runs use it."""
     rows = read_manifest(manifest_csv)
     usable = rows[(rows["status"] != "quarantined") & rows["labelled"]].copy()
     usable["label"] = usable["label"].astype(int)
     table = assign_partitions(usable[["id", "label", "path", "batch", "pixel_sha256"]], cfg)
-    table.to_csv(run_dir / "split.csv", index=False)
+    out = split_path(manifest_csv, cfg)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out, index=False)
     counts = table.groupby(["partition", "label"]).size().unstack(fill_value=0)
     log.info("split (rows by partition and label):\n%s", counts.to_string())
-    return run_dir / "split.csv"
+    return out
 
 
 def load_partitions(split_csv: Path, cache_dir: Path,
@@ -109,11 +154,12 @@ def load_partitions(split_csv: Path, cache_dir: Path,
             for name in ("train", "val", "test")}
 
 
-def train(split_csv: Path, run_dir: Path, cache_dir: Path, cfg: TrainConfig,
+def train(split_csv: Path, out_dir: Path, cache_dir: Path, cfg: TrainConfig,
           on_epoch: EpochCallback | None = None) -> Path:
-    """Train a challenger; returns its best-val-loss checkpoint."""
-    parts = load_partitions(split_csv, cache_dir, build_augmentation(cfg.color_jitter, cfg.hue_jitter) if cfg.augment else None)
-    return fit(parts["train"], parts["val"], cfg, run_dir / "train", on_epoch).best_checkpoint
+    """Train a challenger into ``out_dir``; returns its best-val-loss checkpoint."""
+    augmentation = build_augmentation(cfg.color_jitter, cfg.hue_jitter) if cfg.augment else None
+    parts = load_partitions(split_csv, cache_dir, augmentation)
+    return fit(parts["train"], parts["val"], cfg, out_dir, on_epoch).best_checkpoint
 
 
 def evaluate(split_csv: Path, challenger: Path, run_dir: Path, cache_dir: Path,
@@ -123,6 +169,7 @@ def evaluate(split_csv: Path, challenger: Path, run_dir: Path, cache_dir: Path,
     Writes ``predictions.csv`` (per image), ``roc.png`` and ``evaluation.json`` with the
     metrics of both and their paired DeLong comparison.
     """
+    run_dir.mkdir(parents=True, exist_ok=True)
     table = pd.read_csv(split_csv, dtype={"id": str}, keep_default_na=False)
     test_set = load_partitions(split_csv, cache_dir)["test"]
     scores, labels = predict_probabilities(challenger, test_set, device)
@@ -144,7 +191,7 @@ def evaluate(split_csv: Path, challenger: Path, run_dir: Path, cache_dir: Path,
     return _write_json(run_dir / "evaluation.json", report)
 
 
-def promote(evaluation_json: Path, challenger: Path, run_dir: Path, store: StoreConfig,
+def promote(evaluation_json: Path, challenger: Path, split_csv: Path, run_dir: Path, store: StoreConfig,
             model_name: str, cfg: GateConfig) -> Path:
     """File the challenger as a complete version, apply the gate, move the champion if it wins.
 
@@ -166,7 +213,7 @@ def promote(evaluation_json: Path, challenger: Path, run_dir: Path, store: Store
         reasons.append("champion changed underneath this run since it was evaluated; not promoting")
     record = {"outcome": outcome, "version": version, "reasons": reasons, "challenger_auc": challenger_auc,
               "champion_auc": champion_auc, "previous_champion": evaluation["champion_version"]}
-    _publish(registry, version, record, evaluation, challenger, run_dir, cfg)
+    _publish(registry, version, record, evaluation, challenger, split_csv, run_dir, cfg)
     if outcome == "promoted":
         try:
             registry.set_champion(version, current, auc=challenger_auc)
@@ -181,11 +228,11 @@ def promote(evaluation_json: Path, challenger: Path, run_dir: Path, store: Store
 
 
 def _publish(registry: Registry, version: str, decision: dict[str, Any], evaluation: dict[str, Any],
-             challenger: Path, run_dir: Path, gate: GateConfig) -> None:
+             challenger: Path, split_csv: Path, run_dir: Path, gate: GateConfig) -> None:
     """Write the version's metrics, model card and config beside the weights, then upload all."""
     config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {}
-    split_table = pd.read_csv(run_dir / "split.csv", dtype={"id": str}, keep_default_na=False)
-    manifest_digest = data_hash(run_dir / "manifest.csv")
+    split_table = pd.read_csv(split_csv, dtype={"id": str}, keep_default_na=False)
+    manifest_digest = data_hash(manifest_of(split_csv))
     files = {WEIGHTS: challenger,
              "metrics.json": _write_json(run_dir / "metrics.json", evaluation),
              "config.json": _write_json(run_dir / "version-config.json", {**config, "gate": gate.model_dump()}),
@@ -207,14 +254,26 @@ def record_config(run_dir: Path, config: BaseModel) -> Path:
     return _write_json(run_dir / "config.json", config.model_dump(mode="json"))
 
 
-def upload(run_dir: Path, store: StoreConfig, run_id: str) -> str:
-    """Copy the run's records (not caches or checkpoints: those live in the version) to the store."""
+def manifest_of(split_csv: Path) -> Path:
+    """The manifest a split was made from: split folders live inside their data set folder."""
+    return split_csv.parent.parent / "manifest.csv"
+
+
+def upload(run_dir: Path, split_csv: Path, challenger: Path, store: StoreConfig, run_id: str) -> str:
+    """Copy the run's record to ``runs/<run-id>/``: its own files, the data set's manifest,
+    validation report and Data Docs, the split, and the training history. Weights are
+    not copied again: they live in the version."""
     target = open_store(store)
-    for path in sorted(run_dir.rglob("*")):
-        relative = path.relative_to(run_dir)
-        wanted = path.suffix in {".json", ".csv", ".md", ".png"} or relative.parts[0] == "data_docs"
-        if path.is_file() and wanted and relative.parts[0] not in ("train", "champion"):
-            target.put_file(path, f"runs/{run_id}/{relative}")
+    data_dir = manifest_of(split_csv).parent
+    files = {str(p.relative_to(run_dir)): p for p in run_dir.rglob("*")
+             if p.is_file() and p.suffix in {".json", ".csv", ".md", ".png"} and "champion" not in p.parts}
+    files.update({f"data_docs/{p.relative_to(data_dir / 'data_docs')}": p
+                  for p in (data_dir / "data_docs").rglob("*") if p.is_file()})
+    files.update({"manifest.csv": data_dir / "manifest.csv", "validation.json": data_dir / "validation.json",
+                  "split.csv": split_csv, "train/history.json": challenger.parent / "history.json"})
+    for name, path in sorted(files.items()):
+        if path.is_file():
+            target.put_file(path, f"runs/{run_id}/{name}")
     return f"{target.uri}/runs/{run_id}"
 
 

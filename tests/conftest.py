@@ -6,9 +6,13 @@ import os
 import random
 from pathlib import Path
 
-import numpy as np
-import pytest
-import torch
+# Before Prefect is imported: the temporary API server's telemetry races its first
+# migration and logs a "database is locked" traceback (see histo_cli.main).
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from histo_core.data.synthetic import SyntheticSpec, write_kaggle_layout
 

@@ -52,8 +52,9 @@ def test_two_runs_promote_then_gate_against_the_champion(prefect_api, tmp_path):
                                          "history.json", "model_card.md"}
     events = store.list("models/pcam-cnn/events")
     assert [e.split("-")[1] for e in (Path(k).name for k in events)] == ["promoted", "rejected"]
-    manifest = json.loads(Path(second["run_dir"], "validation.json").read_text())
-    assert manifest["counts"] == {"ok": 480}
+    assert store.get_json(f"runs/{second['run_id']}/validation.json")["counts"] == {"ok": 480}
+    assert store.exists(f"runs/{second['run_id']}/data_docs/index.html")
+    assert store.exists(f"runs/{second['run_id']}/train/history.json")
     assert tree_fingerprint(data) == {**before, **{k: v for k, v in tree_fingerprint(data).items()
                                                    if "/b2/" in k}}
 
@@ -64,7 +65,7 @@ def test_a_rejected_data_set_fails_the_run_with_its_reason(prefect_api, tmp_path
     config = RetrainConfig(data=str(data), store=StoreConfig(uri=str(tmp_path / "s")), workdir=str(tmp_path / "w"))
     with pytest.raises(ValueError, match=r"only label \['0'\] present"):
         retrain(config)
-    reports = list((tmp_path / "w" / "runs").glob("*/validation.json"))
+    reports = list((tmp_path / "w" / "datasets").glob("*/validation.json"))
     assert len(reports) == 1 and json.loads(reports[0].read_text())["verdict"] == "stopped"
 
 
@@ -88,3 +89,32 @@ def test_summary_artifact_is_readable_through_the_api(prefect_api, tmp_path):
     assert result["version"] in summary.data and "hold-out AUC" in summary.data
     epochs = asyncio.run(latest("retrain-epochs"))
     assert "val_auc" in str(epochs.data)
+
+
+def test_a_rerun_on_unchanged_data_skips_validation_split_and_training(prefect_api, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    data = tmp_path / "data"
+    write_kaggle_layout(data, SyntheticSpec(count=300, seed=12))
+    config = RetrainConfig(data=str(data), store=StoreConfig(uri=str(tmp_path / "s")), workdir=str(tmp_path / "w"),
+                           train=TrainConfig(epochs=1), gate=GateConfig(auc_floor=0.0))
+    first, second = retrain(config), retrain(config)
+
+    async def task_states(flow_run_id):
+        async with get_client() as client:
+            runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            return {r.name.rsplit("-", 1)[0]: r.state.name for r in runs}
+
+    assert asyncio.run(task_states(first["flow_run_id"]))["train-model"] == "Completed"
+    states = asyncio.run(task_states(second["flow_run_id"]))
+    assert {k: states[k] for k in ("validate-data", "split-data", "train-model")} == dict.fromkeys(
+        ("validate-data", "split-data", "train-model"), "Cached")
+    assert states["evaluate-models"] == states["promote-model"] == "Completed"
+    assert second["challenger_auc"] == first["challenger_auc"]  # the same model, scored again
+    # The cached outputs are gone: the tasks run again instead of pointing at nothing.
+    import shutil
+
+    shutil.rmtree(tmp_path / "w" / "models")
+    third = retrain(config)
+    assert asyncio.run(task_states(third["flow_run_id"]))["train-model"] == "Completed"

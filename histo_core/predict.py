@@ -1,0 +1,80 @@
+"""Score patches with a model: a folder or prefix of images in, a Kaggle-style CSV out.
+
+The data may be unlabelled (Kaggle's ``test/`` folder): any supported layout is used for
+its ids, otherwise every image file under the root is scored with its file name stem as
+id. Files that cannot be read get an empty probability and their error, never a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from histo_core.data.dataset import to_model_input
+from histo_core.data.images import open_image
+from histo_core.data.sources import IMAGE_SUFFIXES, DataSourceError, list_images
+from histo_core.train import load_model, pick_device
+
+log = logging.getLogger(__name__)
+
+
+def list_patches(root: Path | str) -> pd.DataFrame:
+    """``id, path`` of every image to score under ``root``."""
+    try:
+        table = list_images(root)
+        return table.loc[table["path"] != "", ["id", "path"]].reset_index(drop=True)
+    except DataSourceError:
+        files = sorted(str(p) for p in Path(root).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DataSourceError(f"{root}: no images to score ({', '.join(IMAGE_SUFFIXES)})") from None
+        return pd.DataFrame({"id": [Path(f).stem for f in files], "path": files})
+
+
+class _Decoded(Dataset):
+    """Decodes each file once; unreadable or off-size images come back as zeros + error."""
+
+    def __init__(self, paths: list[str], size: int = 96) -> None:
+        self.paths, self.size = paths, size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
+        try:
+            with open_image(self.paths[i]) as img:
+                if img.size != (self.size, self.size):
+                    raise ValueError(f"size {img.width}x{img.height}, expected {self.size}x{self.size}")
+                pixels = np.asarray(img.convert("RGB"))
+            return torch.from_numpy(pixels.copy()).permute(2, 0, 1), ""
+        except Exception as exc:  # noqa: BLE001 - reported per row, the rest is still scored
+            return torch.zeros(3, self.size, self.size, dtype=torch.uint8), f"unreadable image: {exc}"
+
+
+@torch.no_grad()
+def predict_folder(checkpoint: Path | str, data: Path | str, out_csv: Path | str, device: str = "auto",
+                   batch_size: int = 256, workers: int = 0) -> Path:
+    """Write ``id,label,error`` (label = tumour probability, as a Kaggle submission expects)."""
+    table = list_patches(data)
+    torch_device = pick_device(device)
+    model = load_model(checkpoint, torch_device)
+    loader = DataLoader(_Decoded(table["path"].tolist()), batch_size, num_workers=workers,
+                        pin_memory=torch_device.type == "cuda")
+    logits, errors = [], []
+    for images, batch_errors in loader:
+        logits.append(model(to_model_input(images, torch_device)).float().cpu())
+        errors += list(batch_errors)
+    probability = torch.sigmoid(torch.cat(logits)).numpy() if logits else np.array([])
+    out = pd.DataFrame({"id": table["id"], "label": probability, "error": errors})
+    out.loc[out["error"] != "", "label"] = np.nan
+    for row in out[out["error"] != ""].head(10).itertuples():
+        log.warning("could not score %s: %s", row.id, row.error)
+    out_csv = Path(out_csv)
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
+    out.to_csv(out_csv, index=False)
+    log.info("scored %d patches (%d unreadable) -> %s", len(out), int((out["error"] != "").sum()), out_csv)
+    return out_csv

@@ -1,0 +1,52 @@
+"""Prefect tasks for the everyday operations around retraining: watch, predict, roll back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
+from prefect.tasks import exponential_backoff
+
+from histo_core.config import PredictConfig, StoreConfig
+from histo_core.predict import predict_folder
+from histo_core.registry import WEIGHTS, Registry
+from histo_core.storage import open_store
+from histo_core.watch import batch_uri, claim_new_batches
+
+ARRIVED = "histo.data.arrived"
+
+
+@task(name="claim-new-batches", retries=3, retry_delay_seconds=exponential_backoff(2), cache_policy=NO_CACHE)
+def find_new_batches(data: str, store: StoreConfig) -> list[str]:
+    new = claim_new_batches(data, open_store(store), store)
+    get_run_logger().info("new batches under %s: %s", data, new or "none")
+    return new
+
+
+@task(name="announce-batches", cache_policy=NO_CACHE)
+def announce(data: str, batches: list[str]) -> None:
+    """Emit ``histo.data.arrived``; the retrain-on-new-data deployment's trigger listens."""
+    emit_event(event=ARRIVED, resource={"prefect.resource.id": f"histo.data-root.{data}"},
+               payload={"data": data, "batches": [batch_uri(data, b) for b in batches], "batch_ids": batches})
+    get_run_logger().info("emitted %s for %d batch(es)", ARRIVED, len(batches))
+
+
+@task(name="score-patches", retries=2, retry_delay_seconds=exponential_backoff(5), cache_policy=NO_CACHE)
+def score_patches(config: PredictConfig, workdir: str) -> str:
+    registry = Registry(open_store(config.store), config.model_name)
+    champion = registry.champion()
+    version = config.version or (champion.version if champion else None)
+    if version is None:
+        raise RuntimeError(f"{config.model_name} has no champion in {config.store.uri}; train one first")
+    weights = registry.download_weights(version, Path(workdir) / version / WEIGHTS)
+    get_run_logger().info("scoring %s with %s %s", config.data, config.model_name, version)
+    return str(predict_folder(weights, config.data, config.out, config.device))
+
+
+@task(name="roll-back-champion", retries=2, retry_delay_seconds=exponential_backoff(2), cache_policy=NO_CACHE)
+def roll_back(store: StoreConfig, model_name: str) -> dict[str, str]:
+    old, new = Registry(open_store(store), model_name).rollback()
+    get_run_logger().info("champion of %s rolled back: %s -> %s", model_name, old, new)
+    return {"from": old, "to": new}
