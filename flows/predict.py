@@ -14,6 +14,8 @@ from tasks.operations import score_patches
 
 @flow(name="predict", log_prints=True)
 def predict(config: PredictConfig) -> str:
+    if not config.data:
+        raise ValueError("config.data is empty: set the folder (or s3:// prefix) of patches to score")
     with tempfile.TemporaryDirectory() as workdir:
         out = score_patches(config, workdir)
     table = pd.read_csv(out)

@@ -169,8 +169,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _quiet_prefect_defaults()
     from deployments.serve import serve_deployments
 
-    config = RetrainConfig(data=args.data, store=_store(args), workdir=args.workdir)
-    serve_deployments(config, cron=args.cron, timezone=args.timezone)
+    config = RetrainConfig(data=args.data, store=_store(args), workdir=args.workdir,
+                           model_name=args.model_name, train=TrainConfig(epochs=args.epochs))
+    serve_deployments(config, cron=args.cron, timezone=args.timezone, watch_every=args.watch_every)
     return 0
 
 
@@ -228,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workdir", default=RetrainConfig.model_fields["workdir"].default)
     serve.add_argument("--cron", default="0 2 * * *", help="nightly schedule (cron syntax)")
     serve.add_argument("--timezone", default="UTC", help="IANA time zone of the cron schedule")
+    serve.add_argument("--watch-every", type=float, default=300, help="seconds between looks for new batches")
+    serve.add_argument("--model-name", default=RetrainConfig.model_fields["model_name"].default)
+    serve.add_argument("--epochs", type=int, default=TrainConfig().epochs)
     serve.set_defaults(func=cmd_serve)
 
     models = sub.add_parser("models", help="list, show, promote or roll back model versions")
