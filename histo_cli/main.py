@@ -126,6 +126,27 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Score DATA with a checkpoint file, or with the champion of a store."""
+    import tempfile
+
+    from histo_core.predict import predict_folder
+    from histo_core.registry import WEIGHTS, Registry
+    from histo_core.storage import open_store
+
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = args.model
+        if weights is None:
+            registry = Registry(open_store(_store(args)), args.name)
+            champion = registry.champion()
+            if champion is None:
+                raise FileNotFoundError(f"no --model given and {args.name} has no champion in {args.store}")
+            weights = registry.download_weights(champion.version, Path(tmp) / WEIGHTS)
+        out = predict_folder(weights, args.data, args.out, device=args.device)
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_retrain(args: argparse.Namespace) -> int:
     if "://" not in args.data:  # fail in a second, before starting Prefect, on an obvious mistake
         from histo_core.data.sources import detect_layout
@@ -222,6 +243,15 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--epochs", type=int, default=TrainConfig().epochs)
     retrain.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     retrain.set_defaults(func=cmd_retrain)
+
+    predict = sub.add_parser("predict", help="score patches: id,label (tumour probability) CSV")
+    predict.add_argument("--data", required=True, help="folder of patches (any layout, or just image files)")
+    predict.add_argument("--out", required=True, type=Path, help="CSV to write")
+    predict.add_argument("--model", type=Path, help="checkpoint file (default: the store's champion)")
+    predict.add_argument("--name", default=RetrainConfig.model_fields["model_name"].default, help="model name")
+    predict.add_argument("--device", default="auto")
+    _add_store_arguments(predict)
+    predict.set_defaults(func=cmd_predict)
 
     serve = sub.add_parser("serve", help="serve the retrain deployments (nightly and manual)")
     serve.add_argument("--data", required=True, help="data root the deployments retrain on")

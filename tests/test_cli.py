@@ -77,3 +77,26 @@ def test_data_validate_reports_every_row_and_exits_by_verdict(kaggle_root, tmp_p
     capsys.readouterr()
     assert main(["data", "validate", str(one_class)]) == 1
     assert "data set rejected: only label ['0'] present" in capsys.readouterr().err
+
+
+def test_predict_scores_unlabelled_files_and_reports_unreadable_ones(tmp_path, capsys):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from histo_core.model import create_model
+
+    checkpoint = tmp_path / "m.pt"
+    torch.save({"model": create_model("simple_cnn").state_dict(), "model_name": "simple_cnn",
+                "model_kwargs": {"dropout": 0.5}}, checkpoint)
+    folder = tmp_path / "test"
+    folder.mkdir()
+    for i in range(5):
+        Image.fromarray(np.full((96, 96, 3), 40 * i, np.uint8)).save(folder / f"p{i}.tif")
+    (folder / "broken.tif").write_bytes(b"nope")
+    assert main(["predict", "--model", str(checkpoint), "--data", str(folder), "--out", str(tmp_path / "o.csv")]) == 0
+    out = pd.read_csv(tmp_path / "o.csv", keep_default_na=False)
+    assert list(out.columns) == ["id", "label", "error"] and len(out) == 6
+    good = out[out["id"] != "broken"]
+    assert good["label"].astype(float).between(0, 1).all() and (good["error"] == "").all()
+    assert out.set_index("id").loc["broken", "error"].startswith("unreadable image")

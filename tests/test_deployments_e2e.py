@@ -86,12 +86,15 @@ def served(prefect_server, tmp_path_factory):
          "--workdir", str(root / "work"), "--watch-every", "5", "--epochs", "1",
          "--cron", "30 1 * * *", "--timezone", "Europe/Amsterdam"],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    os.environ["PREFECT_API_URL"] = prefect_server["api"]  # this process's client talks to it too
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     try:
-        yield {"root": root, "log": root / "serve.log", "proc": proc}
+        # This process's client talks to the same server (settings, not the environment:
+        # earlier tests may already have loaded Prefect's settings).
+        with temporary_settings(updates={PREFECT_API_URL: prefect_server["api"]}):
+            yield {"root": root, "log": root / "serve.log", "proc": proc}
     finally:
         _stop(proc)
-        os.environ.pop("PREFECT_API_URL", None)
 
 
 def _client_call(fn):

@@ -118,3 +118,35 @@ def test_a_rerun_on_unchanged_data_skips_validation_split_and_training(prefect_a
     shutil.rmtree(tmp_path / "w" / "models")
     third = retrain(config)
     assert asyncio.run(task_states(third["flow_run_id"]))["train-model"] == "Completed"
+
+
+def test_predict_and_rollback_flows(prefect_api, tmp_path, kaggle_root):
+    import pandas as pd
+    import torch
+
+    from flows.predict import predict
+    from flows.rollback import rollback
+    from histo_core.config import PredictConfig
+    from histo_core.model import create_model
+    from histo_core.registry import Registry
+
+    store_cfg = StoreConfig(uri=str(tmp_path / "store"))
+    registry = Registry(LocalStore(tmp_path / "store"), "pcam-cnn")
+    versions = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        weights = tmp_path / f"{seed}.pt"
+        torch.save({"model": create_model("simple_cnn").state_dict(), "model_name": "simple_cnn",
+                    "model_kwargs": {"dropout": 0.5}}, weights)
+        versions.append(registry.new_version_id())
+        registry.publish_version(versions[-1], {"model.pt": weights}, {})
+        registry.set_champion(versions[-1], registry.champion())
+
+    out = predict(PredictConfig(data=str(kaggle_root), out=str(tmp_path / "p.csv"), store=store_cfg))
+    table = pd.read_csv(out)
+    assert len(table) == 300 and table["label"].between(0, 1).all()
+
+    assert rollback(store=store_cfg, model_name="pcam-cnn") == {"from": versions[1], "to": versions[0]}
+    assert registry.champion().version == versions[0]
+    with pytest.raises(ValueError, match="config.data is empty"):
+        predict(PredictConfig(data="", store=store_cfg))

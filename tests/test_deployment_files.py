@@ -1,0 +1,50 @@
+"""prefect.yaml and the served deployments declare the same five deployments, and every
+entry point and parameter set in the file is valid for its flow."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import yaml
+
+from histo_core.config import RetrainConfig, StoreConfig
+from tasks.operations import ARRIVED
+
+REPO = Path(__file__).resolve().parents[1]
+SPEC = yaml.safe_load((REPO / "prefect.yaml").read_text())
+DEPLOYMENTS = {d["name"]: d for d in SPEC["deployments"]}
+
+
+def _load(entrypoint: str):
+    path, name = entrypoint.split(":")
+    spec = importlib.util.spec_from_file_location(Path(path).stem + "_under_test", REPO / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, name)
+
+
+def test_yaml_and_serve_declare_the_same_deployments():
+    from deployments.serve import build_deployments
+
+    served = build_deployments(RetrainConfig(data="/data", store=StoreConfig(uri="/store")))
+    assert {d.name for d in served} == set(DEPLOYMENTS) == {
+        "retrain-nightly", "retrain-on-new-data", "watch-new-data", "predict", "rollback"}
+
+
+@pytest.mark.parametrize("name", sorted(DEPLOYMENTS))
+def test_entrypoint_and_parameters_fit_the_flow(name):
+    deployment = DEPLOYMENTS[name]
+    flow = _load(deployment["entrypoint"])
+    flow.validate_parameters(deployment.get("parameters", {}))  # pydantic-checks every value
+
+
+def test_retrain_deployments_run_one_at_a_time_and_the_trigger_listens_for_arrivals():
+    for name in ("retrain-nightly", "retrain-on-new-data"):
+        assert DEPLOYMENTS[name]["concurrency_limit"] == 1
+    [trigger] = DEPLOYMENTS["retrain-on-new-data"]["triggers"]
+    assert trigger["expect"] == [ARRIVED]
+    config = trigger["parameters"]["config"]
+    assert config["data"] == "{{ event.payload.data }}"
+    assert config["store"] == DEPLOYMENTS["retrain-nightly"]["parameters"]["config"]["store"]
