@@ -70,7 +70,7 @@ def retrain(config: RetrainConfig) -> dict[str, Any]:
     model_dir = steps.model_dir(workdir, Path(split), config.train)
     challenger = _fresh_unless(train_model, model_dir / "best.pt")(split, str(workdir), config.train)
     evaluation = evaluate_models(split, challenger, str(run_dir), str(workdir), config.store,
-                                 config.model_name, config.train.device)
+                                 config.model_name, config.evaluation, config.train.device)
     decision_path = promote_model(evaluation, challenger, split, str(run_dir), config.store,
                                   config.model_name, config.gate)
     store_uri = upload_artifacts(str(run_dir), split, challenger, config.store, run_id)
@@ -84,6 +84,7 @@ def retrain(config: RetrainConfig) -> dict[str, Any]:
     create_table_artifact(history, key="retrain-epochs", description="Per-epoch training metrics")
     version_uri = f"{config.store.uri.rstrip('/')}/models/{config.model_name}/versions/{decision['version']}"
     for name, link in [("model-card", f"{version_uri}/model_card.md"), ("roc-plot", f"{version_uri}/roc.png"),
+                       ("reliability-plot", f"{version_uri}/reliability.png"),
                        ("data-docs", f"{store_uri}/data_docs/index.html")]:
         create_link_artifact(link, link_text=name, key=f"retrain-{name}", description=f"Stored {name}")
     return {"run_id": run_id, "flow_run_id": flow_run.get_id(), "run_dir": str(run_dir),

@@ -54,8 +54,9 @@ class TrainConfig(_Frozen):
     model: str = Field("simple_cnn", description="Architecture name, see histo_core.model.MODELS.")
     epochs: int = Field(3, ge=1)
     batch_size: int = Field(64, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate (linear warm-up, then cosine decay).")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW's decoupled weight decay.")
+    patience: int = Field(5, ge=1, description="Stop after this many epochs without a better val loss.")
     dropout: float = Field(0.5, ge=0, lt=1)
     augment: bool = Field(True, description="Random flips, 90-degree rotations and colour jitter while training.")
     color_jitter: float = Field(0.1, ge=0, lt=1, description="Brightness/contrast/saturation jitter; 0: off.")
@@ -64,6 +65,15 @@ class TrainConfig(_Frozen):
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
     num_threads: int = Field(0, ge=0, description="CPU threads for torch; 0 means all cores.")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+
+
+class EvalConfig(_Frozen):
+    """How challenger and champion are scored on the hold-out."""
+
+    tta: bool = Field(True, description="Average each patch's 8 flips/rotations (8x the inference time).")
+    target_sensitivity: float = Field(0.95, gt=0, le=1,
+                                      description="The operating point is chosen on validation to reach this.")
+    bootstrap: int = Field(1000, ge=100, description="Resamples for the AUC's bootstrap CI.")
 
 
 class GateConfig(_Frozen):
@@ -99,6 +109,7 @@ class RetrainConfig(_Frozen):
     validation: ValidationConfig = ValidationConfig()
     split: SplitConfig = SplitConfig()
     train: TrainConfig = TrainConfig()
+    evaluation: EvalConfig = EvalConfig()
     gate: GateConfig = GateConfig()
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 from scipy.stats import norm, rankdata
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 from torch.utils.data import DataLoader
 
 from histo_core.data.dataset import PatchDataset
@@ -66,36 +67,129 @@ def compare_paired(labels: np.ndarray, challenger: np.ndarray, champion: np.ndar
             "difference_ci_high": diff + 1.959964 * sd, "p_value": float(norm.sf(diff / sd))}
 
 
+def bootstrap_auc_ci(labels: np.ndarray, scores: np.ndarray, n: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """Percentile 95% CI of the AUC over ``n`` resamples of the images (seeded: repeatable)."""
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels).astype(int)
+    aucs = []
+    for _ in range(n):
+        idx = rng.integers(0, len(labels), len(labels))
+        if labels[idx].min() != labels[idx].max():
+            aucs.append(roc_auc_score(labels[idx], scores[idx]))
+    low, high = np.percentile(aucs, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def threshold_for_sensitivity(labels: np.ndarray, scores: np.ndarray, target: float = 0.95) -> float:
+    """The highest threshold whose sensitivity reaches ``target`` (chosen on validation data)."""
+    positives = np.sort(scores[np.asarray(labels).astype(int) == 1])[::-1]
+    if len(positives) == 0:
+        raise ValueError("no positive images to choose an operating point on")
+    return float(positives[min(len(positives) - 1, int(np.ceil(target * len(positives))) - 1)])
+
+
+def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, bins: int = 15) -> float:
+    """Mean |accuracy - confidence| over equal-width probability bins, weighted by bin size."""
+    labels = np.asarray(labels).astype(float)
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(probabilities, edges[1:-1]), 0, bins - 1)
+    error = 0.0
+    for b in range(bins):
+        members = which == b
+        if members.any():
+            error += members.mean() * abs(labels[members].mean() - probabilities[members].mean())
+    return float(error)
+
+
+def fit_temperature(labels: np.ndarray, logits: np.ndarray) -> float:
+    """Temperature T minimising the log-loss of sigmoid(logits / T) (fitted on validation)."""
+    from scipy.optimize import minimize_scalar
+
+    labels = np.asarray(labels).astype(float)
+
+    def nll(log_t: float) -> float:
+        z = logits / np.exp(log_t)
+        return float(np.mean(np.logaddexp(0, z) - labels * z))
+
+    return float(np.exp(minimize_scalar(nll, bounds=(-3, 3), method="bounded").x))
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-logits))
+
+
+def full_report(val_labels: np.ndarray, val_logits: np.ndarray, test_labels: np.ndarray, test_logits: np.ndarray,
+                target_sensitivity: float = 0.95, bootstrap: int = 1000) -> dict[str, float]:
+    """Test metrics of one model, with its calibration and operating point fitted on validation.
+
+    Temperature scaling does not change the ranking (AUC), only what the probabilities
+    mean; the operating point is the threshold reaching ``target_sensitivity`` on the
+    validation images, then applied unchanged to the test images.
+    """
+    temperature = fit_temperature(val_labels, val_logits)
+    test_probs = sigmoid(test_logits / temperature)
+    threshold = threshold_for_sensitivity(val_labels, sigmoid(val_logits / temperature), target_sensitivity)
+    report = binary_metrics(test_labels, test_probs)
+    at_op = binary_metrics(test_labels, test_probs, threshold)
+    low, high = bootstrap_auc_ci(test_labels, test_probs, bootstrap)
+    report.update({
+        "auc_bootstrap_ci_low": low, "auc_bootstrap_ci_high": high,
+        "temperature": temperature,
+        "ece_uncalibrated": expected_calibration_error(test_labels, sigmoid(test_logits)),
+        "ece": expected_calibration_error(test_labels, test_probs),
+        "operating_point": {"target_sensitivity": target_sensitivity, "threshold": threshold,
+                            **{k: at_op[k] for k in ("accuracy", "sensitivity", "specificity")}},
+    })
+    return report
+
+
 def predict_probabilities(checkpoint: Path | str, dataset: PatchDataset, device: str = "auto",
-                          batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+                          batch_size: int = 256, tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Tumour probabilities of the model in ``checkpoint`` for every item, and the labels."""
+    logits, labels = predict_checkpoint_logits(checkpoint, dataset, device, batch_size, tta)
+    return sigmoid(logits), labels
+
+
+def predict_checkpoint_logits(checkpoint: Path | str, dataset: PatchDataset, device: str = "auto",
+                              batch_size: int = 256, tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
     torch_device = pick_device(device)
     model = load_model(checkpoint, torch_device)
-    logits, labels = predict_logits(model, DataLoader(dataset, batch_size), torch_device)
-    return 1 / (1 + np.exp(-logits)), labels
+    return predict_logits(model, DataLoader(dataset, batch_size), torch_device, tta=tta)
 
 
-def evaluate_checkpoint(checkpoint: Path | str, dataset: PatchDataset, device: str = "auto") -> dict[str, float]:
+def evaluate_checkpoint(checkpoint: Path | str, dataset: PatchDataset, device: str = "auto",
+                        tta: bool = False) -> dict[str, float]:
     """Metrics of the model in ``checkpoint`` on every item of ``dataset``."""
-    probabilities, labels = predict_probabilities(checkpoint, dataset, device)
+    probabilities, labels = predict_probabilities(checkpoint, dataset, device, tta=tta)
     return binary_metrics(labels, probabilities)
 
 
-def plot_roc(labels: np.ndarray, curves: dict[str, np.ndarray], path: Path) -> Path:
-    """ROC curves of one or more models on the same images, as a PNG."""
+def plot_curves(labels: np.ndarray, curves: dict[str, np.ndarray], out_dir: Path) -> dict[str, Path]:
+    """ROC, precision-recall and reliability plots of models on the same images (PNG files)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never needs a display
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=120)
-    for name, scores in curves.items():
-        fpr, tpr, _ = roc_curve(labels, scores)
-        ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(labels, scores):.3f})")
-    ax.plot([0, 1], [0, 1], ":", color="grey")
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC on {len(labels)} hold-out images")
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    paths = {name: out_dir / f"{name}.png" for name in ("roc", "pr", "reliability")}
+    figures = {name: plt.subplots(figsize=(4.5, 4.5), dpi=120) for name in paths}
+    for name, probs in curves.items():
+        fpr, tpr, _ = roc_curve(labels, probs)
+        figures["roc"][1].plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(labels, probs):.3f})")
+        precision, recall, _ = precision_recall_curve(labels, probs)
+        figures["pr"][1].plot(recall, precision, label=f"{name} (AP {average_precision_score(labels, probs):.3f})")
+        frac_pos, mean_pred = calibration_curve(labels, probs, n_bins=10, strategy="quantile")
+        figures["reliability"][1].plot(mean_pred, frac_pos, "o-", label=name)
+    figures["roc"][1].plot([0, 1], [0, 1], ":", color="grey")
+    figures["reliability"][1].plot([0, 1], [0, 1], ":", color="grey")
+    axes_labels = {"roc": ("false positive rate", "true positive rate", "ROC"),
+                   "pr": ("recall (sensitivity)", "precision", "Precision-recall"),
+                   "reliability": ("predicted probability", "observed tumour fraction", "Reliability")}
+    for name, (fig, ax) in figures.items():
+        xlabel, ylabel, title = axes_labels[name]
+        ax.set(xlabel=xlabel, ylabel=ylabel, title=f"{title} on {len(labels)} hold-out images")
+        ax.legend(loc="lower right" if name != "pr" else "lower left")
+        fig.tight_layout()
+        fig.savefig(paths[name])
+        plt.close(fig)
+    return paths

@@ -8,8 +8,12 @@ import pandas as pd
 
 
 def _metrics_line(name: str, m: dict[str, Any]) -> str:
-    return (f"| {name} | {m['auc']:.4f} ({m['auc_ci_low']:.4f}-{m['auc_ci_high']:.4f}) | {m['threshold']:.2f} | "
-            f"{m['accuracy']:.4f} | {m['sensitivity']:.4f} | {m['specificity']:.4f} | {m['n']} |")
+    op = m.get("operating_point")
+    at_op = (f"{op['threshold']:.3f}: sens {op['sensitivity']:.3f}, spec {op['specificity']:.3f}"
+             if op else "—")
+    ece = f"{m['ece']:.4f} (T={m['temperature']:.2f})" if "ece" in m else "—"
+    return (f"| {name} | {m['auc']:.4f} ({m['auc_ci_low']:.4f}-{m['auc_ci_high']:.4f}) | "
+            f"{m['accuracy']:.4f} | {m['sensitivity']:.4f} | {m['specificity']:.4f} | {at_op} | {ece} | {m['n']} |")
 
 
 def render_model_card(*, model_name: str, version: str, code_version: str, data_hash: str,
@@ -25,9 +29,13 @@ def render_model_card(*, model_name: str, version: str, code_version: str, data_
         f"- data manifest hash: `{data_hash}`", "",
         "## Data (images per batch, partition and label)", "",
         "```", counts.to_string(), "```", "",
-        "## Hold-out metrics (AUC with DeLong 95% CI; the rest at the operating threshold)", "",
-        "| model | AUC (95% CI) | threshold | accuracy | sensitivity | specificity | images |",
-        "|---|---|---|---|---|---|---|",
+        "## Hold-out metrics", "",
+        "AUC with its DeLong 95% CI; accuracy, sensitivity and specificity at p = 0.5 after "
+        "temperature scaling; the operating point is the threshold chosen on validation for "
+        f"the target sensitivity; ECE is the calibration error after temperature scaling"
+        + (" (all with 8-way test-time augmentation)." if evaluation.get("tta") else "."), "",
+        "| model | AUC (95% CI) | accuracy | sensitivity | specificity | operating point | ECE | images |",
+        "|---|---|---|---|---|---|---|---|",
         _metrics_line(f"this version ({version})", evaluation["challenger"]),
     ]
     if evaluation.get("champion"):

@@ -33,12 +33,12 @@ import pandas as pd
 from pydantic import BaseModel
 
 from histo_core import __version__
-from histo_core.config import GateConfig, SplitConfig, StoreConfig, TrainConfig, ValidationConfig
+from histo_core.config import EvalConfig, GateConfig, SplitConfig, StoreConfig, TrainConfig, ValidationConfig
 from histo_core.data.cache import build_cache, open_cache
 from histo_core.data.dataset import PatchDataset, build_augmentation
 from histo_core.data.manifest import NUMERIC_COLUMNS, build_manifest, manifest_hash
 from histo_core.data.sources import mirror_s3
-from histo_core.evaluate import binary_metrics, compare_paired, plot_roc, predict_probabilities
+from histo_core.evaluate import compare_paired, full_report, plot_curves, predict_checkpoint_logits, sigmoid
 from histo_core.gate import decide
 from histo_core.model_card import render_model_card
 from histo_core.registry import WEIGHTS, Registry
@@ -162,32 +162,41 @@ def train(split_csv: Path, out_dir: Path, cache_dir: Path, cfg: TrainConfig,
     return fit(parts["train"], parts["val"], cfg, out_dir, on_epoch).best_checkpoint
 
 
-def evaluate(split_csv: Path, challenger: Path, run_dir: Path, cache_dir: Path,
-             store: StoreConfig, model_name: str, device: str = "auto") -> Path:
+def evaluate(split_csv: Path, challenger: Path, run_dir: Path, cache_dir: Path, store: StoreConfig,
+             model_name: str, cfg: EvalConfig = EvalConfig(), device: str = "auto") -> Path:
     """Score the challenger and the current champion (if any) on the same test images.
 
-    Writes ``predictions.csv`` (per image), ``roc.png`` and ``evaluation.json`` with the
-    metrics of both and their paired DeLong comparison.
+    Each model's temperature and operating point are fitted on the validation images.
+    Writes ``predictions.csv`` (per test image), ``roc.png``, ``pr.png``,
+    ``reliability.png`` and ``evaluation.json`` with both models' metrics and their
+    paired DeLong comparison.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     table = pd.read_csv(split_csv, dtype={"id": str}, keep_default_na=False)
-    test_set = load_partitions(split_csv, cache_dir)["test"]
-    scores, labels = predict_probabilities(challenger, test_set, device)
-    predictions = pd.DataFrame({"id": table["id"].to_numpy()[test_set.indices], "label": labels.astype(int),
-                                "challenger": scores})
-    report: dict[str, Any] = {"challenger": binary_metrics(labels, scores), "champion": None,
-                              "champion_version": None, "champion_etag": None, "comparison": None}
+    parts = load_partitions(split_csv, cache_dir)
+
+    def score(weights: Path) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+        val_logits, val_labels = predict_checkpoint_logits(weights, parts["val"], device, tta=cfg.tta)
+        test_logits, test_labels = predict_checkpoint_logits(weights, parts["test"], device, tta=cfg.tta)
+        report = full_report(val_labels, val_logits, test_labels, test_logits, cfg.target_sensitivity,
+                             cfg.bootstrap)
+        return report, sigmoid(test_logits / report["temperature"]), test_labels
+
+    report_c, probs_c, labels = score(challenger)
+    predictions = pd.DataFrame({"id": table["id"].to_numpy()[parts["test"].indices], "label": labels.astype(int),
+                                "challenger": probs_c})
+    report: dict[str, Any] = {"challenger": report_c, "champion": None, "champion_version": None,
+                              "champion_etag": None, "comparison": None, "tta": cfg.tta}
     registry = Registry(open_store(store), model_name)
     champion = registry.champion()
     if champion:
         weights = registry.download_weights(champion.version, run_dir / "champion" / WEIGHTS)
-        predictions["champion"], _ = predict_probabilities(weights, test_set, device)
-        report.update(champion=binary_metrics(labels, predictions["champion"].to_numpy()),
-                      champion_version=champion.version, champion_etag=champion.etag,
-                      comparison=compare_paired(labels, scores, predictions["champion"].to_numpy()))
+        report_h, predictions["champion"], _ = score(weights)
+        report.update(champion=report_h, champion_version=champion.version, champion_etag=champion.etag,
+                      comparison=compare_paired(labels, probs_c, predictions["champion"].to_numpy()))
     predictions.to_csv(run_dir / "predictions.csv", index=False)
-    plot_roc(labels, {c: predictions[c].to_numpy() for c in ("challenger", "champion") if c in predictions},
-             run_dir / "roc.png")
+    plot_curves(labels, {c: predictions[c].to_numpy() for c in ("challenger", "champion") if c in predictions},
+                run_dir)
     return _write_json(run_dir / "evaluation.json", report)
 
 
@@ -236,7 +245,8 @@ def _publish(registry: Registry, version: str, decision: dict[str, Any], evaluat
     files = {WEIGHTS: challenger,
              "metrics.json": _write_json(run_dir / "metrics.json", evaluation),
              "config.json": _write_json(run_dir / "version-config.json", {**config, "gate": gate.model_dump()}),
-             "roc.png": run_dir / "roc.png",
+             "roc.png": run_dir / "roc.png", "pr.png": run_dir / "pr.png",
+             "reliability.png": run_dir / "reliability.png",
              "history.json": challenger.parent / "history.json"}
     card = run_dir / "model_card.md"
     card.write_text(render_model_card(model_name=registry.name, version=version, code_version=__version__,

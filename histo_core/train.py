@@ -54,29 +54,69 @@ def build_model(cfg: TrainConfig) -> nn.Module:
     return create_model(cfg.model, dropout=cfg.dropout)
 
 
+def amp_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 autocast where the GPU has it (no loss scaling needed), else fp16; None on CPU/MPS."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
-                    loss_fn: nn.Module, device: torch.device) -> tuple[float, float]:
+                    loss_fn: nn.Module, device: torch.device,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+                    scaler: torch.amp.GradScaler | None = None) -> tuple[float, float]:
     """One pass over ``loader``; returns (mean loss, images per second)."""
     model.train()
-    total, seen, start = 0.0, 0, time.perf_counter()
+    dtype = amp_dtype(device)
+    total, seen, start = torch.zeros((), device=device), 0, time.perf_counter()
     for images, labels in loader:
         x, y = to_model_input(images, device), labels.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        optimizer.step()
-        total += loss.item() * len(y)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = loss_fn(model(x).float(), y)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        total += loss.detach() * len(y)  # no .item(): a GPU would wait for every batch
         seen += len(y)
-    return total / max(1, seen), seen / (time.perf_counter() - start)
+    return float(total) / max(1, seen), seen / (time.perf_counter() - start)
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int,
+                  warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up, then cosine decay to 1% of the base rate, stepped per batch."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """Logits and labels for every item of ``loader``, in order."""
+def predict_logits(model: nn.Module, loader: DataLoader, device: torch.device,
+                   tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and labels for every item of ``loader``, in order.
+
+    With ``tta``, each logit is the mean over the 8 dihedral views of the patch (tissue
+    has no orientation, so each view is an equally valid look at the same image).
+    """
     model.eval()
+    dtype = amp_dtype(device)
     logits, labels = [], []
     for images, y in loader:
-        logits.append(model(to_model_input(images, device)).float().cpu())
+        x = to_model_input(images, device)
+        views = [x] if not tta else [torch.rot90(v, k, dims=(2, 3)) for v in (x, x.flip(3)) for k in range(4)]
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            out = torch.stack([model(v.contiguous(memory_format=torch.channels_last)).float() for v in views])
+        logits.append(out.mean(0).cpu())
         labels.append(y)
     return torch.cat(logits).numpy(), torch.cat(labels).numpy()
 
@@ -100,26 +140,39 @@ def _save(obj: dict[str, object], path: Path) -> None:
     os.replace(tmp, path)  # a crash mid-write never leaves a truncated checkpoint
 
 
+def _loaders(train_set: PatchDataset, val_set: PatchDataset, cfg: TrainConfig, device: torch.device,
+             sampler_gen: torch.Generator) -> tuple[DataLoader, DataLoader]:
+    weights = balanced_weights(train_set.labels[train_set.indices])
+    sampler = WeightedRandomSampler(torch.as_tensor(weights), len(weights), replacement=True, generator=sampler_gen)
+    common = {"num_workers": cfg.num_workers, "pin_memory": device.type == "cuda",
+              "persistent_workers": cfg.num_workers > 0}
+    train_loader = DataLoader(train_set, cfg.batch_size, sampler=sampler,
+                              drop_last=len(train_set) > cfg.batch_size, **common)
+    return train_loader, DataLoader(val_set, cfg.batch_size * 2, **common)
+
+
 def fit(train_set: PatchDataset, val_set: PatchDataset, cfg: TrainConfig, out_dir: Path | str,
         on_epoch: EpochCallback | None = None) -> TrainResult:
-    """Train ``cfg.model`` on ``train_set``; checkpoints and history go to ``out_dir``."""
+    """Train ``cfg.model`` on ``train_set``; checkpoints and history go to ``out_dir``.
+
+    Stops early after ``cfg.patience`` epochs without a better val loss. If ``out_dir``
+    holds a ``last.pt`` written with the same config, training resumes after its epoch
+    and ends where an uninterrupted run would have.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
-    if cfg.num_threads:
+    if device.type == "cpu" and cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg).to(device, memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    loss_fn = nn.BCEWithLogitsLoss()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sampler_gen = torch.Generator().manual_seed(cfg.seed)
-    weights = balanced_weights(train_set.labels[train_set.indices])
-    sampler = WeightedRandomSampler(torch.as_tensor(weights), len(weights), replacement=True,
-                                    generator=sampler_gen)
-    pin = device.type == "cuda"
-    train_loader = DataLoader(train_set, cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
-                              pin_memory=pin, drop_last=len(train_set) > cfg.batch_size)
-    val_loader = DataLoader(val_set, cfg.batch_size * 2, num_workers=cfg.num_workers, pin_memory=pin)
+    train_loader, val_loader = _loaders(train_set, val_set, cfg, device, sampler_gen)
+    total_steps = cfg.epochs * len(train_loader)
+    scheduler = warmup_cosine(optimizer, total_steps, warmup_steps=min(len(train_loader), total_steps // 10 + 1))
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype(device) == torch.float16 else None
+    loss_fn = nn.BCEWithLogitsLoss()
 
     history: list[dict[str, float]] = []
     best_loss, start_epoch = math.inf, 0
@@ -129,6 +182,9 @@ def fit(train_set: PatchDataset, val_set: PatchDataset, cfg: TrainConfig, out_di
         if state["config"] == cfg.model_dump():
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            if scaler is not None and state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
             sampler_gen.set_state(state["sampler_rng"])
             torch.set_rng_state(state["torch_rng"])
             history, best_loss, start_epoch = state["history"], state["best_val_loss"], state["epoch"]
@@ -136,10 +192,14 @@ def fit(train_set: PatchDataset, val_set: PatchDataset, cfg: TrainConfig, out_di
         else:
             log.warning("ignoring %s: it was written with a different config", last_path)
 
-    log.info("training %s on %s: %d train / %d val images, %d epochs",
-             cfg.model, device, len(train_set), len(val_set), cfg.epochs)
+    log.info("training %s on %s (%s): %d train / %d val images, up to %d epochs", cfg.model, device,
+             amp_dtype(device) or "fp32", len(train_set), len(val_set), cfg.epochs)
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
-        train_loss, images_per_s = train_one_epoch(model, train_loader, optimizer, loss_fn, device)
+        if _stale_epochs(history) >= cfg.patience:
+            log.info("early stop: val loss has not improved for %d epochs", cfg.patience)
+            break
+        train_loss, images_per_s = train_one_epoch(model, train_loader, optimizer, loss_fn, device,
+                                                   scheduler, scaler)
         val_loss, val_auc = evaluate_loss_auc(model, val_loader, device)
         record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_auc": val_auc,
                   "lr": optimizer.param_groups[0]["lr"], "images_per_s": images_per_s,
@@ -148,13 +208,20 @@ def fit(train_set: PatchDataset, val_set: PatchDataset, cfg: TrainConfig, out_di
         if val_loss < best_loss:
             best_loss = val_loss
             _save(_checkpoint(model, cfg, epoch=epoch, val_loss=val_loss, val_auc=val_auc), best_path)
-        _save(_checkpoint(model, cfg, epoch=epoch, optimizer=optimizer.state_dict(), history=history,
-                          best_val_loss=best_loss, sampler_rng=sampler_gen.get_state(),
+        _save(_checkpoint(model, cfg, epoch=epoch, optimizer=optimizer.state_dict(),
+                          scheduler=scheduler.state_dict(), scaler=scaler.state_dict() if scaler else None,
+                          history=history, best_val_loss=best_loss, sampler_rng=sampler_gen.get_state(),
                           torch_rng=torch.get_rng_state()), last_path)
         (out_dir / "history.json").write_text(json.dumps(history, indent=2))
         if on_epoch:
             on_epoch(record)
     return TrainResult(best_path, last_path, history)
+
+
+def _stale_epochs(history: list[dict[str, float]]) -> int:
+    """Epochs since the val loss last improved."""
+    improved = [i for i, r in enumerate(history) if r["improved"]]
+    return len(history) - 1 - improved[-1] if improved else len(history)
 
 
 def load_model(checkpoint: Path | str, device: torch.device | str = "cpu") -> nn.Module:

@@ -20,7 +20,7 @@ from prefect.states import State
 from prefect.tasks import exponential_backoff
 
 from histo_core import steps
-from histo_core.config import GateConfig, SplitConfig, StoreConfig, TrainConfig, ValidationConfig
+from histo_core.config import EvalConfig, GateConfig, SplitConfig, StoreConfig, TrainConfig, ValidationConfig
 from histo_core.data.sources import DataSourceError
 from histo_core.storage import sha256_file
 from histo_core.validation import DataValidationError
@@ -97,9 +97,9 @@ def train_model(split_csv: str, workdir: str, cfg: TrainConfig) -> str:
 
 @task(name="evaluate-models", retries=2, retry_delay_seconds=exponential_backoff(5), cache_policy=NO_CACHE)
 def evaluate_models(split_csv: str, challenger: str, run_dir: str, workdir: str,
-                    store: StoreConfig, model_name: str, device: str) -> str:
+                    store: StoreConfig, model_name: str, cfg: EvalConfig, device: str) -> str:
     path = steps.evaluate(Path(split_csv), Path(challenger), Path(run_dir), Path(workdir) / "cache",
-                          store, model_name, device)
+                          store, model_name, cfg, device)
     report = json.loads(path.read_text())
     logger = get_run_logger()
     logger.info("challenger on hold-out: %s", report["challenger"])

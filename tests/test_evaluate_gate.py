@@ -97,3 +97,54 @@ def test_model_card_lists_data_metrics_comparison_and_decision():
     for text in ("# m v2", "**promoted** — beats champion", "`abc123`", "b2", "(root)",
                  "| 0.9100 (0.8800-0.9400) |", "champion at the time (v1)", "p = 0.0900", '"epochs":3'):
         assert text in card, text
+
+
+def test_operating_point_reaches_the_target_sensitivity_on_validation():
+    from histo_core.evaluate import threshold_for_sensitivity
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 2, 1000)
+    scores = labels * 1.0 + rng.normal(0, 1, 1000)
+    threshold = threshold_for_sensitivity(labels, scores, 0.95)
+    assert (scores[labels == 1] >= threshold).mean() >= 0.95
+    assert (scores[labels == 1] >= threshold + 1e-9).mean() < 0.95  # and no higher threshold would do
+
+
+def test_temperature_scaling_fixes_overconfident_logits():
+    from histo_core.evaluate import expected_calibration_error, fit_temperature, sigmoid
+
+    rng = np.random.default_rng(4)
+    true_logits = rng.normal(0, 2, 5000)
+    labels = (rng.random(5000) < sigmoid(true_logits)).astype(int)
+    overconfident = true_logits * 3
+    temperature = fit_temperature(labels, overconfident)
+    assert temperature == pytest.approx(3, rel=0.15)
+    assert expected_calibration_error(labels, sigmoid(overconfident / temperature)) < \
+        0.5 * expected_calibration_error(labels, sigmoid(overconfident))
+
+
+def test_bootstrap_ci_brackets_the_auc_and_agrees_with_delong():
+    from histo_core.evaluate import bootstrap_auc_ci
+
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 2, 500)
+    scores = labels * 1.0 + rng.normal(0, 1, 500)
+    m = binary_metrics(labels, scores)
+    low, high = bootstrap_auc_ci(labels, scores, 500)
+    assert low < m["auc"] < high
+    assert (high - low) == pytest.approx(m["auc_ci_high"] - m["auc_ci_low"], rel=0.2)
+
+
+def test_full_report_and_plots(tmp_path):
+    from histo_core.evaluate import full_report, plot_curves, sigmoid
+
+    rng = np.random.default_rng(6)
+    val_labels, test_labels = rng.integers(0, 2, 400), rng.integers(0, 2, 400)
+    val_logits, test_logits = (val_labels - 0.5) * 4 + rng.normal(0, 1.5, 400), \
+        (test_labels - 0.5) * 4 + rng.normal(0, 1.5, 400)
+    report = full_report(val_labels, val_logits, test_labels, test_logits, 0.9, 200)
+    assert report["operating_point"]["target_sensitivity"] == 0.9
+    assert report["operating_point"]["sensitivity"] > 0.8
+    assert report["ece"] <= report["ece_uncalibrated"] + 0.02
+    paths = plot_curves(test_labels, {"model": sigmoid(test_logits)}, tmp_path)
+    assert all(p.stat().st_size > 5000 and p.read_bytes()[:4] == b"\x89PNG" for p in paths.values())

@@ -48,8 +48,8 @@ def test_two_runs_promote_then_gate_against_the_champion(prefect_api, tmp_path):
         assert {f"runs/{run['run_id']}/{n}" for n in ("manifest.csv", "validation.json", "split.csv",
                                                       "evaluation.json", "decision.json")} <= set(keys)
         version = store.get_json(f"models/pcam-cnn/versions/{run['version']}/version.json")
-        assert set(version["files"]) == {"model.pt", "metrics.json", "config.json", "roc.png",
-                                         "history.json", "model_card.md"}
+        assert set(version["files"]) == {"model.pt", "metrics.json", "config.json", "roc.png", "pr.png",
+                                         "reliability.png", "history.json", "model_card.md"}
     events = store.list("models/pcam-cnn/events")
     assert [e.split("-")[1] for e in (Path(k).name for k in events)] == ["promoted", "rejected"]
     assert store.get_json(f"runs/{second['run_id']}/validation.json")["counts"] == {"ok": 480}

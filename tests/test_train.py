@@ -1,4 +1,8 @@
 import json
+import multiprocessing
+import os
+import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,11 +17,16 @@ from histo_core.train import fit, load_model
 
 
 @pytest.fixture(scope="module")
-def parts(kaggle_root, tmp_path_factory):
+def split_csv(kaggle_root, tmp_path_factory) -> Path:
     rows = build_manifest(kaggle_root)
     rows["label"] = rows["label"].astype(int)
-    split_csv = tmp_path_factory.mktemp("split") / "split.csv"
-    assign_partitions(rows).to_csv(split_csv, index=False)
+    path = tmp_path_factory.mktemp("split") / "split.csv"
+    assign_partitions(rows).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def parts(split_csv, tmp_path_factory):
     return load_partitions(split_csv, tmp_path_factory.mktemp("cache"), build_augmentation())
 
 
@@ -45,18 +54,47 @@ def test_fit_writes_checkpoints_history_and_keeps_the_best(parts, tmp_path):
         assert model(torch.zeros(2, 3, 96, 96)).shape == (2,)
 
 
-def test_a_stopped_run_resumes_and_ends_where_an_uninterrupted_run_would(parts, tmp_path):
-    cfg = TrainConfig(epochs=2, batch_size=32, seed=3, augment=False)
+def _train_then_die_after_epoch_1(split_csv: str, cache: str, out: str, cfg_json: str) -> None:
+    """Runs in a separate process, which kills itself (SIGKILL, no clean-up) after epoch 1."""
+    def die(record):
+        if record["epoch"] == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    parts = load_partitions(Path(split_csv), Path(cache))
+    fit(parts["train"], parts["val"], TrainConfig.model_validate_json(cfg_json), out, on_epoch=die)
+
+
+def test_a_killed_run_resumes_and_ends_where_an_uninterrupted_run_would(split_csv, tmp_path):
+    cfg = TrainConfig(epochs=3, batch_size=32, seed=3)
+    cache = tmp_path / "cache"
+    parts = load_partitions(split_csv, cache)
     uninterrupted = fit(parts["train"], parts["val"], cfg, tmp_path / "a")
-    fit(parts["train"], parts["val"], cfg.model_copy(update={"epochs": 1}), tmp_path / "b")
-    # A config change (epochs) would normally discard last.pt; rewrite it as if the
-    # 2-epoch run had been killed after epoch 1.
-    state = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
-    state["config"] = cfg.model_dump()
-    torch.save(state, tmp_path / "b" / "last.pt")
+
+    worker = multiprocessing.get_context("spawn").Process(
+        target=_train_then_die_after_epoch_1, args=(str(split_csv), str(cache), str(tmp_path / "b"),
+                                                    cfg.model_dump_json()))
+    worker.start()
+    worker.join(300)
+    assert worker.exitcode == -signal.SIGKILL
+    assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["epoch"] == 1
+
     resumed = fit(parts["train"], parts["val"], cfg, tmp_path / "b")
-    assert [r["epoch"] for r in resumed.history] == [1, 2]
-    assert resumed.history[1]["val_loss"] == pytest.approx(uninterrupted.history[1]["val_loss"], rel=1e-4)
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
+    for a, b in zip(uninterrupted.history, resumed.history):
+        assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-5)
+        assert b["lr"] == pytest.approx(a["lr"])
+    final_a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["model"]
+    final_b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)["model"]
+    assert all(torch.allclose(final_a[k].float(), final_b[k].float(), atol=1e-5) for k in final_a)
+
+
+def test_training_stops_early_when_val_loss_stops_improving(parts, tmp_path):
+    history = [{"improved": i == 0} for i in range(3)]
+    from histo_core.train import _stale_epochs
+
+    assert _stale_epochs(history) == 2 and _stale_epochs([]) == 0
+    result = fit(parts["train"], parts["val"], TrainConfig(epochs=6, patience=1, lr=0.5, batch_size=32), tmp_path)
+    assert len(result.history) < 6 and result.history[-1]["improved"] is False
 
 
 def test_checkpoint_from_another_config_is_not_resumed(parts, tmp_path):
