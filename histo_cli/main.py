@@ -142,8 +142,65 @@ def cmd_predict(args: argparse.Namespace) -> int:
             if champion is None:
                 raise FileNotFoundError(f"no --model given and {args.name} has no champion in {args.store}")
             weights = registry.download_weights(champion.version, Path(tmp) / WEIGHTS)
-        out = predict_folder(weights, args.data, args.out, device=args.device)
+        out = predict_folder(weights, args.data, args.out, device=args.device, tta=args.tta)
     print(f"wrote {out}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Validate, split and train DATA into OUT without an orchestrator (best.pt, last.pt,
+    history.json, config.json); a second call with the same arguments resumes."""
+    import json
+
+    from histo_core import steps
+    from histo_core.config import SplitConfig, ValidationConfig
+
+    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in TrainConfig.model_fields and v is not None})
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(cfg.model_dump(), indent=2) + "\n")
+    bar = _Bar("inspecting images")
+    try:
+        manifest = steps.validate(args.data, out / "data", ValidationConfig(), out / "manifests", progress=bar)
+    finally:
+        bar.close()
+    print(f"data: {json.loads((out / 'data' / 'validation.json').read_text())['counts']}")
+    split = steps.split(manifest, SplitConfig())
+
+    def report(r: dict) -> None:
+        print(f"epoch {r['epoch']}/{cfg.epochs}  train loss {r['train_loss']:.4f}  val loss {r['val_loss']:.4f}  "
+              f"val AUC {r['val_auc']:.4f}  lr {r['lr']:.2e}  {r['images_per_s']:.0f} img/s"
+              + ("  (best, saved)" if r["improved"] else ""), flush=True)
+
+    best = steps.train(split, out, out / "cache", cfg, report)
+    print(f"best model: {best}\nlast checkpoint: {out / 'last.pt'}\nhistory: {out / 'history.json'}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Score every labelled image of DATA (any layout) with a checkpoint and print metrics."""
+    import json
+
+    import numpy as np
+
+    from histo_core.data.sources import list_images
+    from histo_core.evaluate import binary_metrics, bootstrap_auc_ci
+    from histo_core.predict import score_files
+
+    table = list_images(args.data)
+    table = table[table["labelled"] & table["label"].isin(["0", "1"]) & (table["path"] != "")]
+    probability, errors = score_files(args.model, table["path"].tolist(), args.device, tta=args.tta)
+    ok = ~np.isnan(probability)
+    labels = table["label"].astype(int).to_numpy()[ok]
+    metrics = binary_metrics(labels, probability[ok])
+    metrics["auc_bootstrap_ci_low"], metrics["auc_bootstrap_ci_high"] = bootstrap_auc_ci(labels, probability[ok])
+    metrics.update(tta=args.tta, unreadable=int((~ok).sum()), data=str(args.data), model=str(args.model))
+    print(f"AUC {metrics['auc']:.4f} (95% CI {metrics['auc_ci_low']:.4f}-{metrics['auc_ci_high']:.4f})  "
+          f"accuracy {metrics['accuracy']:.4f}  sensitivity {metrics['sensitivity']:.4f}  "
+          f"specificity {metrics['specificity']:.4f}  on {metrics['n']} images{' with TTA' if args.tta else ''}"
+          + (f"; {metrics['unreadable']} unreadable" if metrics["unreadable"] else ""))
+    if args.json:
+        args.json.write_text(json.dumps(metrics, indent=2) + "\n")
     return 0
 
 
@@ -244,12 +301,33 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     retrain.set_defaults(func=cmd_retrain)
 
+    train = sub.add_parser("train", help="validate, split and train a model into a folder (no Prefect)")
+    train.add_argument("--data", required=True, help="data root in any supported layout")
+    train.add_argument("--out", required=True, type=Path, help="folder for best.pt, last.pt, history.json")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--model", help="architecture (see histo_core.model.MODELS)")
+    train.add_argument("--lr", type=float)
+    train.add_argument("--batch-size", dest="batch_size", type=int)
+    train.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
+    train.add_argument("--num-workers", dest="num_workers", type=int)
+    train.add_argument("--seed", type=int)
+    train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="AUC and more of a checkpoint on a labelled data root")
+    evaluate.add_argument("--model", required=True, type=Path, help="checkpoint file (best.pt or a model.pt)")
+    evaluate.add_argument("--data", required=True, help="labelled data root in any layout; every row is scored")
+    evaluate.add_argument("--tta", action="store_true", help="average the 8 flips/rotations of each patch")
+    evaluate.add_argument("--json", type=Path, help="also write the metrics here")
+    evaluate.add_argument("--device", default="auto")
+    evaluate.set_defaults(func=cmd_evaluate)
+
     predict = sub.add_parser("predict", help="score patches: id,label (tumour probability) CSV")
     predict.add_argument("--data", required=True, help="folder of patches (any layout, or just image files)")
     predict.add_argument("--out", required=True, type=Path, help="CSV to write")
     predict.add_argument("--model", type=Path, help="checkpoint file (default: the store's champion)")
     predict.add_argument("--name", default=RetrainConfig.model_fields["model_name"].default, help="model name")
     predict.add_argument("--device", default="auto")
+    predict.add_argument("--tta", action="store_true", help="average the 8 flips/rotations of each patch")
     _add_store_arguments(predict)
     predict.set_defaults(func=cmd_predict)
 

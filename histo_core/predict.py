@@ -56,21 +56,30 @@ class _Decoded(Dataset):
 
 
 @torch.no_grad()
-def predict_folder(checkpoint: Path | str, data: Path | str, out_csv: Path | str, device: str = "auto",
-                   batch_size: int = 256, workers: int = 0) -> Path:
-    """Write ``id,label,error`` (label = tumour probability, as a Kaggle submission expects)."""
-    table = list_patches(data)
+def score_files(checkpoint: Path | str, paths: list[str], device: str = "auto", batch_size: int = 256,
+                workers: int = 0, tta: bool = False) -> tuple[np.ndarray, list[str]]:
+    """Tumour probabilities of the images at ``paths`` (NaN where unreadable) and errors."""
     torch_device = pick_device(device)
     model = load_model(checkpoint, torch_device)
-    loader = DataLoader(_Decoded(table["path"].tolist()), batch_size, num_workers=workers,
-                        pin_memory=torch_device.type == "cuda")
+    loader = DataLoader(_Decoded(paths), batch_size, num_workers=workers, pin_memory=torch_device.type == "cuda")
     logits, errors = [], []
     for images, batch_errors in loader:
-        logits.append(model(to_model_input(images, torch_device)).float().cpu())
+        x = to_model_input(images, torch_device)
+        views = [x] if not tta else [torch.rot90(v, k, dims=(2, 3)) for v in (x, x.flip(3)) for k in range(4)]
+        out = torch.stack([model(v.contiguous(memory_format=torch.channels_last)).float() for v in views])
+        logits.append(out.mean(0).cpu())
         errors += list(batch_errors)
     probability = torch.sigmoid(torch.cat(logits)).numpy() if logits else np.array([])
+    probability[np.array(errors) != ""] = np.nan
+    return probability, errors
+
+
+def predict_folder(checkpoint: Path | str, data: Path | str, out_csv: Path | str, device: str = "auto",
+                   batch_size: int = 256, workers: int = 0, tta: bool = False) -> Path:
+    """Write ``id,label,error`` (label = tumour probability, as a Kaggle submission expects)."""
+    table = list_patches(data)
+    probability, errors = score_files(checkpoint, table["path"].tolist(), device, batch_size, workers, tta)
     out = pd.DataFrame({"id": table["id"], "label": probability, "error": errors})
-    out.loc[out["error"] != "", "label"] = np.nan
     for row in out[out["error"] != ""].head(10).itertuples():
         log.warning("could not score %s: %s", row.id, row.error)
     out_csv = Path(out_csv)

@@ -100,3 +100,18 @@ def test_predict_scores_unlabelled_files_and_reports_unreadable_ones(tmp_path, c
     good = out[out["id"] != "broken"]
     assert good["label"].astype(float).between(0, 1).all() and (good["error"] == "").all()
     assert out.set_index("id").loc["broken", "error"].startswith("unreadable image")
+
+
+def test_train_then_evaluate_from_the_command_line(kaggle_root, tmp_path, capsys):
+    import json
+
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(kaggle_root), "--out", str(out), "--epochs", "1", "--batch-size", "32"]) == 0
+    printed = capsys.readouterr().out
+    assert "epoch 1/1" in printed and "best model:" in printed
+    assert {p.name for p in out.iterdir()} >= {"best.pt", "last.pt", "history.json", "config.json"}
+    assert main(["evaluate", "--model", str(out / "best.pt"), "--data", str(kaggle_root), "--tta",
+                 "--json", str(tmp_path / "m.json")]) == 0
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["n"] == 300 and metrics["tta"] is True and 0 <= metrics["auc"] <= 1
+    assert "with TTA" in capsys.readouterr().out
