@@ -20,6 +20,9 @@ from histo_core.data.download import DownloadError
 from histo_core.storage.base import StoreError
 
 
+DEMO_EPOCHS = 3
+
+
 def _quiet_prefect_defaults() -> None:
     """Defaults for running on a laptop; an explicit environment setting wins.
 
@@ -289,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="generate sample data and run two retrains (no cloud account)")
     demo.add_argument("--workdir", default="histo-demo", help="folder for data, store and scratch")
-    demo.add_argument("--epochs", type=int, default=TrainConfig().epochs)
+    demo.add_argument("--epochs", type=int, default=DEMO_EPOCHS, help="per run (keeps the demo to minutes)")
     demo.set_defaults(func=cmd_demo)
 
     retrain = sub.add_parser("retrain", help="validate, split, train, evaluate, promote, upload")

@@ -52,15 +52,17 @@ class TrainConfig(_Frozen):
     """How the challenger is trained."""
 
     model: str = Field("simple_cnn", description="Architecture name, see histo_core.model.MODELS.")
-    epochs: int = Field(3, ge=1)
+    epochs: int = Field(30, ge=1, description="Upper bound; early stopping usually ends sooner.")
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0, description="Peak learning rate (linear warm-up, then cosine decay).")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW's decoupled weight decay.")
-    patience: int = Field(5, ge=1, description="Stop after this many epochs without a better val loss.")
+    patience: int = Field(6, ge=1, description="Stop after this many epochs without a better val loss.")
     dropout: float = Field(0.5, ge=0, lt=1)
     augment: bool = Field(True, description="Random flips, 90-degree rotations and colour jitter while training.")
-    color_jitter: float = Field(0.1, ge=0, lt=1, description="Brightness/contrast/saturation jitter; 0: off.")
+    color_jitter: float = Field(0.0, ge=0, lt=1, description="Brightness/contrast/saturation jitter; 0: off "
+                                                            "(HED jitter already varies stain intensity).")
     hue_jitter: float = Field(0.0, ge=0, le=0.5, description="Hue jitter (slow on CPU; see build_augmentation).")
+    hed_jitter: float = Field(0.05, ge=0, lt=1, description="Stain jitter in HED space (Tellez et al. 2019); 0: off.")
     seed: int = 0
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
     num_threads: int = Field(0, ge=0, description="CPU threads for torch; 0 means all cores.")

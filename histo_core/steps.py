@@ -157,7 +157,7 @@ def load_partitions(split_csv: Path, cache_dir: Path,
 def train(split_csv: Path, out_dir: Path, cache_dir: Path, cfg: TrainConfig,
           on_epoch: EpochCallback | None = None) -> Path:
     """Train a challenger into ``out_dir``; returns its best-val-loss checkpoint."""
-    augmentation = build_augmentation(cfg.color_jitter, cfg.hue_jitter) if cfg.augment else None
+    augmentation = build_augmentation(cfg.color_jitter, cfg.hue_jitter, cfg.hed_jitter) if cfg.augment else None
     parts = load_partitions(split_csv, cache_dir, augmentation)
     return fit(parts["train"], parts["val"], cfg, out_dir, on_epoch).best_checkpoint
 

@@ -117,5 +117,16 @@ def test_augmentation_keeps_shape_and_type_and_jitter_changes_colours():
     assert out.dtype == torch.uint8 and out.shape == image.shape
     symmetries = [torch.rot90(im, k, dims=(1, 2)) for im in (image, image.flip(2)) for k in range(4)]
     assert not any(torch.equal(out, s) for s in symmetries), "colour jitter should change pixel values"
-    plain = build_augmentation(0.0)(image)
+    plain = build_augmentation(0.0, hed_jitter=0.0)(image)
     assert sorted(plain.flatten().tolist()) == sorted(image.flatten().tolist())
+
+
+def test_hed_jitter_is_the_identity_at_zero_and_moves_stain_colours_otherwise():
+    from histo_core.data.dataset import RandomHEDJitter
+
+    image = torch.randint(0, 256, (3, 96, 96), dtype=torch.uint8)
+    assert torch.equal(RandomHEDJitter(0.0)(image), image)
+    torch.manual_seed(0)
+    shifted = RandomHEDJitter(0.2)(image)
+    assert shifted.dtype == torch.uint8 and shifted.shape == image.shape
+    assert (shifted.float() - image.float()).abs().mean() > 2

@@ -1,0 +1,127 @@
+"""Training, loading and inference speed of the default model, in one run.
+
+Same model, batch size and thread count throughout:
+  * training img/s of the library trainer (``train_one_epoch``: sampler, DataLoader,
+    augmentation, schedule) vs a bare PyTorch loop over ready tensors (goal: ratio >= 0.95);
+  * loading img/s of the cached dataset with the default augmentations, no model
+    (goal: >= 20x the training rate);
+  * inference img/s, eager and with ``torch.compile`` (goal on 2 CPU cores: >= 250).
+
+    .venv/bin/python bench/throughput.py [--device cuda] [--batches 30] [--workers N]
+On CUDA the trainer uses AMP (bf16 where supported) and channels_last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from histo_core.config import TrainConfig
+from histo_core.data.dataset import PatchDataset, build_augmentation, to_model_input
+from histo_core.model import create_model
+from histo_core.train import amp_dtype, pick_device, train_one_epoch, warmup_cosine
+
+
+def _rate(images: int, seconds: float) -> float:
+    return images / seconds
+
+
+def bare_loop(model: nn.Module, batches: list[torch.Tensor], labels: torch.Tensor, device: torch.device) -> float:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    loss_fn = nn.BCEWithLogitsLoss()
+    dtype = amp_dtype(device)
+    model.train()
+    start = time.perf_counter()
+    for x in batches:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = loss_fn(model(x).float(), labels)
+        loss.backward()
+        optimizer.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return _rate(len(batches) * len(labels), time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batches", type=int, default=30)
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    cfg = TrainConfig(num_workers=args.workers)
+    bs, n = cfg.batch_size, cfg.batch_size * args.batches
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (n, 96, 96, 3), dtype=np.uint8)
+    labels = rng.integers(0, 2, n)
+    dataset = PatchDataset(pixels, labels, np.arange(n), build_augmentation(cfg.color_jitter, cfg.hue_jitter, cfg.hed_jitter))
+
+    # Loading alone: the cached dataset with the default augmentations.
+    loader = DataLoader(dataset, bs, shuffle=True, num_workers=args.workers, pin_memory=device.type == "cuda")
+    start = time.perf_counter()
+    for images, _ in loader:
+        pass
+    loading = _rate(n, time.perf_counter() - start)
+
+    def fresh_model() -> nn.Module:
+        torch.manual_seed(0)
+        return create_model(cfg.model).to(device, memory_format=torch.channels_last)
+
+    # Warm-up (allocator, cuDNN autotune), then the two training loops on the same work.
+    warm = [to_model_input(torch.from_numpy(pixels[:bs]).permute(0, 3, 1, 2), device)] * 3
+    y = torch.as_tensor(labels[:bs], dtype=torch.float32, device=device)
+    bare_loop(fresh_model(), warm, y, device)
+    batches = [to_model_input(torch.from_numpy(pixels[i:i + bs]).permute(0, 3, 1, 2), device) for i in range(0, n, bs)]
+    bare = bare_loop(fresh_model(), batches, y, device)
+
+    model = fresh_model()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = warmup_cosine(optimizer, args.batches, 3)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype(device) == torch.float16 else None
+    train_loader = DataLoader(dataset, bs, shuffle=True, num_workers=args.workers, pin_memory=device.type == "cuda",
+                              drop_last=True)
+    _, library = train_one_epoch(model, train_loader, optimizer, nn.BCEWithLogitsLoss(), device, scheduler, scaler)
+
+    # Inference, eager and compiled.
+    model.eval()
+    x = batches[0].repeat(4, 1, 1, 1) if device.type == "cpu" else batches[0].repeat(8, 1, 1, 1)
+
+    @torch.no_grad()
+    def infer(m: nn.Module, rounds: int = 5) -> float:
+        m(x)  # warm-up / compilation
+        start = time.perf_counter()
+        for _ in range(rounds):
+            with torch.autocast(device.type, dtype=amp_dtype(device), enabled=amp_dtype(device) is not None):
+                m(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return _rate(rounds * len(x), time.perf_counter() - start)
+
+    eager = infer(model)
+    compile_start = time.perf_counter()
+    try:
+        compiled = infer(torch.compile(model))
+        compiled_note = f"(compile {time.perf_counter() - compile_start:.0f}s incl. warm-up)"
+    except Exception as exc:  # noqa: BLE001 - report, don't hide, a missing compiler toolchain
+        compiled, compiled_note = float("nan"), f"(torch.compile failed: {type(exc).__name__}: {exc})"
+
+    where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {args.threads} threads"
+    print(f"device: {device} ({where}); model {cfg.model}; batch {bs}; precision {amp_dtype(device) or 'fp32'}")
+    print(f"training, bare PyTorch loop:   {bare:9.1f} img/s")
+    print(f"training, library trainer:     {library:9.1f} img/s   ratio {library / bare:.3f}  [goal >= 0.95]")
+    print(f"loading + augmentation:        {loading:9.1f} img/s   {loading / library:.1f}x training  [goal >= 20x]")
+    print(f"inference, eager:              {eager:9.1f} img/s   [goal >= 250 on 2 CPU cores]")
+    print(f"inference, torch.compile:      {compiled:9.1f} img/s   {compiled_note}")
+
+
+if __name__ == "__main__":
+    main()
