@@ -158,7 +158,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from histo_core import steps
     from histo_core.config import SplitConfig, ValidationConfig
 
-    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in TrainConfig.model_fields and v is not None})
+    given = {k: v for k, v in vars(args).items() if k in TrainConfig.model_fields and v is not None}
+    if args.nproc > 1 and "num_threads" not in given:
+        given["num_threads"] = max(1, (os.cpu_count() or 1) // args.nproc)  # don't oversubscribe the CPU
+    cfg = TrainConfig(**given)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(cfg.model_dump(), indent=2) + "\n")
@@ -175,7 +178,18 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"val AUC {r['val_auc']:.4f}  lr {r['lr']:.2e}  {r['images_per_s']:.0f} img/s"
               + ("  (best, saved)" if r["improved"] else ""), flush=True)
 
-    best = steps.train(split, out, out / "cache", cfg, report)
+    if args.nproc > 1:
+        import subprocess
+
+        steps.load_partitions(split, out / "cache")  # decode once here, not in every rank
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
+                   "-m", "histo_cli.ddp_worker", "--split", str(split), "--out", str(out),
+                   "--cache", str(out / "cache"), "--config", cfg.model_dump_json()]
+        if subprocess.run(command).returncode != 0:
+            raise RuntimeError(f"distributed training with {args.nproc} processes failed (see above)")
+        best = out / "best.pt"
+    else:
+        best = steps.train(split, out, out / "cache", cfg, report)
     print(f"best model: {best}\nlast checkpoint: {out / 'last.pt'}\nhistory: {out / 'history.json'}")
     return 0
 
@@ -314,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
     train.add_argument("--num-workers", dest="num_workers", type=int)
     train.add_argument("--seed", type=int)
+    train.add_argument("--nproc", type=int, default=1,
+                       help="processes for distributed data-parallel training (one per GPU; gloo on CPU)")
     train.set_defaults(func=cmd_train)
 
     evaluate = sub.add_parser("evaluate", help="AUC and more of a checkpoint on a labelled data root")

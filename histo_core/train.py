@@ -21,10 +21,13 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, Sampler, WeightedRandomSampler
 
 from histo_core.config import TrainConfig
 from histo_core.data.dataset import PatchDataset, to_model_input
+from histo_core.distributed import (Context, DistributedWeightedSampler, all_sum, barrier, gather_by_index,
+                                    init_from_env)
 from histo_core.model import create_model
 from histo_core.split import balanced_weights
 
@@ -121,15 +124,21 @@ def predict_logits(model: nn.Module, loader: DataLoader, device: torch.device,
     return torch.cat(logits).numpy(), torch.cat(labels).numpy()
 
 
-def evaluate_loss_auc(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[float, float]:
+def evaluate_loss_auc(model: nn.Module, loader: DataLoader, device: torch.device,
+                      ctx: Context = Context()) -> tuple[float, float, int]:
+    """Val loss, val AUC and the number of val images, over the whole val set on every rank."""
     logits, labels = predict_logits(model, loader, device)
+    if ctx.active:
+        shard = np.fromiter(iter(loader.sampler), dtype=np.int64)
+        logits, labels = gather_by_index(shard, logits, labels, ctx=ctx)
     loss = nn.functional.binary_cross_entropy_with_logits(torch.from_numpy(logits), torch.from_numpy(labels))
     auc = roc_auc_score(labels, logits) if len(set(labels.tolist())) == 2 else math.nan
-    return float(loss), float(auc)
+    return float(loss), float(auc), len(labels)
 
 
 def _checkpoint(model: nn.Module, cfg: TrainConfig, **extra: object) -> dict[str, object]:
     """A plain dict loadable with ``torch.load(..., weights_only=True)``."""
+    model = model.module if isinstance(model, DistributedDataParallel) else model
     return {"model": model.state_dict(), "model_name": cfg.model,
             "model_kwargs": {"dropout": cfg.dropout}, "config": cfg.model_dump(), **extra}
 
@@ -141,14 +150,20 @@ def _save(obj: dict[str, object], path: Path) -> None:
 
 
 def _loaders(train_set: PatchDataset, val_set: PatchDataset, cfg: TrainConfig, device: torch.device,
-             sampler_gen: torch.Generator) -> tuple[DataLoader, DataLoader]:
+             sampler_gen: torch.Generator, ctx: Context) -> tuple[DataLoader, DataLoader]:
     weights = balanced_weights(train_set.labels[train_set.indices])
-    sampler = WeightedRandomSampler(torch.as_tensor(weights), len(weights), replacement=True, generator=sampler_gen)
+    if ctx.active:
+        sampler: Sampler[int] = DistributedWeightedSampler(weights, ctx, cfg.seed)
+        val_sampler: Sampler[int] | None = DistributedSampler(val_set, ctx.world, ctx.rank, shuffle=False)
+    else:
+        sampler = WeightedRandomSampler(torch.as_tensor(weights), len(weights), replacement=True,
+                                        generator=sampler_gen)
+        val_sampler = None
     common = {"num_workers": cfg.num_workers, "pin_memory": device.type == "cuda",
               "persistent_workers": cfg.num_workers > 0}
     train_loader = DataLoader(train_set, cfg.batch_size, sampler=sampler,
-                              drop_last=len(train_set) > cfg.batch_size, **common)
-    return train_loader, DataLoader(val_set, cfg.batch_size * 2, **common)
+                              drop_last=len(sampler) > cfg.batch_size, **common)
+    return train_loader, DataLoader(val_set, cfg.batch_size * 2, sampler=val_sampler, **common)
 
 
 def fit(train_set: PatchDataset, val_set: PatchDataset, cfg: TrainConfig, out_dir: Path | str,
@@ -162,13 +177,17 @@ def fit(train_set: PatchDataset, val_set: PatchDataset, cfg: TrainConfig, out_di
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
+    ctx = init_from_env(device.type)
+    if device.type == "cuda" and ctx.active:
+        device = torch.device("cuda", ctx.local_rank)
+        torch.cuda.set_device(device)
     if device.type == "cpu" and cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg).to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sampler_gen = torch.Generator().manual_seed(cfg.seed)
-    train_loader, val_loader = _loaders(train_set, val_set, cfg, device, sampler_gen)
+    train_loader, val_loader = _loaders(train_set, val_set, cfg, device, sampler_gen, ctx)
     total_steps = cfg.epochs * len(train_loader)
     scheduler = warmup_cosine(optimizer, total_steps, warmup_steps=min(len(train_loader), total_steps // 10 + 1))
     scaler = torch.amp.GradScaler("cuda") if amp_dtype(device) == torch.float16 else None
@@ -192,29 +211,38 @@ def fit(train_set: PatchDataset, val_set: PatchDataset, cfg: TrainConfig, out_di
         else:
             log.warning("ignoring %s: it was written with a different config", last_path)
 
-    log.info("training %s on %s (%s): %d train / %d val images, up to %d epochs", cfg.model, device,
-             amp_dtype(device) or "fp32", len(train_set), len(val_set), cfg.epochs)
+    if ctx.active:
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    log.info("training %s on %s (%s, %d process%s): %d train / %d val images, up to %d epochs", cfg.model,
+             device, amp_dtype(device) or "fp32", ctx.world, "es" if ctx.active else "", len(train_set),
+             len(val_set), cfg.epochs)
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         if _stale_epochs(history) >= cfg.patience:
             log.info("early stop: val loss has not improved for %d epochs", cfg.patience)
             break
+        if isinstance(train_loader.sampler, DistributedWeightedSampler):
+            train_loader.sampler.set_epoch(epoch)
         train_loss, images_per_s = train_one_epoch(model, train_loader, optimizer, loss_fn, device,
                                                    scheduler, scaler)
-        val_loss, val_auc = evaluate_loss_auc(model, val_loader, device)
+        seen = len(train_loader) * cfg.batch_size if train_loader.drop_last else len(train_loader.sampler)
+        train_loss = all_sum(train_loss * seen, ctx) / all_sum(seen, ctx)  # same value on every rank
+        val_loss, val_auc, val_images = evaluate_loss_auc(model, val_loader, device, ctx)
         record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_auc": val_auc,
-                  "lr": optimizer.param_groups[0]["lr"], "images_per_s": images_per_s,
-                  "improved": val_loss < best_loss}
+                  "lr": optimizer.param_groups[0]["lr"], "images_per_s": all_sum(images_per_s, ctx),
+                  "val_images": val_images, "improved": val_loss < best_loss}
         history.append(record)
-        if val_loss < best_loss:
-            best_loss = val_loss
-            _save(_checkpoint(model, cfg, epoch=epoch, val_loss=val_loss, val_auc=val_auc), best_path)
-        _save(_checkpoint(model, cfg, epoch=epoch, optimizer=optimizer.state_dict(),
-                          scheduler=scheduler.state_dict(), scaler=scaler.state_dict() if scaler else None,
-                          history=history, best_val_loss=best_loss, sampler_rng=sampler_gen.get_state(),
-                          torch_rng=torch.get_rng_state()), last_path)
-        (out_dir / "history.json").write_text(json.dumps(history, indent=2))
-        if on_epoch:
-            on_epoch(record)
+        improved, best_loss = val_loss < best_loss, min(best_loss, val_loss)
+        if ctx.is_main:  # one writer; every rank holds the same history and decisions
+            if improved:
+                _save(_checkpoint(model, cfg, epoch=epoch, val_loss=val_loss, val_auc=val_auc), best_path)
+            _save(_checkpoint(model, cfg, epoch=epoch, optimizer=optimizer.state_dict(),
+                              scheduler=scheduler.state_dict(), scaler=scaler.state_dict() if scaler else None,
+                              history=history, best_val_loss=best_loss, sampler_rng=sampler_gen.get_state(),
+                              torch_rng=torch.get_rng_state(), world=ctx.world), last_path)
+            (out_dir / "history.json").write_text(json.dumps(history, indent=2))
+            if on_epoch:
+                on_epoch(record)
+        barrier(ctx)
     return TrainResult(best_path, last_path, history)
 
 
