@@ -43,3 +43,12 @@ def pcam_real() -> Path:
 def tree_fingerprint(root: Path) -> dict[str, tuple[int, int]]:
     """(size, mtime_ns) of every file under ``root``: proof that inputs were not touched."""
     return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def publish_version(registry, folder: Path, tag: str, size: int = 5000) -> str:
+    """File a small stand-in version (the registry never looks inside the weights)."""
+    weights = folder / f"{tag}.pt"
+    weights.write_bytes(tag.encode() * size)
+    version = registry.new_version_id()
+    registry.publish_version(version, {"model.pt": weights}, {"metrics": {"auc": 0.9}})
+    return version

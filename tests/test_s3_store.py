@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import publish_version
+
 from histo_core.registry import Registry
 from histo_core.storage import ChecksumError, ConflictError, StoreError
 from histo_core.storage.s3 import S3Store
@@ -77,20 +79,12 @@ def test_conditional_writes_refuse_stale_etags(store, endpoint):
     assert store.conditional_writes is (endpoint.kind == "moto")
 
 
-def _publish(registry: Registry, tmp_path: Path, tag: str) -> str:
-    weights = tmp_path / f"{tag}.pt"
-    weights.write_bytes(tag.encode() * 5000)
-    version = registry.new_version_id()
-    registry.publish_version(version, {"model.pt": weights}, {"metrics": {"auc": 0.9}})
-    return version
-
-
 def test_two_concurrent_promotions_exactly_one_wins(store, tmp_path):
     registry = Registry(store, "m")
-    first = _publish(registry, tmp_path, "first")
+    first = publish_version(registry, tmp_path, "first")
     registry.set_champion(first, None)
     champion = registry.champion()
-    contenders = [_publish(registry, tmp_path, t) for t in ("a", "b")]
+    contenders = [publish_version(registry, tmp_path, t) for t in ("a", "b")]
     barrier, results = threading.Barrier(2), {}
 
     def promote(version):
@@ -113,7 +107,7 @@ def test_two_concurrent_promotions_exactly_one_wins(store, tmp_path):
 
 def test_rollback_repoints_to_the_previous_champion(store, tmp_path):
     registry = Registry(store, "m")
-    a, b = _publish(registry, tmp_path, "a"), _publish(registry, tmp_path, "b")
+    a, b = publish_version(registry, tmp_path, "a"), publish_version(registry, tmp_path, "b")
     registry.set_champion(a, None)
     registry.set_champion(b, registry.champion())
     assert registry.rollback() == (b, a)
@@ -124,7 +118,7 @@ def test_rollback_repoints_to_the_previous_champion(store, tmp_path):
 
 def test_corrupted_weights_are_refused(store, tmp_path):
     registry = Registry(store, "m")
-    version = _publish(registry, tmp_path, "a")
+    version = publish_version(registry, tmp_path, "a")
     key = f"some/prefix/models/m/versions/{version}/model.pt"
     head = store.client.head_object(Bucket=store.bucket, Key=key)
     store.client.put_object(Bucket=store.bucket, Key=key, Body=b"tampered", Metadata=head["Metadata"])
@@ -137,7 +131,7 @@ def test_endpoint_down_mid_version_leaves_the_champion_and_a_rerun_completes(sto
     if endpoint.kind == "moto":
         pytest.skip("moto keeps objects in memory: a restart loses them, so only Swift can show the re-run")
     registry = Registry(store, "m")
-    champion = _publish(registry, tmp_path, "champion")
+    champion = publish_version(registry, tmp_path, "champion")
     registry.set_champion(champion, None)
     weights, card = tmp_path / "new.pt", tmp_path / "card.md"
     weights.write_bytes(b"w" * 100_000)

@@ -3,6 +3,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import publish_version
+
 from histo_core.registry import ChecksumError, Registry
 from histo_core.storage import ConflictError, LocalStore, StoreError, open_store, sha256_file
 
@@ -46,17 +48,9 @@ def test_unsupported_store_uri_is_named():
         open_store("gs://b")
 
 
-def _version(registry, tmp_path, tag):
-    weights = tmp_path / f"{tag}.pt"
-    weights.write_bytes(tag.encode() * 100)
-    version = registry.new_version_id()
-    registry.publish_version(version, {"model.pt": weights}, {"metrics": {"auc": 0.9}})
-    return version
-
-
 def test_only_one_of_two_concurrent_promotions_wins(store, tmp_path):
     registry = Registry(store, "m")
-    versions = [_version(registry, tmp_path, t) for t in ("a", "b")]
+    versions = [publish_version(registry, tmp_path, t) for t in ("a", "b")]
     barrier, outcomes = threading.Barrier(2), []
 
     def promote(version):
@@ -84,7 +78,7 @@ def test_incomplete_versions_cannot_become_champion(store):
 
 def test_corrupted_weights_are_refused(store, tmp_path):
     registry = Registry(store, "m")
-    version = _version(registry, tmp_path, "a")
+    version = publish_version(registry, tmp_path, "a")
     stored = Path(store.root) / f"models/m/versions/{version}/model.pt"
     stored.write_bytes(b"tampered")
     with pytest.raises(ChecksumError, match="corrupt and was not loaded"):
@@ -94,7 +88,7 @@ def test_corrupted_weights_are_refused(store, tmp_path):
 
 def test_events_and_versions_are_listed(store, tmp_path):
     registry = Registry(store, "m")
-    version = _version(registry, tmp_path, "a")
+    version = publish_version(registry, tmp_path, "a")
     registry.record_event("promoted", version, {"why": "test"})
     assert registry.versions() == [version]
     assert any(k.endswith(f"promoted-{version}.json") for k in store.list("models/m/events"))
