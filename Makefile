@@ -23,6 +23,7 @@ demo: setup
 # apt is not available to us, those tests skip with their reason (and fail under CI=true).
 test: setup
 	@bash scripts/swift-s3.sh install || echo "note: could not install OpenStack Swift; its tests will skip"
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 clean:

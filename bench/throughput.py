@@ -68,7 +68,7 @@ def main() -> None:
     # Loading alone: the cached dataset with the default augmentations.
     loader = DataLoader(dataset, bs, shuffle=True, num_workers=args.workers, pin_memory=device.type == "cuda")
     start = time.perf_counter()
-    for images, _ in loader:
+    for _batch in loader:
         pass
     loading = _rate(n, time.perf_counter() - start)
 

@@ -32,7 +32,7 @@ def render_model_card(*, model_name: str, version: str, code_version: str, data_
         "## Hold-out metrics", "",
         "AUC with its DeLong 95% CI; accuracy, sensitivity and specificity at p = 0.5 after "
         "temperature scaling; the operating point is the threshold chosen on validation for "
-        f"the target sensitivity; ECE is the calibration error after temperature scaling"
+        "the target sensitivity; ECE is the calibration error after temperature scaling"
         + (" (all with 8-way test-time augmentation)." if evaluation.get("tta") else "."), "",
         "| model | AUC (95% CI) | accuracy | sensitivity | specificity | operating point | ECE | images |",
         "|---|---|---|---|---|---|---|---|",

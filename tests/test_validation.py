@@ -79,7 +79,7 @@ def test_too_many_quarantined_rows_stop_the_run(bad_corpus):
     ([0, 1] * 5, "only 10 usable rows"),
 ])
 def test_data_set_problems_stop_the_run(tmp_path, labels, message):
-    for i, label in enumerate(labels):
+    for i in range(len(labels)):
         Image.fromarray(_tissue(i)).save(tmp_path / f"{i}.png")
     (tmp_path / "labels.csv").write_text("id,label\n" + "".join(f"{i},{lab}\n" for i, lab in enumerate(labels)))
     result = validate_manifest(build_manifest(tmp_path))
