@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from histo_core.data.dataset import to_model_input
+from histo_core.data.dataset import dihedral_views, to_model_input
 from histo_core.data.images import open_image
 from histo_core.data.sources import IMAGE_SUFFIXES, DataSourceError, list_images
 from histo_core.train import load_model, pick_device
@@ -65,8 +65,7 @@ def score_files(checkpoint: Path | str, paths: list[str], device: str = "auto", 
     logits, errors = [], []
     for images, batch_errors in loader:
         x = to_model_input(images, torch_device)
-        views = [x] if not tta else [torch.rot90(v, k, dims=(2, 3)) for v in (x, x.flip(3)) for k in range(4)]
-        out = torch.stack([model(v.contiguous(memory_format=torch.channels_last)).float() for v in views])
+        out = torch.stack([model(v).float() for v in (dihedral_views(x) if tta else [x])])
         logits.append(out.mean(0).cpu())
         errors += list(batch_errors)
     probability = torch.sigmoid(torch.cat(logits)).numpy() if logits else np.array([])

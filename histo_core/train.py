@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Sampler, WeightedRandomSampler
 
 from histo_core.config import TrainConfig
-from histo_core.data.dataset import PatchDataset, to_model_input
+from histo_core.data.dataset import PatchDataset, dihedral_views, to_model_input
 from histo_core.distributed import (Context, DistributedWeightedSampler, all_sum, barrier, gather_by_index,
                                     init_from_env)
 from histo_core.model import create_model
@@ -116,9 +116,9 @@ def predict_logits(model: nn.Module, loader: DataLoader, device: torch.device,
     logits, labels = [], []
     for images, y in loader:
         x = to_model_input(images, device)
-        views = [x] if not tta else [torch.rot90(v, k, dims=(2, 3)) for v in (x, x.flip(3)) for k in range(4)]
+        views = dihedral_views(x) if tta else [x]
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            out = torch.stack([model(v.contiguous(memory_format=torch.channels_last)).float() for v in views])
+            out = torch.stack([model(v).float() for v in views])
         logits.append(out.mean(0).cpu())
         labels.append(y)
     return torch.cat(logits).numpy(), torch.cat(labels).numpy()

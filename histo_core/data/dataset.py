@@ -23,6 +23,12 @@ def random_dihedral(image: torch.Tensor, generator: torch.Generator | None = Non
     return image.flip(2) if flip % 2 else image
 
 
+def dihedral_views(batch: torch.Tensor) -> list[torch.Tensor]:
+    """The 8 flips/rotations of a (B, C, H, W) batch, for test-time augmentation."""
+    return [torch.rot90(v, k, dims=(2, 3)).contiguous(memory_format=torch.channels_last)
+            for v in (batch, batch.flip(3)) for k in range(4)]
+
+
 class RandomDihedral(torch.nn.Module):
     """torchvision v2 has flips but no exact 90-degree rotation; this adds all 8 symmetries."""
 
