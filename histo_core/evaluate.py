@@ -143,13 +143,6 @@ def full_report(val_labels: np.ndarray, val_logits: np.ndarray, test_labels: np.
     return report
 
 
-def predict_probabilities(checkpoint: Path | str, dataset: PatchDataset, device: str = "auto",
-                          batch_size: int = 256, tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Tumour probabilities of the model in ``checkpoint`` for every item, and the labels."""
-    logits, labels = predict_checkpoint_logits(checkpoint, dataset, device, batch_size, tta)
-    return sigmoid(logits), labels
-
-
 def predict_checkpoint_logits(checkpoint: Path | str, dataset: PatchDataset, device: str = "auto",
                               batch_size: int = 256, tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
     torch_device = pick_device(device)
@@ -160,8 +153,8 @@ def predict_checkpoint_logits(checkpoint: Path | str, dataset: PatchDataset, dev
 def evaluate_checkpoint(checkpoint: Path | str, dataset: PatchDataset, device: str = "auto",
                         tta: bool = False) -> dict[str, float]:
     """Metrics of the model in ``checkpoint`` on every item of ``dataset``."""
-    probabilities, labels = predict_probabilities(checkpoint, dataset, device, tta=tta)
-    return binary_metrics(labels, probabilities)
+    logits, labels = predict_checkpoint_logits(checkpoint, dataset, device, tta=tta)
+    return binary_metrics(labels, sigmoid(logits))
 
 
 def plot_curves(labels: np.ndarray, curves: dict[str, np.ndarray], out_dir: Path) -> dict[str, Path]:
