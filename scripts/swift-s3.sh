@@ -90,39 +90,13 @@ user_test_tester = testing .admin .reseller_admin
 [filter:s3api]
 use = egg:swift#s3api
 location = us-east-1
-[filter:catch_errors]
-use = egg:swift#catch_errors
-[filter:gatekeeper]
-use = egg:swift#gatekeeper
-[filter:healthcheck]
-use = egg:swift#healthcheck
-[filter:proxy-logging]
-use = egg:swift#proxy_logging
-[filter:cache]
-use = egg:swift#memcache
-[filter:listing_formats]
-use = egg:swift#listing_formats
-[filter:bulk]
-use = egg:swift#bulk
-[filter:tempurl]
-use = egg:swift#tempurl
-[filter:ratelimit]
-use = egg:swift#ratelimit
-[filter:copy]
-use = egg:swift#copy
-[filter:container-quotas]
-use = egg:swift#container_quotas
-[filter:account-quotas]
-use = egg:swift#account_quotas
-[filter:slo]
-use = egg:swift#slo
-[filter:dlo]
-use = egg:swift#dlo
-[filter:versioned_writes]
-use = egg:swift#versioned_writes
-[filter:symlink]
-use = egg:swift#symlink
 CONF
+# The plain filters: section name = entry point, with '-' as '_' (the cache is memcache).
+for filter in catch_errors gatekeeper healthcheck proxy-logging listing_formats bulk tempurl ratelimit copy \
+              container-quotas account-quotas slo dlo versioned_writes symlink; do
+  printf '[filter:%s]\nuse = egg:swift#%s\n' "$filter" "${filter//-/_}" >> "$dir/proxy-server.conf"
+done
+printf '[filter:cache]\nuse = egg:swift#memcache\n' >> "$dir/proxy-server.conf"
 
 start_server() {
   nohup swift-$1-server "$dir/$1-server.conf" >"$dir/log/$1.log" 2>&1 &
