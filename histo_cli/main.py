@@ -63,19 +63,40 @@ def cmd_synth(args: argparse.Namespace) -> int:
 class _Bar:
     """A tqdm bar fed by (done, total) callbacks; created on the first call."""
 
-    def __init__(self, desc: str, unit: str = "img") -> None:
-        self.desc, self.unit, self.bar = desc, unit, None
+    def __init__(self, desc: str, unit: str = "img", leave: bool = True) -> None:
+        self.desc, self.unit, self.leave, self.bar = desc, unit, leave, None
 
     def __call__(self, done: int, total: int | None) -> None:
         from tqdm import tqdm
 
         if self.bar is None:
-            self.bar = tqdm(total=total, desc=self.desc, unit=self.unit, unit_scale=True, file=sys.stderr)
+            self.bar = tqdm(total=total, desc=self.desc, unit=self.unit, unit_scale=self.unit != "batch",
+                            leave=self.leave, file=sys.stderr)
         self.bar.update(done - self.bar.n)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+class _EpochBars:
+    """A batch bar for the epoch in progress, fed by the trainer's (epoch, done, total) callback;
+    it disappears when the epoch ends, leaving the epoch's summary line."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs, self.epoch, self.bar = epochs, 0, _Bar("")
+
+    def __call__(self, epoch: int, done: int, total: int) -> None:
+        if epoch != self.epoch:
+            self.close()
+            self.epoch, self.bar = epoch, _Bar(f"epoch {epoch}/{self.epochs}", unit="batch", leave=False)
+        self.bar(done, total)
+        if done == total:
+            self.close()
+
+    def close(self) -> None:
+        self.bar.close()
+        self.bar = _Bar("")
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -189,7 +210,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise RuntimeError(f"distributed training with {args.nproc} processes failed (see above)")
         best = out / "best.pt"
     else:
-        best = steps.train(split, out, out / "cache", cfg, report)
+        bars = _EpochBars(cfg.epochs)
+        try:
+            best = steps.train(split, out, out / "cache", cfg, report, bars)
+        finally:
+            bars.close()
     print(f"best model: {best}\nlast checkpoint: {out / 'last.pt'}\nhistory: {out / 'history.json'}")
     return 0
 

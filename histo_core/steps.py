@@ -44,7 +44,7 @@ from histo_core.model_card import render_model_card
 from histo_core.registry import WEIGHTS, Registry
 from histo_core.split import assign_partitions
 from histo_core.storage import ConflictError, open_store, sha256_file
-from histo_core.train import EpochCallback, fit
+from histo_core.train import BatchCallback, EpochCallback, fit
 from histo_core.validation import require_passed, validate_manifest
 
 log = logging.getLogger(__name__)
@@ -155,11 +155,11 @@ def load_partitions(split_csv: Path, cache_dir: Path,
 
 
 def train(split_csv: Path, out_dir: Path, cache_dir: Path, cfg: TrainConfig,
-          on_epoch: EpochCallback | None = None) -> Path:
+          on_epoch: EpochCallback | None = None, on_batch: BatchCallback | None = None) -> Path:
     """Train a challenger into ``out_dir``; returns its best-val-loss checkpoint."""
     augmentation = build_augmentation(cfg.color_jitter, cfg.hue_jitter, cfg.hed_jitter) if cfg.augment else None
     parts = load_partitions(split_csv, cache_dir, augmentation)
-    return fit(parts["train"], parts["val"], cfg, out_dir, on_epoch).best_checkpoint
+    return fit(parts["train"], parts["val"], cfg, out_dir, on_epoch, on_batch).best_checkpoint
 
 
 def evaluate(split_csv: Path, challenger: Path, run_dir: Path, cache_dir: Path, store: StoreConfig,

@@ -14,6 +14,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -33,6 +34,7 @@ from histo_core.split import balanced_weights
 
 log = logging.getLogger(__name__)
 EpochCallback = Callable[[dict[str, float]], None]
+BatchCallback = Callable[[int, int, int], None]  # (epoch, batches done, batches in the epoch)
 
 
 @dataclass(frozen=True)
@@ -67,12 +69,17 @@ def amp_dtype(device: torch.device) -> torch.dtype | None:
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                     loss_fn: nn.Module, device: torch.device,
                     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-                    scaler: torch.amp.GradScaler | None = None) -> tuple[float, float]:
-    """One pass over ``loader``; returns (mean loss, images per second)."""
+                    scaler: torch.amp.GradScaler | None = None,
+                    on_batch: Callable[[int, int], None] | None = None) -> tuple[float, float]:
+    """One pass over ``loader``; returns (mean loss, images per second).
+
+    ``on_batch(done, total)`` is called after each step with batch counts only, so a
+    progress bar never forces a GPU sync.
+    """
     model.train()
     dtype = amp_dtype(device)
     total, seen, start = torch.zeros((), device=device), 0, time.perf_counter()
-    for images, labels in loader:
+    for step, (images, labels) in enumerate(loader, start=1):
         x, y = to_model_input(images, device), labels.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
@@ -88,6 +95,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
             scheduler.step()
         total += loss.detach() * len(y)  # no .item(): a GPU would wait for every batch
         seen += len(y)
+        if on_batch is not None:
+            on_batch(step, len(loader))
     return float(total) / max(1, seen), seen / (time.perf_counter() - start)
 
 
@@ -167,8 +176,11 @@ def _loaders(train_set: PatchDataset, val_set: PatchDataset, cfg: TrainConfig, d
 
 
 def fit(train_set: PatchDataset, val_set: PatchDataset, cfg: TrainConfig, out_dir: Path | str,
-        on_epoch: EpochCallback | None = None) -> TrainResult:
+        on_epoch: EpochCallback | None = None, on_batch: BatchCallback | None = None) -> TrainResult:
     """Train ``cfg.model`` on ``train_set``; checkpoints and history go to ``out_dir``.
+
+    ``on_epoch`` receives each epoch's record (rank 0 only); ``on_batch(epoch, done,
+    total)`` reports progress inside an epoch, for a command-line progress bar.
 
     Stops early after ``cfg.patience`` epochs without a better val loss. If ``out_dir``
     holds a ``last.pt`` written with the same config, training resumes after its epoch
@@ -222,8 +234,9 @@ def fit(train_set: PatchDataset, val_set: PatchDataset, cfg: TrainConfig, out_di
             break
         if isinstance(train_loader.sampler, DistributedWeightedSampler):
             train_loader.sampler.set_epoch(epoch)
+        batch_progress = partial(on_batch, epoch) if on_batch and ctx.is_main else None
         train_loss, images_per_s = train_one_epoch(model, train_loader, optimizer, loss_fn, device,
-                                                   scheduler, scaler)
+                                                   scheduler, scaler, batch_progress)
         seen = len(train_loader) * cfg.batch_size if train_loader.drop_last else len(train_loader.sampler)
         train_loss = all_sum(train_loss * seen, ctx) / all_sum(seen, ctx)  # same value on every rank
         val_loss, val_auc, val_images = evaluate_loss_auc(model, val_loader, device, ctx)

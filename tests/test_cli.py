@@ -107,8 +107,9 @@ def test_train_then_evaluate_from_the_command_line(kaggle_root, tmp_path, capsys
 
     out = tmp_path / "run"
     assert main(["train", "--data", str(kaggle_root), "--out", str(out), "--epochs", "1", "--batch-size", "32"]) == 0
-    printed = capsys.readouterr().out
-    assert "epoch 1/1" in printed and "best model:" in printed
+    captured = capsys.readouterr()
+    assert "epoch 1/1" in captured.out and "best model:" in captured.out
+    assert "epoch 1/1: 100%" in captured.err and "batch" in captured.err  # the in-epoch progress bar
     assert {p.name for p in out.iterdir()} >= {"best.pt", "last.pt", "history.json", "config.json"}
     assert main(["evaluate", "--model", str(out / "best.pt"), "--data", str(kaggle_root), "--tta",
                  "--json", str(tmp_path / "m.json")]) == 0
