@@ -50,9 +50,28 @@ from histo_core.validation import require_passed, validate_manifest
 log = logging.getLogger(__name__)
 
 
-def _write_json(path: Path, data: Any) -> Path:
-    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+def _replace(path: Path, write: Callable[[Path], object]) -> Path:
+    """``write`` to a private temporary sibling, then rename it over ``path``.
+
+    Data-set folders are content-addressed, so two runs on the same data (a nightly run
+    and a triggered one, or two ``histo train`` calls) write the same files at once; a
+    reader must see one whole version or the other, never half of a CSV.
+    """
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
     return path
+
+
+def _write_csv(path: Path, table: pd.DataFrame) -> Path:
+    return _replace(path, lambda tmp: table.to_csv(tmp, index=False))
+
+
+def _write_json(path: Path, data: Any) -> Path:
+    return _replace(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, default=str) + "\n"))
 
 
 def content_key(*parts: Any) -> str:
@@ -105,10 +124,10 @@ def validate(data: str, run_dir: Path, cfg: ValidationConfig, manifest_cache: Pa
     previous = read_manifest(cached) if cached and cached.exists() else None
     result = validate_manifest(build_manifest(data, progress=progress, previous=previous), cfg,
                                docs_dir=run_dir / "data_docs")
-    result.rows.to_csv(run_dir / "manifest.csv", index=False)
+    _write_csv(run_dir / "manifest.csv", result.rows)
     if cached:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        result.rows.to_csv(cached, index=False)
+        _write_csv(cached, result.rows)
     _write_json(run_dir / "validation.json", result.report())
     log.info("validation: %s", result.summary())
     require_passed(result)
@@ -137,7 +156,7 @@ def split(manifest_csv: Path, cfg: SplitConfig) -> Path:
     table = assign_partitions(usable[["id", "label", "path", "batch", "pixel_sha256"]], cfg)
     out = split_path(manifest_csv, cfg)
     out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out, index=False)
+    _write_csv(out, table)
     counts = table.groupby(["partition", "label"]).size().unstack(fill_value=0)
     log.info("split (rows by partition and label):\n%s", counts.to_string())
     return out
@@ -194,7 +213,7 @@ def evaluate(split_csv: Path, challenger: Path, run_dir: Path, cache_dir: Path, 
         report_h, predictions["champion"], _ = score(weights)
         report.update(champion=report_h, champion_version=champion.version, champion_etag=champion.etag,
                       comparison=compare_paired(labels, probs_c, predictions["champion"].to_numpy()))
-    predictions.to_csv(run_dir / "predictions.csv", index=False)
+    _write_csv(run_dir / "predictions.csv", predictions)
     plot_curves(labels, {c: predictions[c].to_numpy() for c in ("challenger", "champion") if c in predictions},
                 run_dir)
     return _write_json(run_dir / "evaluation.json", report)

@@ -153,7 +153,7 @@ def _checkpoint(model: nn.Module, cfg: TrainConfig, **extra: object) -> dict[str
 
 
 def _save(obj: dict[str, object], path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)  # a crash mid-write never leaves a truncated checkpoint
 

@@ -1,0 +1,28 @@
+"""Shared data-set files are replaced whole: a reader sees the old version or the new one."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from histo_core import steps
+
+
+def test_a_failed_write_leaves_the_previous_file_whole_and_no_debris(tmp_path):
+    target = steps._write_csv(tmp_path / "split.csv", pd.DataFrame({"id": ["a", "b"], "label": [0, 1]}))
+
+    def half_then_fail(partial):
+        partial.write_text("id,label\na,")
+        raise OSError("No space left on device")
+
+    with pytest.raises(OSError, match="No space"):
+        steps._replace(target, half_then_fail)
+    assert pd.read_csv(target)["id"].tolist() == ["a", "b"]
+    assert [p.name for p in tmp_path.iterdir()] == ["split.csv"]
+
+
+def test_json_and_csv_writes_replace_the_previous_version(tmp_path):
+    path = steps._write_json(tmp_path / "validation.json", {"passed": False})
+    steps._write_json(path, {"passed": True})
+    assert path.read_text().strip().endswith("}") and '"passed": true' in path.read_text()
+    assert [p.name for p in tmp_path.iterdir()] == ["validation.json"]
