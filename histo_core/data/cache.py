@@ -31,13 +31,16 @@ def build_cache(rows: pd.DataFrame, cache_dir: Path | str, size: int = 96) -> Pa
     if target.exists():
         return target
     partial = target.with_suffix(f".{os.getpid()}.tmp")
-    array = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(len(rows), size, size, 3))
-    for i, path in enumerate(rows["path"]):
-        with open_image(path) as img:
-            array[i] = np.asarray(img.convert("RGB"))
-    array.flush()
-    del array
-    os.replace(partial, target)  # readers never see a half-written cache
+    try:
+        array = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(len(rows), size, size, 3))
+        for i, path in enumerate(rows["path"]):
+            with open_image(path) as img:
+                array[i] = np.asarray(img.convert("RGB"))
+        array.flush()
+        del array
+        os.replace(partial, target)  # readers never see a half-written cache
+    finally:
+        partial.unlink(missing_ok=True)  # a failed build leaves no half-gigabyte debris
     return target
 
 
