@@ -128,7 +128,9 @@ def run_suite(rows: pd.DataFrame, cfg: ValidationConfig,
     if docs_dir is not None:
         context.add_data_docs_site(site_name="histo", site_config={
             "class_name": "SiteBuilder",
-            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+            # GX refuses a relative base_directory without a project root
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend",
+                              "base_directory": str(Path(docs_dir).resolve())},
             "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"}})
         actions.append(gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["histo"]))
     checkpoint = context.checkpoints.add(gx.Checkpoint(

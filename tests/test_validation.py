@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -135,3 +137,9 @@ def test_data_docs_are_written(kaggle_root, tmp_path):
     assert (tmp_path / "docs" / "index.html").is_file()
     pages = list((tmp_path / "docs" / "validations").rglob("*.html"))
     assert len(pages) == 1 and "histo_manifest" in pages[0].read_text()
+
+
+def test_data_docs_go_to_a_relative_folder_too(kaggle_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # e.g. bench/quality.py's default --out bench-out/quality
+    validate_manifest(build_manifest(kaggle_root), docs_dir=Path("out") / "docs")
+    assert (tmp_path / "out" / "docs" / "index.html").is_file()
