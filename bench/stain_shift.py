@@ -10,7 +10,7 @@ its own stain amounts. The AUC is then computed over all groups pooled, as on a 
 multi-slide hold-out, where a model whose scores move with the stain loses ranking
 across slides.
 
-The training augmentation (``RandomHEDJitter``) only rescales stain *amounts* along
+The training augmentation (``RandomColourJitter``) only rescales stain *amounts* along
 fixed vectors; turning the vectors is a different family of change, so a model cannot
 score well here just by having seen the same transform in training.
 """

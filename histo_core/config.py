@@ -59,8 +59,8 @@ class TrainConfig(_Frozen):
     patience: int = Field(6, ge=1, description="Stop after this many epochs without a better val loss.")
     dropout: float = Field(0.5, ge=0, lt=1)
     augment: bool = Field(True, description="Random flips, 90-degree rotations and colour jitter while training.")
-    color_jitter: float = Field(0.0, ge=0, lt=1, description="Brightness/contrast/saturation jitter; 0: off "
-                                                            "(HED jitter already varies stain intensity).")
+    color_jitter: float = Field(0.1, ge=0, lt=1, description="Brightness/contrast/saturation jitter; 0: off. "
+                                                            "See bench/augmentation.py for why 0.1.")
     hue_jitter: float = Field(0.0, ge=0, le=0.5, description="Hue jitter (slow on CPU; see build_augmentation).")
     hed_jitter: float = Field(0.05, ge=0, lt=1, description="Stain jitter in HED space (Tellez et al. 2019); 0: off.")
     seed: int = 0

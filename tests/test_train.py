@@ -124,15 +124,29 @@ def test_augmentation_keeps_shape_and_type_and_jitter_changes_colours():
     assert sorted(plain.flatten().tolist()) == sorted(image.flatten().tolist())
 
 
-def test_hed_jitter_is_the_identity_at_zero_and_moves_stain_colours_otherwise():
-    from histo_core.data.dataset import RandomHEDJitter
+def test_colour_jitter_is_the_identity_at_zero_and_moves_stain_colours_otherwise():
+    from histo_core.data.dataset import RandomColourJitter
 
     image = torch.randint(0, 256, (3, 96, 96), dtype=torch.uint8)
-    assert torch.equal(RandomHEDJitter(0.0)(image), image)
+    assert torch.equal(RandomColourJitter(0.0, 0.0)(image), image)
     torch.manual_seed(0)
-    shifted = RandomHEDJitter(0.2)(image)
-    assert shifted.dtype == torch.uint8 and shifted.shape == image.shape
-    assert (shifted.float() - image.float()).abs().mean() > 2
+    for jitter in (RandomColourJitter(hed=0.2), RandomColourJitter(hed=0.0, bcs=0.3)):
+        shifted = jitter(image)
+        assert shifted.dtype == torch.uint8 and shifted.shape == image.shape
+        assert (shifted.float() - image.float()).abs().mean() > 2
+
+
+@pytest.mark.parametrize("op, adjust", [(0, "adjust_brightness"), (1, "adjust_contrast"),
+                                        (2, "adjust_saturation")])
+def test_brightness_contrast_saturation_match_torchvision(op, adjust):
+    from torchvision.transforms.v2 import functional
+
+    from histo_core.data.dataset import adjust_colour
+
+    image = torch.rand(3, 96, 96)
+    for factor in (0.7, 1.0, 1.3):
+        ours = adjust_colour(image.reshape(3, -1) * 255, op, factor).reshape(3, 96, 96) / 255
+        assert torch.allclose(ours, getattr(functional, adjust)(image, factor), atol=1e-5)
 
 
 def test_two_process_ddp_on_cpu_trains_on_all_data_and_only_rank_0_writes(kaggle_root, tmp_path):
