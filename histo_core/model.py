@@ -3,7 +3,8 @@
 The default, ``simple_cnn``, is the network of the original project: five blocks of
 Conv3x3 -> BatchNorm -> ReLU -> MaxPool (32 -> 512 channels), dropout and a fully
 connected head ending in a single logit (trained with BCEWithLogits, the numerically
-stable form of Sigmoid + BCELoss).
+stable form of Sigmoid + BCELoss). torchvision's ResNets, trained from scratch with
+the same one-logit head, are registered for comparison (``TrainConfig.model``).
 """
 
 from __future__ import annotations
@@ -52,7 +53,29 @@ class SimpleCNN(nn.Module):
         return self.head(self.features(x)).squeeze(1)  # (B,)
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {"simple_cnn": SimpleCNN}
+class TorchvisionResNet(nn.Module):
+    """A torchvision ResNet from scratch (no pretrained weights: nothing is downloaded)
+    with dropout and one logit in place of its 1000-class layer."""
+
+    def __init__(self, arch: str, dropout: float = 0.5) -> None:
+        super().__init__()
+        from torchvision import models
+
+        self.net = getattr(models, arch)(weights=None)
+        self.net.fc = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.net.fc.in_features, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(1)  # (B,)
+
+
+def _resnet(arch: str) -> Callable[..., nn.Module]:
+    return lambda dropout=0.5: TorchvisionResNet(arch, dropout)
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "simple_cnn": SimpleCNN,
+    **{arch: _resnet(arch) for arch in ("resnet18", "resnet34", "resnet50")},
+}
 
 
 def create_model(name: str, **kwargs: object) -> nn.Module:

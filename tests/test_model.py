@@ -26,5 +26,13 @@ def test_default_model_is_the_original_five_block_cnn():
 
 
 def test_unknown_model_name_lists_the_valid_ones():
-    with pytest.raises(ValueError, match="choose one of: simple_cnn"):
+    with pytest.raises(ValueError, match="choose one of: resnet18, resnet34, resnet50, simple_cnn"):
         create_model("resnet9000")
+
+
+def test_torchvision_resnets_train_from_scratch_with_our_dropout_head():
+    model = create_model("resnet18", dropout=0.2)
+    assert isinstance(model.net.fc[0], nn.Dropout) and model.net.fc[0].p == 0.2
+    assert model.net.fc[1].out_features == 1
+    fresh = create_model("resnet18", dropout=0.2)  # random init each time: no pretrained weights
+    assert not torch.equal(model.net.conv1.weight, fresh.net.conv1.weight)
