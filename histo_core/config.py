@@ -57,6 +57,8 @@ class TrainConfig(_Frozen):
     lr: float = Field(1e-3, gt=0, description="Peak learning rate (linear warm-up, then cosine decay).")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW's decoupled weight decay.")
     patience: int = Field(6, ge=1, description="Stop after this many epochs without a better val loss.")
+    min_epochs: int = Field(20, ge=1, description="Never stop early before this epoch: while the learning rate "
+                                                 "is high the val loss is too noisy to judge convergence.")
     dropout: float = Field(0.5, ge=0, lt=1)
     augment: bool = Field(True, description="Random flips, 90-degree rotations and colour jitter while training.")
     color_jitter: float = Field(0.1, ge=0, lt=1, description="Brightness/contrast/saturation jitter; 0: off. "

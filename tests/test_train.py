@@ -96,8 +96,13 @@ def test_training_stops_early_when_val_loss_stops_improving(parts, tmp_path, mon
     # A val loss that never improves cannot be produced on demand by real training, so
     # the evaluation is pinned to a constant: epoch 1 improves on infinity, 2 and 3 don't.
     monkeypatch.setattr(trainer, "evaluate_loss_auc", lambda *a, **k: (0.5, 0.5, len(parts["val"])))
-    result = fit(parts["train"], parts["val"], TrainConfig(epochs=6, patience=2, batch_size=32), tmp_path)
+    result = fit(parts["train"], parts["val"], TrainConfig(epochs=6, patience=2, min_epochs=1, batch_size=32),
+                 tmp_path)
     assert [r["improved"] for r in result.history] == [True, False, False]
+    # ... but never before min_epochs, however long the val loss has been flat
+    later = fit(parts["train"], parts["val"], TrainConfig(epochs=6, patience=2, min_epochs=4, batch_size=32),
+                tmp_path / "later")
+    assert len(later.history) == 4
 
 
 def test_checkpoint_from_another_config_is_not_resumed(parts, tmp_path):
