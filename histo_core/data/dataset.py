@@ -46,13 +46,13 @@ _LUMA = torch.tensor([0.2989, 0.587, 0.114]).view(3, 1)
 
 
 def adjust_colour(rgb: torch.Tensor, op: int, factor: float) -> torch.Tensor:
-    """Brightness (0), contrast (1) or saturation (2) of float (3, N) pixels in [0, 255],
+    """Brightness (0), contrast (1) or saturation (2) of float (3, N) pixels in [0, 255], in place,
     as torchvision's ``adjust_*`` functions define them."""
     if op == 0:
-        return (rgb * factor).clamp_(0, 255)
-    grey = (_LUMA * rgb).sum(0, keepdim=True)
-    anchor = grey.mean() if op == 1 else grey
-    return ((rgb - anchor) * factor + anchor).clamp_(0, 255)
+        return rgb.mul_(factor).clamp_(0, 255)
+    # contrast pivots on the image's mean grey (a dot product of channel means), saturation on each pixel's grey
+    anchor = _LUMA.T @ rgb.mean(1, keepdim=True) if op == 1 else _LUMA.T @ rgb
+    return rgb.sub_(anchor).mul_(factor).add_(anchor).clamp_(0, 255)
 
 
 class RandomColourJitter(torch.nn.Module):
