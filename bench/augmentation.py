@@ -17,12 +17,10 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-from stain_shift import stain_shifted
+from stain_shift import restained
 
 from histo_core import steps
 from histo_core.config import SplitConfig, TrainConfig, ValidationConfig
-from histo_core.data.dataset import PatchDataset
 from histo_core.evaluate import predict_checkpoint_logits
 from quality import DEFAULT_DATA
 from sklearn.metrics import roc_auc_score
@@ -61,10 +59,9 @@ def main() -> None:
     result = {"name": args.name, "config": cfg.model_dump(), "train_min": (time.perf_counter() - started) / 60}
 
     test = steps.load_partitions(split, args.out / "cache")["test"]
-    restained = PatchDataset(stain_shifted(np.asarray(test.pixels[test.indices])), test.labels[test.indices],
-                             np.arange(len(test)))
+    restained_test = restained(test)
     for tta in (False, True):
-        for name, dataset in (("test", test), ("restained", restained)):
+        for name, dataset in (("test", test), ("restained", restained_test)):
             logits, labels = predict_checkpoint_logits(best, dataset, tta=tta)
             result[f"{name}_auc{'_tta' if tta else ''}"] = round(float(roc_auc_score(labels, logits)), 4)
     (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=2))

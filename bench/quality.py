@@ -17,13 +17,11 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from stain_shift import stain_shifted
+from stain_shift import restained
 
 from histo_core import steps
 from histo_core.config import EvalConfig, SplitConfig, TrainConfig, ValidationConfig
-from histo_core.data.dataset import PatchDataset
 from histo_core.evaluate import binary_metrics, bootstrap_auc_ci, full_report, predict_checkpoint_logits, sigmoid
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "pcam_real"
@@ -58,10 +56,9 @@ def main() -> None:
         metrics["auc_bootstrap_ci"] = bootstrap_auc_ci(test_labels, sigmoid(test_logits))
         results["tta" if tta else "plain"] = metrics
     test = parts["test"]
-    restained = PatchDataset(stain_shifted(np.asarray(test.pixels[test.indices])), test.labels[test.indices],
-                             np.arange(len(test)))
+    restained_test = restained(test)
     for tta in (False, True):
-        logits, labels = predict_checkpoint_logits(best, restained, tta=tta)
+        logits, labels = predict_checkpoint_logits(best, restained_test, tta=tta)
         results["stain_shift_tta" if tta else "stain_shift"] = binary_metrics(labels, sigmoid(logits))
     total_s = time.perf_counter() - started
     (args.out / "quality.json").write_text(json.dumps({"train_s": train_s, "total_s": total_s, **results}, indent=2))

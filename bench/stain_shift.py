@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from histo_core.data.dataset import PatchDataset
+
 # Rows: haematoxylin, eosin, DAB optical-density directions (Ruifrok & Johnston 2001).
 RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
 
@@ -45,3 +47,9 @@ def stain_shifted(pixels: np.ndarray, groups: int = 8, seed: int = 0) -> np.ndar
     for chunk in np.array_split(order, groups):
         out[chunk] = restain(pixels[chunk], rng)
     return out
+
+
+def restained(dataset: PatchDataset) -> PatchDataset:
+    """``dataset``'s patches and labels, re-stained by ``stain_shifted``."""
+    return PatchDataset(stain_shifted(np.asarray(dataset.pixels[dataset.indices])),
+                        dataset.labels[dataset.indices], np.arange(len(dataset)))
