@@ -119,39 +119,67 @@ def test_dataset_items_are_uint8_chw_with_float_labels(parts):
     assert parts["train"].transform is not None
 
 
-def test_augmentation_keeps_shape_and_type_and_jitter_changes_colours():
+def test_batched_reads_match_single_reads(parts):
+    batch = parts["val"].__getitems__([2, 0, 1])
+    for item, (image, label) in zip([2, 0, 1], batch):
+        single_image, single_label = parts["val"][item]
+        assert torch.equal(image, single_image) and label == single_label
+
+
+def test_augmentation_keeps_shape_and_type_and_draws_per_image():
     image = torch.randint(0, 256, (3, 96, 96), dtype=torch.uint8)
-    out = build_augmentation(0.3)(image)
-    assert out.dtype == torch.uint8 and out.shape == image.shape
+    batch = image.expand(8, -1, -1, -1)
+    out = build_augmentation(0.3)(batch)
+    assert out.dtype == torch.uint8 and out.shape == batch.shape
     symmetries = [torch.rot90(im, k, dims=(1, 2)) for im in (image, image.flip(2)) for k in range(4)]
-    assert not any(torch.equal(out, s) for s in symmetries), "colour jitter should change pixel values"
-    plain = build_augmentation(0.0, hed_jitter=0.0)(image)
-    assert sorted(plain.flatten().tolist()) == sorted(image.flatten().tolist())
+    assert not any(torch.equal(o, s) for o in out for s in symmetries), "colour jitter should change pixel values"
+    assert len({tuple(o.flatten().tolist()) for o in out}) == 8, "each image gets its own draw"
+    plain = build_augmentation(0.0, hed_jitter=0.0)(batch)
+    assert all(sorted(o.flatten().tolist()) == sorted(image.flatten().tolist()) for o in plain)
 
 
 def test_colour_jitter_is_the_identity_at_zero_and_moves_stain_colours_otherwise():
     from histo_core.data.dataset import RandomColourJitter
 
-    image = torch.randint(0, 256, (3, 96, 96), dtype=torch.uint8)
-    assert torch.equal(RandomColourJitter(0.0, 0.0)(image), image)
+    batch = torch.randint(0, 256, (4, 3, 96, 96), dtype=torch.uint8)
+    assert torch.equal(RandomColourJitter(0.0, 0.0)(batch), batch)
     torch.manual_seed(0)
     for jitter in (RandomColourJitter(hed=0.2), RandomColourJitter(hed=0.0, bcs=0.3)):
-        shifted = jitter(image)
-        assert shifted.dtype == torch.uint8 and shifted.shape == image.shape
-        assert (shifted.float() - image.float()).abs().mean() > 2
+        shifted = jitter(batch)
+        assert shifted.dtype == torch.uint8 and shifted.shape == batch.shape
+        assert ((shifted.float() - batch.float()).abs().mean((1, 2, 3)) > 2).all()
 
 
-@pytest.mark.parametrize("op, adjust", [(0, "adjust_brightness"), (1, "adjust_contrast"),
-                                        (2, "adjust_saturation")])
-def test_brightness_contrast_saturation_match_torchvision(op, adjust):
+def _torchvision_colour(image: torch.Tensor, steps: list[tuple[str, float]]) -> torch.Tensor:
+    """torchvision's float adjust_* functions in the given order, in [0, 255]."""
     from torchvision.transforms.v2 import functional
 
-    from histo_core.data.dataset import adjust_colour
+    out = image.float() / 255
+    for name, factor in steps:
+        out = getattr(functional, f"adjust_{name}")(out, factor)
+    return out * 255
 
-    image = torch.rand(3, 96, 96)
+
+@pytest.mark.parametrize("op, name", [(0, "brightness"), (1, "contrast"), (2, "saturation")])
+def test_brightness_contrast_saturation_match_torchvision(op, name):
+    from histo_core.data.dataset import shift_colours
+
+    image = torch.randint(0, 256, (1, 3, 96, 96), dtype=torch.uint8)
     for factor in (0.7, 1.0, 1.3):
-        ours = adjust_colour(image.reshape(3, -1) * 255, op, factor).reshape(3, 96, 96) / 255
-        assert torch.allclose(ours, getattr(functional, adjust)(image, factor), atol=1e-5)
+        bcs = torch.ones(1, 3)
+        bcs[0, op] = factor
+        ours = shift_colours(image, torch.ones(1, 3), torch.zeros(1, 3), bcs)
+        assert (ours.float() - _torchvision_colour(image[0], [(name, factor)])).abs().max() <= 0.5 + 1e-3
+
+
+def test_brightness_contrast_saturation_combine_in_any_order_when_nothing_clips():
+    from histo_core.data.dataset import shift_colours
+
+    image = torch.randint(90, 160, (1, 3, 96, 96), dtype=torch.uint8)
+    factors = {"brightness": 1.1, "contrast": 0.9, "saturation": 1.15}
+    ours = shift_colours(image, torch.ones(1, 3), torch.zeros(1, 3), torch.tensor([list(factors.values())]))
+    for order in (list(factors.items()), list(factors.items())[::-1]):
+        assert (ours.float() - _torchvision_colour(image[0], order)).abs().max() <= 0.5 + 1e-2
 
 
 def test_two_process_ddp_on_cpu_trains_on_all_data_and_only_rank_0_writes(kaggle_root, tmp_path):
