@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from histo_cli.progress import EpochBars, ProgressBar
 from histo_core.config import RetrainConfig, StoreConfig, TrainConfig
 from histo_core.data.download import DownloadError
 from histo_core.storage.base import StoreError
@@ -60,45 +61,6 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-class _Bar:
-    """A tqdm bar fed by (done, total) callbacks; created on the first call."""
-
-    def __init__(self, desc: str, unit: str = "img", leave: bool = True) -> None:
-        self.desc, self.unit, self.leave, self.bar = desc, unit, leave, None
-
-    def __call__(self, done: int, total: int | None) -> None:
-        from tqdm import tqdm
-
-        if self.bar is None:
-            self.bar = tqdm(total=total, desc=self.desc, unit=self.unit, unit_scale=self.unit != "batch",
-                            leave=self.leave, file=sys.stderr)
-        self.bar.update(done - self.bar.n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-class _EpochBars:
-    """A batch bar for the epoch in progress, fed by the trainer's (epoch, done, total) callback;
-    it disappears when the epoch ends, leaving the epoch's summary line."""
-
-    def __init__(self, epochs: int) -> None:
-        self.epochs, self.epoch, self.bar = epochs, 0, _Bar("")
-
-    def __call__(self, epoch: int, done: int, total: int) -> None:
-        if epoch != self.epoch:
-            self.close()
-            self.epoch, self.bar = epoch, _Bar(f"epoch {epoch}/{self.epochs}", unit="batch", leave=False)
-        self.bar(done, total)
-        if done == total:
-            self.close()
-
-    def close(self) -> None:
-        self.bar.close()
-        self.bar = _Bar("")
-
-
 def cmd_validate(args: argparse.Namespace) -> int:
     """Exit 0 when the data set passes (quarantined rows allowed), 1 when it is stopped."""
     import json
@@ -107,7 +69,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from histo_core.data.manifest import build_manifest
     from histo_core.validation import validate_manifest
 
-    bar = _Bar("inspecting images")
+    bar = ProgressBar("inspecting images")
     try:
         manifest = build_manifest(args.data, progress=bar)
     finally:
@@ -138,7 +100,7 @@ def cmd_download(args: argparse.Namespace) -> int:
     bars: dict[str, object] = {}
 
     def progress(name: str, done: int, total: int | None) -> None:
-        bars.setdefault(name, _Bar(name, unit="B"))(done, total)
+        bars.setdefault(name, ProgressBar(name, unit="B"))(done, total)
 
     try:
         paths = download(pcam_resources(args.splits, url=args.url or PCAM_URL), args.dest, progress)
@@ -186,7 +148,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(cfg.model_dump(), indent=2) + "\n")
-    bar = _Bar("inspecting images")
+    bar = ProgressBar("inspecting images")
     try:
         manifest = steps.validate(args.data, out / "data", ValidationConfig(), out / "manifests", progress=bar)
     finally:
@@ -210,7 +172,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise RuntimeError(f"distributed training with {args.nproc} processes failed (see above)")
         best = out / "best.pt"
     else:
-        bars = _EpochBars(cfg.epochs)
+        bars = EpochBars(cfg.epochs)
         try:
             best = steps.train(split, out, out / "cache", cfg, report, bars)
         finally:
