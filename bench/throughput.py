@@ -130,6 +130,7 @@ def main() -> None:
 
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {args.threads} threads"
     print(f"device: {device} ({where}); model {cfg.model}; batch {bs}; precision {amp_dtype(device) or 'fp32'}")
+
     def spread(rates: list[float]) -> str:
         return f"(median of {', '.join(f'{r:.0f}' for r in rates)})"
 

@@ -138,6 +138,15 @@ def test_augmentation_keeps_shape_and_type_and_draws_per_image():
     assert all(sorted(o.flatten().tolist()) == sorted(image.flatten().tolist()) for o in plain)
 
 
+def test_hue_jitter_draws_per_image_and_keeps_each_pixels_value():
+    image = torch.randint(0, 256, (3, 96, 96), dtype=torch.uint8)
+    out = build_augmentation(0.0, hue_jitter=0.3, hed_jitter=0.0)(image.expand(8, -1, -1, -1))
+    assert out.shape == (8, 3, 96, 96) and out.dtype == torch.uint8
+    assert len({tuple(o.flatten().tolist()) for o in out}) == 8, "each image gets its own hue"
+    value = image.amax(0).flatten().sort().values.int()  # HSV value, which a hue turn keeps; flips only move it
+    assert all((o.amax(0).flatten().sort().values.int() - value).abs().max() <= 1 for o in out)
+
+
 def test_colour_jitter_is_the_identity_at_zero_and_moves_stain_colours_otherwise():
     from histo_core.data.dataset import RandomColourJitter
 
