@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Sampler, WeightedRandomSampler
 
 from histo_core.config import TrainConfig
-from histo_core.data.dataset import PatchDataset, dihedral_views, to_model_input
+from histo_core.data.dataset import PatchDataset, SeededBatchSampler, dihedral_views, to_model_input
 from histo_core.distributed import (Context, DistributedWeightedSampler, all_sum, barrier, gather_by_index,
                                     init_from_env)
 from histo_core.model import create_model
@@ -168,10 +168,12 @@ def _loaders(train_set: PatchDataset, val_set: PatchDataset, cfg: TrainConfig, d
         sampler = WeightedRandomSampler(torch.as_tensor(weights), len(weights), replacement=True,
                                         generator=sampler_gen)
         val_sampler = None
+    # The loaders' own generator takes their per-iterator seed draws off the global RNG, which
+    # dropout uses: persistent workers draw once per run, a main-process loader once per epoch.
     common = {"num_workers": cfg.num_workers, "pin_memory": device.type == "cuda",
-              "persistent_workers": cfg.num_workers > 0}
-    train_loader = DataLoader(train_set, cfg.batch_size, sampler=sampler,
-                              drop_last=len(sampler) > cfg.batch_size, **common)
+              "persistent_workers": cfg.num_workers > 0, "generator": torch.Generator().manual_seed(cfg.seed)}
+    batches = SeededBatchSampler(sampler, cfg.batch_size, len(sampler) > cfg.batch_size, sampler_gen)
+    train_loader = DataLoader(train_set, batch_sampler=batches, **common)
     return train_loader, DataLoader(val_set, cfg.batch_size * 2, sampler=val_sampler, **common)
 
 
@@ -235,12 +237,13 @@ def fit(train_set: PatchDataset, val_set: PatchDataset, cfg: TrainConfig, out_di
         if epoch > cfg.min_epochs and _stale_epochs(history) >= cfg.patience:
             log.info("early stop: val loss has not improved for %d epochs", cfg.patience)
             break
-        if isinstance(train_loader.sampler, DistributedWeightedSampler):
-            train_loader.sampler.set_epoch(epoch)
+        batches = train_loader.batch_sampler
+        if isinstance(batches.sampler, DistributedWeightedSampler):
+            batches.sampler.set_epoch(epoch)
         batch_progress = partial(on_batch, epoch) if on_batch and ctx.is_main else None
         train_loss, images_per_s = train_one_epoch(model, train_loader, optimizer, loss_fn, device,
                                                    scheduler, scaler, batch_progress)
-        seen = len(train_loader) * cfg.batch_size if train_loader.drop_last else len(train_loader.sampler)
+        seen = len(train_loader) * cfg.batch_size if batches.drop_last else len(batches.sampler)
         train_loss = all_sum(train_loss * seen, ctx) / all_sum(seen, ctx)  # same value on every rank
         val_loss, val_auc, val_images = evaluate_loss_auc(model, val_loader, device, ctx)
         record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_auc": val_auc,

@@ -60,15 +60,17 @@ def _train_then_die_after_epoch_1(split_csv: str, cache: str, out: str, cfg_json
         if record["epoch"] == 1:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    parts = load_partitions(Path(split_csv), Path(cache))
+    parts = load_partitions(Path(split_csv), Path(cache), build_augmentation())
     fit(parts["train"], parts["val"], TrainConfig.model_validate_json(cfg_json), out, on_epoch=die)
 
 
-def test_a_killed_run_resumes_and_ends_where_an_uninterrupted_run_would(split_csv, tmp_path):
-    cfg = TrainConfig(epochs=3, batch_size=32, seed=3)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_killed_run_resumes_and_ends_where_an_uninterrupted_run_would(split_csv, tmp_path, workers):
+    cfg = TrainConfig(epochs=3, batch_size=32, seed=3, num_workers=workers)
     cache = tmp_path / "cache"
-    parts = load_partitions(split_csv, cache)
-    uninterrupted = fit(parts["train"], parts["val"], cfg, tmp_path / "a")
+    parts = load_partitions(split_csv, cache, build_augmentation())  # its random draws must resume too
+    # the reference run loads in the main process: the worker count must not change the result either
+    uninterrupted = fit(parts["train"], parts["val"], cfg.model_copy(update={"num_workers": 0}), tmp_path / "a")
 
     worker = multiprocessing.get_context("spawn").Process(
         target=_train_then_die_after_epoch_1, args=(str(split_csv), str(cache), str(tmp_path / "b"),

@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import BatchSampler, Dataset, Sampler
 from torchvision.transforms import v2
 
 from histo_core.model import PCAM_MEAN, PCAM_STD
@@ -120,12 +120,39 @@ def build_augmentation(color_jitter: float = 0.1, hue_jitter: float = 0.0,
     return torch.nn.Sequential(*steps)
 
 
+class SeededBatch(list):
+    """One batch's dataset indices, and the seed its augmentation draws from."""
+
+    def __init__(self, indices: list[int], seed: int) -> None:
+        super().__init__(indices)
+        self.seed = seed
+
+
+class SeededBatchSampler(BatchSampler):
+    """Batches of ``sampler``'s indices, each with a seed drawn from ``generator`` in the
+    main process.
+
+    Loader workers otherwise augment with their own random streams: a run's augmentation
+    would depend on the worker count, and a resumed run (new workers) would not repeat an
+    uninterrupted one. With the seed chosen here, from a generator whose state the
+    checkpoint keeps, neither happens.
+    """
+
+    def __init__(self, sampler: Sampler[int], batch_size: int, drop_last: bool, generator: torch.Generator) -> None:
+        super().__init__(sampler, batch_size, drop_last)
+        self.generator = generator
+
+    def __iter__(self):
+        for indices in super().__iter__():
+            yield SeededBatch(indices, int(torch.randint(2**62, (), generator=self.generator)))
+
+
 class PatchDataset(Dataset):
     """Patches ``pixels[indices]`` with their labels; ``transform`` (if any) augments them.
 
     ``transform`` takes uint8 (B, C, H, W) batches. The DataLoader fetches whole batches
     through ``__getitems__``: one gather from the cache and one augmentation call per
-    batch, instead of one per image.
+    batch, instead of one per image. A ``SeededBatch`` is augmented from its own seed.
     """
 
     def __init__(self, pixels: np.ndarray, labels: np.ndarray, indices: np.ndarray,
@@ -142,8 +169,15 @@ class PatchDataset(Dataset):
         rows = self.indices[items]
         images = torch.from_numpy(np.asarray(self.pixels[rows])).permute(0, 3, 1, 2)  # (B,H,W,C) -> (B,C,H,W)
         if self.transform is not None:
-            images = self.transform(images)
+            images = self._augment(images, getattr(items, "seed", None))
         return list(zip(images, torch.from_numpy(self.labels[rows].astype(np.float32))))
+
+    def _augment(self, images: torch.Tensor, seed: int | None) -> torch.Tensor:
+        if seed is None:
+            return self.transform(images)
+        with torch.random.fork_rng(devices=()):  # the caller's random stream is left as it was
+            torch.manual_seed(seed)
+            return self.transform(images)
 
 
 def to_model_input(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
