@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from histo_core.config import TrainConfig
 from histo_core.data.dataset import PatchDataset, build_augmentation, to_model_input
 from histo_core.model import create_model
-from histo_core.train import amp_dtype, pick_device, train_one_epoch, warmup_cosine
+from histo_core.train import amp_dtype, loader_workers, pick_device, train_one_epoch, warmup_cosine
 
 
 def _rate(images: int, seconds: float) -> float:
@@ -53,13 +53,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batches", type=int, default=30)
-    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--workers", type=int, help="loader processes (default: the trainer's choice)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each training loop, alternated")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     cfg = TrainConfig(num_workers=args.workers)
+    workers = loader_workers(cfg, device)
     bs, n = cfg.batch_size, cfg.batch_size * args.batches
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (n, 96, 96, 3), dtype=np.uint8)
@@ -67,7 +68,7 @@ def main() -> None:
     dataset = PatchDataset(pixels, labels, np.arange(n), build_augmentation(cfg.color_jitter, cfg.hue_jitter, cfg.hed_jitter))
 
     # Loading alone: the cached dataset with the default augmentations.
-    loader = DataLoader(dataset, bs, shuffle=True, num_workers=args.workers, pin_memory=device.type == "cuda")
+    loader = DataLoader(dataset, bs, shuffle=True, num_workers=workers, pin_memory=device.type == "cuda")
 
     def load_all() -> float:
         start = time.perf_counter()
@@ -86,7 +87,7 @@ def main() -> None:
     y = torch.as_tensor(labels[:bs], dtype=torch.float32, device=device)
     bare_loop(fresh_model(), warm, y, device)
     batches = [to_model_input(torch.from_numpy(pixels[i:i + bs]).permute(0, 3, 1, 2), device) for i in range(0, n, bs)]
-    train_loader = DataLoader(dataset, bs, shuffle=True, num_workers=args.workers, pin_memory=device.type == "cuda",
+    train_loader = DataLoader(dataset, bs, shuffle=True, num_workers=workers, pin_memory=device.type == "cuda",
                               drop_last=True)
 
     def library_loop() -> tuple[nn.Module, float]:
@@ -129,7 +130,8 @@ def main() -> None:
         compiled, compiled_note = float("nan"), f"(torch.compile failed: {type(exc).__name__}: {exc})"
 
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {args.threads} threads"
-    print(f"device: {device} ({where}); model {cfg.model}; batch {bs}; precision {amp_dtype(device) or 'fp32'}")
+    print(f"device: {device} ({where}); model {cfg.model}; batch {bs}; precision {amp_dtype(device) or 'fp32'}; "
+          f"{workers} loader workers")
 
     def spread(rates: list[float]) -> str:
         return f"(median of {', '.join(f'{r:.0f}' for r in rates)})"

@@ -66,11 +66,10 @@ def _train_then_die_after_epoch_1(split_csv: str, cache: str, out: str, cfg_json
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_killed_run_resumes_and_ends_where_an_uninterrupted_run_would(split_csv, tmp_path, workers):
-    cfg = TrainConfig(epochs=3, batch_size=32, seed=3, num_workers=workers)
+    cfg = TrainConfig(epochs=3, batch_size=32, seed=3, num_workers=0)
     cache = tmp_path / "cache"
     parts = load_partitions(split_csv, cache, build_augmentation())  # its random draws must resume too
-    # the reference run loads in the main process: the worker count must not change the result either
-    uninterrupted = fit(parts["train"], parts["val"], cfg.model_copy(update={"num_workers": 0}), tmp_path / "a")
+    uninterrupted = fit(parts["train"], parts["val"], cfg, tmp_path / "a")
 
     worker = multiprocessing.get_context("spawn").Process(
         target=_train_then_die_after_epoch_1, args=(str(split_csv), str(cache), str(tmp_path / "b"),
@@ -80,7 +79,11 @@ def test_a_killed_run_resumes_and_ends_where_an_uninterrupted_run_would(split_cs
     assert worker.exitcode == -signal.SIGKILL
     assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["epoch"] == 1
 
-    resumed = fit(parts["train"], parts["val"], cfg, tmp_path / "b")
+    # resumed with new loader workers: neither they nor their count may change the result
+    trained: list[int] = []
+    resumed = fit(parts["train"], parts["val"], cfg.model_copy(update={"num_workers": workers}), tmp_path / "b",
+                  on_epoch=lambda record: trained.append(record["epoch"]))
+    assert trained == [2, 3], "resumed after epoch 1, not started over"
     assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
     for a, b in zip(uninterrupted.history, resumed.history):
         assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-5)
@@ -210,3 +213,14 @@ def test_two_process_ddp_on_cpu_trains_on_all_data_and_only_rank_0_writes(kaggle
     assert result.stdout.count("epoch 1/2") == 1, "only rank 0 reports and writes"
     state = torch.load(out / "last.pt", weights_only=True)
     assert state["world"] == 2 and not any(k.startswith("module.") for k in state["model"])
+
+
+def test_loader_workers_none_on_cpu_some_on_a_gpu_and_an_explicit_count_wins():
+    from histo_core.train import loader_workers
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert loader_workers(TrainConfig(), cpu) == 0
+    assert loader_workers(TrainConfig(num_workers=3), cpu) == 3 == loader_workers(TrainConfig(num_workers=3), gpu)
+    cores = os.cpu_count() or 1
+    assert loader_workers(TrainConfig(), gpu) == min(8, cores - 1)
+    assert loader_workers(TrainConfig(), gpu, processes=cores) == 0  # one core per GPU process: nothing to spare
