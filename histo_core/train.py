@@ -160,7 +160,7 @@ def _save(obj: dict[str, object], path: Path) -> None:
 
 def loader_workers(cfg: TrainConfig, device: torch.device, processes: int = 1) -> int:
     """``cfg.num_workers``, or when unset: 0 on a CPU (the model needs its cores; loading
-    in the main process costs ~4% there), else up to 8 per process with a core to spare,
+    in the main process costs ~2% there), else up to 8 per process with a core to spare,
     so a GPU is not kept waiting on augmentation."""
     if cfg.num_workers is not None:
         return cfg.num_workers
