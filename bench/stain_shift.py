@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from histo_core.data.dataset import RGB_FROM_HED as STAIN_MATRIX
 from histo_core.data.dataset import PatchDataset
 
-# Rows: haematoxylin, eosin, DAB optical-density directions (Ruifrok & Johnston 2001).
-RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
+# Rows: haematoxylin, eosin, DAB optical-density directions (Ruifrok & Johnston 2001), as in training.
+RGB_FROM_HED = np.array(STAIN_MATRIX)
 
 
 def restain(pixels: np.ndarray, rng: np.random.Generator, vector_noise: float = 0.15,

@@ -45,7 +45,8 @@ class EachImage(torch.nn.Module):
 
 
 # Ruifrok & Johnston's stain matrix (rows: haematoxylin, eosin, DAB optical densities).
-_RGB_FROM_HED = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
+RGB_FROM_HED = ((0.65, 0.70, 0.29), (0.07, 0.99, 0.11), (0.27, 0.57, 0.78))
+_RGB_FROM_HED = torch.tensor(RGB_FROM_HED)
 _HED_FROM_RGB = torch.linalg.inv(_RGB_FROM_HED)
 # torchvision's grey weights, so contrast and saturation match its ColorJitter.
 _LUMA = torch.tensor([[0.2989, 0.587, 0.114]])
