@@ -245,11 +245,11 @@ def fit(train_set: PatchDataset, val_set: PatchDataset, cfg: TrainConfig, out_di
     log.info("training %s on %s (%s, %d process%s): %d train / %d val images, up to %d epochs", cfg.model,
              device, amp_dtype(device) or "fp32", ctx.world, "es" if ctx.active else "", len(train_set),
              len(val_set), cfg.epochs)
+    batches = train_loader.batch_sampler
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         if epoch > cfg.min_epochs and _stale_epochs(history) >= cfg.patience:
             log.info("early stop: val loss has not improved for %d epochs", cfg.patience)
             break
-        batches = train_loader.batch_sampler
         if isinstance(batches.sampler, DistributedWeightedSampler):
             batches.sampler.set_epoch(epoch)
         batch_progress = partial(on_batch, epoch) if on_batch and ctx.is_main else None
