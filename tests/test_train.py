@@ -125,10 +125,12 @@ def test_dataset_items_are_uint8_chw_with_float_labels(parts):
 
 
 def test_batched_reads_match_single_reads(parts):
-    batch = parts["val"].__getitems__([2, 0, 1])
+    val = parts["val"]
+    batch = val.__getitems__([2, 0, 1])
     for item, (image, label) in zip([2, 0, 1], batch):
-        single_image, single_label = parts["val"][item]
-        assert torch.equal(image, single_image) and label == single_label
+        row = val.indices[item]  # straight from the cache, not through the dataset's own read
+        assert torch.equal(image, torch.from_numpy(np.array(val.pixels[row])).permute(2, 0, 1))
+        assert label == float(val.labels[row]) and torch.equal(val[item][0], image)
 
 
 def test_augmentation_keeps_shape_and_type_and_draws_per_image():
