@@ -7,8 +7,11 @@ Same model, batch size and thread count throughout:
     (goal: >= 20x the training rate);
   * inference img/s, eager and with ``torch.compile`` (goal on 2 CPU cores: >= 250).
 
-    .venv/bin/python bench/throughput.py [--device cuda] [--batches 30] [--workers N] [--repeats 3]
-On CUDA the trainer uses AMP (bf16 where supported) and channels_last.
+    .venv/bin/python bench/throughput.py [--device cuda] [--batches 30] [--batch-size 64] [--workers N]
+        [--repeats 3] [--no-compile]
+On CUDA the trainer uses AMP (bf16 where supported), channels_last, the fused AdamW,
+cuDNN autotuning and loader workers; give it more batches there (``--batches 400``),
+or each timed run lasts a fraction of a second.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from torch.utils.data import DataLoader
 from histo_core.config import TrainConfig
 from histo_core.data.dataset import PatchDataset, build_augmentation, to_model_input
 from histo_core.model import create_model
-from histo_core.train import amp_dtype, loader_workers, pick_device, train_one_epoch, warmup_cosine
+from histo_core.train import (amp_dtype, configure_backend, loader_workers, make_optimizer, pick_device,
+                              train_one_epoch, warmup_cosine)
 
 
 def _rate(images: int, seconds: float) -> float:
@@ -33,7 +37,7 @@ def _rate(images: int, seconds: float) -> float:
 
 
 def bare_loop(model: nn.Module, batches: list[torch.Tensor], labels: torch.Tensor, device: torch.device) -> float:
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=device.type == "cuda")
     loss_fn = nn.BCEWithLogitsLoss()
     dtype = amp_dtype(device)
     model.train()
@@ -53,13 +57,17 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batches", type=int, default=30)
+    parser.add_argument("--batch-size", type=int, help="default: the trainer's")
     parser.add_argument("--workers", type=int, help="loader processes (default: the trainer's choice)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each training loop, alternated")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time inference under torch.compile")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = pick_device(args.device)
-    cfg = TrainConfig(num_workers=args.workers)
+    configure_backend(device)
+    cfg = TrainConfig(num_workers=args.workers, **({"batch_size": args.batch_size} if args.batch_size else {}))
     workers = loader_workers(cfg, device)
     bs, n = cfg.batch_size, cfg.batch_size * args.batches
     rng = np.random.default_rng(0)
@@ -68,7 +76,8 @@ def main() -> None:
     dataset = PatchDataset(pixels, labels, np.arange(n), build_augmentation(cfg.color_jitter, cfg.hue_jitter, cfg.hed_jitter))
 
     # Loading alone: the cached dataset with the default augmentations.
-    loader = DataLoader(dataset, bs, shuffle=True, num_workers=workers, pin_memory=device.type == "cuda")
+    loader = DataLoader(dataset, bs, shuffle=True, num_workers=workers, pin_memory=device.type == "cuda",
+                        persistent_workers=workers > 0)
 
     def load_all() -> float:
         start = time.perf_counter()
@@ -76,6 +85,8 @@ def main() -> None:
             pass
         return _rate(n, time.perf_counter() - start)
 
+    if workers:
+        load_all()  # warm-up: starts the workers, as the trainer's persistent ones start once per run
     loading = float(np.median([load_all() for _ in range(args.repeats)]))
 
     def fresh_model() -> nn.Module:
@@ -87,18 +98,21 @@ def main() -> None:
     y = torch.as_tensor(labels[:bs], dtype=torch.float32, device=device)
     bare_loop(fresh_model(), warm, y, device)
     batches = [to_model_input(torch.from_numpy(pixels[i:i + bs]).permute(0, 3, 1, 2), device) for i in range(0, n, bs)]
+    # Persistent workers, as the trainer's: they start once per run, not once per epoch.
     train_loader = DataLoader(dataset, bs, shuffle=True, num_workers=workers, pin_memory=device.type == "cuda",
-                              drop_last=True)
+                              drop_last=True, persistent_workers=workers > 0)
 
     def library_loop() -> tuple[nn.Module, float]:
         model = fresh_model()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = make_optimizer(model, cfg, device)
         scheduler = warmup_cosine(optimizer, args.batches, 3)
         scaler = torch.amp.GradScaler("cuda") if amp_dtype(device) == torch.float16 else None
         return model, train_one_epoch(model, train_loader, optimizer, nn.BCEWithLogitsLoss(), device, scheduler,
                                       scaler)[1]
 
     # Alternate the two loops and compare medians: a shared 2-core VM drifts by +-20% between runs.
+    if workers:
+        library_loop()  # warm-up: starts the loader workers
     bare_rates, library_rates = [], []
     for _ in range(args.repeats):
         bare_rates.append(bare_loop(fresh_model(), batches, y, device))
@@ -111,7 +125,7 @@ def main() -> None:
     x = batches[0].repeat(4, 1, 1, 1) if device.type == "cpu" else batches[0].repeat(8, 1, 1, 1)
 
     @torch.no_grad()
-    def infer(m: nn.Module, rounds: int = 5) -> float:
+    def infer(m: nn.Module, rounds: int = 5 if device.type == "cpu" else 100) -> float:
         m(x)  # warm-up / compilation
         start = time.perf_counter()
         for _ in range(rounds):
@@ -122,12 +136,14 @@ def main() -> None:
         return _rate(rounds * len(x), time.perf_counter() - start)
 
     eager = infer(model)
-    compile_start = time.perf_counter()
-    try:
-        compiled = infer(torch.compile(model))
-        compiled_note = f"(compile {time.perf_counter() - compile_start:.0f}s incl. warm-up)"
-    except Exception as exc:  # noqa: BLE001 - report, don't hide, a missing compiler toolchain
-        compiled, compiled_note = float("nan"), f"(torch.compile failed: {type(exc).__name__}: {exc})"
+    compiled, compiled_note = float("nan"), "(not run: --no-compile)"
+    if args.compile:
+        compile_start = time.perf_counter()
+        try:
+            compiled = infer(torch.compile(model))
+            compiled_note = f"(compile {time.perf_counter() - compile_start:.0f}s incl. warm-up)"
+        except Exception as exc:  # noqa: BLE001 - report, don't hide, a missing compiler toolchain
+            compiled_note = f"(torch.compile failed: {type(exc).__name__}: {exc})"
 
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {args.threads} threads"
     print(f"device: {device} ({where}); model {cfg.model}; batch {bs}; precision {amp_dtype(device) or 'fp32'}; "

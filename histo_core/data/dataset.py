@@ -6,6 +6,7 @@ the training device (``to_model_input``), so a GPU receives a quarter of the byt
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable
 
@@ -181,9 +182,16 @@ class PatchDataset(Dataset):
             return self.transform(images)
 
 
+@functools.cache
+def _normalisation(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """PCam mean and std on ``device``, made once per device: copying them to a GPU for
+    every batch would make the CPU wait for the GPU each step."""
+    return (torch.tensor(PCAM_MEAN, device=device).view(1, 3, 1, 1),
+            torch.tensor(PCAM_STD, device=device).view(1, 3, 1, 1))
+
+
 def to_model_input(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
     """uint8 (B,3,H,W) -> normalised float on ``device``, channels_last (faster convs)."""
-    mean = torch.tensor(PCAM_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(PCAM_STD, device=device).view(1, 3, 1, 1)
+    mean, std = _normalisation(torch.device(device))
     x = batch.to(device, non_blocking=True).float().div_(255).sub_(mean).div_(std)
     return x.contiguous(memory_format=torch.channels_last)
