@@ -68,6 +68,9 @@ class TrainConfig(_Frozen):
     seed: int = 0
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
     num_threads: int = Field(0, ge=0, description="CPU threads for torch; 0 means all cores.")
+    deterministic: bool = Field(False, description=(
+        "Bit-reproducible CUDA runs: deterministic cuDNN convolutions instead of the fastest timed ones. "
+        "A CPU run is reproducible either way."))
     num_workers: int | None = Field(None, ge=0, description=(
         "DataLoader worker processes. None: none on a CPU, where loading shares the cores with the model; "
         "on a GPU, up to 8 per training process, leaving a core free. The count never changes results."))

@@ -59,14 +59,17 @@ def build_model(cfg: TrainConfig) -> nn.Module:
     return create_model(cfg.model, dropout=cfg.dropout)
 
 
-def configure_backend(device: torch.device, num_threads: int | None = None) -> None:
-    """Per-device speed settings. A CPU gets ``num_threads`` intra-op threads. On CUDA,
-    cuDNN times its convolution algorithms once per input shape and keeps the fastest:
-    every batch here has the same shape, so the timing pays back from the first epoch."""
+def configure_backend(device: torch.device, num_threads: int | None = None, deterministic: bool = False) -> None:
+    """Per-device settings. A CPU gets ``num_threads`` intra-op threads. On CUDA, cuDNN
+    times its convolution algorithms once per input shape and keeps the fastest (every
+    batch here has the same shape, so the timing pays back in the first epoch); the
+    fastest are not always deterministic, so two runs, or a run and its resumption,
+    drift apart. ``deterministic`` trades that speed for bit-identical runs."""
     if device.type == "cpu" and num_threads:
         torch.set_num_threads(num_threads)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.benchmark = not deterministic
+        torch.backends.cudnn.deterministic = deterministic
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
@@ -226,7 +229,7 @@ def fit(train_set: PatchDataset, val_set: PatchDataset, cfg: TrainConfig, out_di
     if device.type == "cuda" and ctx.active:
         device = torch.device("cuda", ctx.local_rank)
         torch.cuda.set_device(device)
-    configure_backend(device, cfg.num_threads)
+    configure_backend(device, cfg.num_threads, cfg.deterministic)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg).to(device, memory_format=torch.channels_last)
     optimizer = make_optimizer(model, cfg, device)
