@@ -177,8 +177,11 @@ class PatchDataset(Dataset):
     def _augment(self, images: torch.Tensor, seed: int | None) -> torch.Tensor:
         if seed is None:
             return self.transform(images)
-        with torch.random.fork_rng(devices=()):  # the caller's random stream is left as it was
-            torch.manual_seed(seed)
+        # The caller's stream is left as it was. Only the CPU generator is seeded: torch.manual_seed
+        # would also reseed CUDA's, which dropout draws from, and only where the batch is augmented
+        # in the training process itself (no loader workers).
+        with torch.random.fork_rng(devices=()):
+            torch.default_generator.manual_seed(seed)
             return self.transform(images)
 
 
