@@ -3,15 +3,16 @@
 Same model, batch size and thread count throughout:
   * training img/s of the library trainer (``train_one_epoch``: sampler, DataLoader,
     augmentation, schedule) vs a bare PyTorch loop over ready tensors (goal: ratio >= 0.95);
-  * loading img/s of the cached dataset with the default augmentations, no model
-    (goal: >= 20x the training rate);
+  * loading img/s of the cached dataset with the default augmentations, no model, with
+    the augmentation where the trainer runs it (goal: >= 20x the training rate);
   * inference img/s, eager and with ``torch.compile`` (goal on 2 CPU cores: >= 250).
 
     .venv/bin/python bench/throughput.py [--device cuda] [--batches 30] [--batch-size 64] [--workers N]
-        [--repeats 3] [--no-compile]
+        [--augment-on auto|loader|device] [--repeats 3] [--no-compile]
 On CUDA the trainer uses AMP (bf16 where supported), channels_last, the fused AdamW,
-cuDNN autotuning and loader workers; give it more batches there (``--batches 400``),
-or each timed run lasts a fraction of a second.
+cuDNN autotuning, loader workers that only gather and pin, and augments on the GPU;
+give it more batches there (``--batches 400``), or each timed run lasts a fraction of
+a second.
 """
 
 from __future__ import annotations
@@ -23,13 +24,14 @@ import time
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 
 from histo_core.config import TrainConfig
-from histo_core.data.dataset import PatchDataset, build_augmentation, to_model_input
+from histo_core.data.dataset import (PatchDataset, SeededBatchSampler, augment_seeded, build_augmentation,
+                                     to_model_input)
 from histo_core.model import create_model
-from histo_core.train import (amp_dtype, configure_backend, loader_workers, make_optimizer, pick_device,
-                              train_one_epoch, warmup_cosine)
+from histo_core.train import (amp_dtype, augments_on_device, configure_backend, loader_workers, make_optimizer,
+                              pick_device, train_one_epoch, warmup_cosine)
 
 
 def _rate(images: int, seconds: float) -> float:
@@ -59,6 +61,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=30)
     parser.add_argument("--batch-size", type=int, help="default: the trainer's")
     parser.add_argument("--workers", type=int, help="loader processes (default: the trainer's choice)")
+    parser.add_argument("--augment-on", choices=["auto", "loader", "device"], default="auto",
+                        help="where batches are augmented (default: the trainer's choice)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each training loop, alternated")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
@@ -67,26 +71,33 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     configure_backend(device)
-    cfg = TrainConfig(num_workers=args.workers, **({"batch_size": args.batch_size} if args.batch_size else {}))
+    cfg = TrainConfig(num_workers=args.workers, augment_on=args.augment_on,
+                      **({"batch_size": args.batch_size} if args.batch_size else {}))
     workers = loader_workers(cfg, device)
     bs, n = cfg.batch_size, cfg.batch_size * args.batches
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (n, 96, 96, 3), dtype=np.uint8)
     labels = rng.integers(0, 2, n)
-    dataset = PatchDataset(pixels, labels, np.arange(n), build_augmentation(cfg.color_jitter, cfg.hue_jitter, cfg.hed_jitter))
-
-    # Loading alone: the cached dataset with the default augmentations.
-    loader = DataLoader(dataset, bs, shuffle=True, num_workers=workers, pin_memory=device.type == "cuda",
-                        persistent_workers=workers > 0)
+    augmentation = build_augmentation(cfg.color_jitter, cfg.hue_jitter, cfg.hed_jitter)
+    dataset = PatchDataset(pixels, labels, np.arange(n), augmentation)
+    on_device = augments_on_device(cfg, device)
+    augment = augmentation if on_device else None
+    # The trainer's loader: seeded batches, persistent workers (started once per run, not per epoch).
+    loader = DataLoader(dataset.deferred() if on_device else dataset,
+                        batch_sampler=SeededBatchSampler(RandomSampler(dataset), bs, True, torch.Generator()),
+                        num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
 
     def load_all() -> float:
+        """Loading alone, augmentation included, wherever the trainer would run it."""
         start = time.perf_counter()
-        for _batch in loader:
-            pass
+        for images, _labels, *seeds in loader:
+            if augment is not None:
+                augment_seeded(augment, images.to(device, non_blocking=True), int(seeds[0][0]))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         return _rate(n, time.perf_counter() - start)
 
-    if workers:
-        load_all()  # warm-up: starts the workers, as the trainer's persistent ones start once per run
+    load_all()  # warm-up: starts the workers (the trainer's start once per run) and the GPU's kernels
     loading = float(np.median([load_all() for _ in range(args.repeats)]))
 
     def fresh_model() -> nn.Module:
@@ -98,21 +109,16 @@ def main() -> None:
     y = torch.as_tensor(labels[:bs], dtype=torch.float32, device=device)
     bare_loop(fresh_model(), warm, y, device)
     batches = [to_model_input(torch.from_numpy(pixels[i:i + bs]).permute(0, 3, 1, 2), device) for i in range(0, n, bs)]
-    # Persistent workers, as the trainer's: they start once per run, not once per epoch.
-    train_loader = DataLoader(dataset, bs, shuffle=True, num_workers=workers, pin_memory=device.type == "cuda",
-                              drop_last=True, persistent_workers=workers > 0)
 
     def library_loop() -> tuple[nn.Module, float]:
         model = fresh_model()
         optimizer = make_optimizer(model, cfg, device)
         scheduler = warmup_cosine(optimizer, args.batches, 3)
         scaler = torch.amp.GradScaler("cuda") if amp_dtype(device) == torch.float16 else None
-        return model, train_one_epoch(model, train_loader, optimizer, nn.BCEWithLogitsLoss(), device, scheduler,
-                                      scaler)[1]
+        return model, train_one_epoch(model, loader, optimizer, nn.BCEWithLogitsLoss(), device, scheduler,
+                                      scaler, augment=augment)[1]
 
     # Alternate the two loops and compare medians: a shared 2-core VM drifts by +-20% between runs.
-    if workers:
-        library_loop()  # warm-up: starts the loader workers
     bare_rates, library_rates = [], []
     for _ in range(args.repeats):
         bare_rates.append(bare_loop(fresh_model(), batches, y, device))
@@ -147,7 +153,7 @@ def main() -> None:
 
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {args.threads} threads"
     print(f"device: {device} ({where}); model {cfg.model}; batch {bs}; precision {amp_dtype(device) or 'fp32'}; "
-          f"{workers} loader workers")
+          f"{workers} loader workers; augmenting on the {'device' if on_device else 'loader'}")
 
     def spread(rates: list[float]) -> str:
         return f"(median of {', '.join(f'{r:.0f}' for r in rates)})"

@@ -65,6 +65,9 @@ class TrainConfig(_Frozen):
                                                             "See bench/augmentation.py for why 0.1.")
     hue_jitter: float = Field(0.0, ge=0, le=0.5, description="Hue jitter (slow on CPU; see build_augmentation).")
     hed_jitter: float = Field(0.05, ge=0, lt=1, description="Stain jitter in HED space (Tellez et al. 2019); 0: off.")
+    augment_on: Literal["auto", "loader", "device"] = Field("auto", description=(
+        "Where training batches are augmented: in the loader (CPU), or on the training device after the copy. "
+        "auto: on a CUDA GPU the device, elsewhere the loader. Same draws either way."))
     seed: int = 0
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
     num_threads: int = Field(0, ge=0, description="CPU threads for torch; 0 means all cores.")

@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Sampler, WeightedRandomSampler
 
 from histo_core.config import TrainConfig
-from histo_core.data.dataset import PatchDataset, SeededBatchSampler, dihedral_views, to_model_input
+from histo_core.data.dataset import PatchDataset, SeededBatchSampler, augment_seeded, dihedral_views, to_model_input
 from histo_core.distributed import (Context, DistributedWeightedSampler, all_sum, barrier, gather_by_index,
                                     init_from_env)
 from histo_core.model import create_model
@@ -78,6 +78,12 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> 
                              fused=device.type == "cuda")
 
 
+def augments_on_device(cfg: TrainConfig, device: torch.device) -> bool:
+    """Whether training batches are augmented on ``device`` rather than in the loader: on a
+    GPU by default, where CPU augmentation in the loader workers became the bottleneck."""
+    return cfg.augment_on == "device" or (cfg.augment_on == "auto" and device.type == "cuda")
+
+
 def amp_dtype(device: torch.device) -> torch.dtype | None:
     """bf16 autocast where the GPU has it (no loss scaling needed), else fp16; None on CPU/MPS."""
     if device.type != "cuda":
@@ -89,16 +95,22 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
                     loss_fn: nn.Module, device: torch.device,
                     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
                     scaler: torch.amp.GradScaler | None = None,
-                    on_batch: Callable[[int, int], None] | None = None) -> tuple[float, float]:
+                    on_batch: Callable[[int, int], None] | None = None,
+                    augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[float, float]:
     """One pass over ``loader``; returns (mean loss, images per second).
 
-    ``on_batch(done, total)`` is called after each step with batch counts only, so a
-    progress bar never forces a GPU sync.
+    ``augment``, if given, augments each batch on ``device``; the loader then serves a
+    ``PatchDataset.deferred()`` and each batch carries its seed. ``on_batch(done, total)``
+    is called after each step with batch counts only, so a progress bar never forces a
+    GPU sync.
     """
     model.train()
     dtype = amp_dtype(device)
     total, seen, start = torch.zeros((), device=device), 0, time.perf_counter()
-    for step, (images, labels) in enumerate(loader, start=1):
+    for step, (images, labels, *seeds) in enumerate(loader, start=1):
+        images = images.to(device, non_blocking=True)
+        if augment is not None:
+            images = augment_seeded(augment, images, int(seeds[0][0]))
         x, y = to_model_input(images, device), labels.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
@@ -234,6 +246,9 @@ def fit(train_set: PatchDataset, val_set: PatchDataset, cfg: TrainConfig, out_di
     model = build_model(cfg).to(device, memory_format=torch.channels_last)
     optimizer = make_optimizer(model, cfg, device)
     sampler_gen = torch.Generator().manual_seed(cfg.seed)
+    augment = train_set.transform if augments_on_device(cfg, device) else None
+    if augment is not None:
+        train_set = train_set.deferred()
     train_loader, val_loader = _loaders(train_set, val_set, cfg, device, sampler_gen, ctx)
     total_steps = cfg.epochs * len(train_loader)
     scheduler = warmup_cosine(optimizer, total_steps, warmup_steps=min(len(train_loader), total_steps // 10 + 1))
@@ -263,9 +278,9 @@ def fit(train_set: PatchDataset, val_set: PatchDataset, cfg: TrainConfig, out_di
 
     if ctx.active:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    log.info("training %s on %s (%s, %d process%s): %d train / %d val images, up to %d epochs", cfg.model,
-             device, amp_dtype(device) or "fp32", ctx.world, "es" if ctx.active else "", len(train_set),
-             len(val_set), cfg.epochs)
+    log.info("training %s on %s (%s, %d process%s, augmenting on the %s): %d train / %d val images, up to %d "
+             "epochs", cfg.model, device, amp_dtype(device) or "fp32", ctx.world, "es" if ctx.active else "",
+             "device" if augment else "loader", len(train_set), len(val_set), cfg.epochs)
     batches = train_loader.batch_sampler
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         if epoch > cfg.min_epochs and _stale_epochs(history) >= cfg.patience:
@@ -275,7 +290,7 @@ def fit(train_set: PatchDataset, val_set: PatchDataset, cfg: TrainConfig, out_di
             batches.sampler.set_epoch(epoch)
         batch_progress = partial(on_batch, epoch) if on_batch and ctx.is_main else None
         train_loss, images_per_s = train_one_epoch(model, train_loader, optimizer, loss_fn, device,
-                                                   scheduler, scaler, batch_progress)
+                                                   scheduler, scaler, batch_progress, augment)
         seen = len(train_loader) * cfg.batch_size if batches.drop_last else len(batches.sampler)
         train_loss = all_sum(train_loss * seen, ctx) / all_sum(seen, ctx)  # same value on every rank
         val_loss, val_auc, val_images = evaluate_loss_auc(model, val_loader, device, ctx)

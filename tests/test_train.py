@@ -9,11 +9,14 @@ import pytest
 import torch
 
 from histo_core.config import TrainConfig
-from histo_core.data.dataset import PatchDataset, build_augmentation, random_dihedral
+from histo_core.data.dataset import (PatchDataset, RandomDihedral, build_augmentation, dihedral_each,
+                                     dihedral_gathered)
 from histo_core.data.manifest import build_manifest
 from histo_core.split import assign_partitions
 from histo_core.steps import load_partitions
 from histo_core.train import fit, load_model
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 @pytest.fixture(scope="module")
@@ -30,11 +33,22 @@ def parts(split_csv, tmp_path_factory):
     return load_partitions(split_csv, tmp_path_factory.mktemp("cache"), build_augmentation())
 
 
-def test_random_dihedral_only_moves_pixels():
-    image = torch.arange(3 * 4 * 4, dtype=torch.uint8).view(3, 4, 4)
-    seen = {tuple(random_dihedral(image, torch.Generator().manual_seed(s)).flatten().tolist()) for s in range(60)}
+def test_random_dihedral_reaches_all_8_views_and_only_moves_pixels():
+    image = torch.arange(3 * 4 * 4, dtype=torch.uint8).view(1, 3, 4, 4)
+    seen = {tuple(RandomDihedral()(image).flatten().tolist()) for _ in range(60)}
     assert len(seen) == 8
     assert all(sorted(v) == sorted(image.flatten().tolist()) for v in seen)
+
+
+def test_gathered_dihedral_views_are_the_looped_ones():
+    """The GPU's way (all views, then pick) must give what the CPU's loop gives, per image."""
+    batch = torch.randint(0, 256, (16, 3, 5, 5), dtype=torch.uint8)
+    k, flip = torch.arange(16) % 4, torch.arange(16) // 4  # every (turns, flip) pair, odd and even flips
+    looped = dihedral_each(batch, k, flip)
+    assert torch.equal(dihedral_gathered(batch, k, flip), looped)
+    assert torch.equal(looped[5], batch[5].rot90(1, (1, 2)).flip(2))  # k=1, flip=1: turn, then mirror
+    assert len({tuple(v.flatten().tolist()) for v in dihedral_each(batch[:1].expand(8, -1, -1, -1),
+                                                                      k[:8], flip[:8])}) == 8
 
 
 def test_fit_writes_checkpoints_history_and_keeps_the_best(parts, tmp_path):
@@ -62,9 +76,6 @@ def _train_then_die_after_epoch_1(split_csv: str, cache: str, out: str, cfg_json
 
     parts = load_partitions(Path(split_csv), Path(cache), build_augmentation())
     fit(parts["train"], parts["val"], TrainConfig.model_validate_json(cfg_json), out, on_epoch=die)
-
-
-CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 @pytest.mark.parametrize("device, workers", [("cpu", 0), ("cpu", 2), pytest.param("cuda", 2, marks=CUDA)])
@@ -96,6 +107,43 @@ def test_a_killed_run_resumes_and_ends_where_an_uninterrupted_run_would(split_cs
     final_a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["model"]
     final_b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)["model"]
     assert all(torch.allclose(final_a[k].float(), final_b[k].float(), atol=1e-5) for k in final_a)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_augmenting_on_the_device_trains_exactly_as_augmenting_in_the_loader(parts, tmp_path, workers):
+    """On a CPU both places run the same ops on the same draws, so the runs must be identical."""
+    cfg = TrainConfig(epochs=2, batch_size=32, seed=5, num_workers=workers)
+    runs = {where: fit(parts["train"], parts["val"], cfg.model_copy(update={"augment_on": where}), tmp_path / where)
+            for where in ("loader", "device")}
+    assert [r["val_loss"] for r in runs["loader"].history] == [r["val_loss"] for r in runs["device"].history]
+    weights = [torch.load(r.last_checkpoint, weights_only=True)["model"] for r in runs.values()]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+@CUDA
+def test_augmenting_on_a_gpu_draws_and_changes_what_the_cpu_does():
+    """Same seed, same views and stain draws; the float maths may round one grey level apart."""
+    from histo_core.data.dataset import augment_seeded
+
+    batch = torch.randint(0, 256, (64, 3, 96, 96), dtype=torch.uint8)
+    augment = build_augmentation()
+    on_cpu = augment_seeded(augment, batch, seed=11)
+    on_gpu = augment_seeded(augment, batch.cuda(), seed=11).cpu()
+    assert on_gpu.dtype == torch.uint8 and not torch.equal(on_cpu, batch)
+    assert (on_cpu.int() - on_gpu.int()).abs().max() <= 1
+
+
+def test_a_deferred_dataset_serves_unaugmented_images_with_their_batch_seed(parts):
+    from histo_core.data.dataset import SeededBatch
+
+    train = parts["train"]
+    deferred = train.deferred()
+    items = deferred.__getitems__(SeededBatch([0, 1, 2], seed=42))
+    plain = PatchDataset(train.pixels, train.labels, train.indices).__getitems__([0, 1, 2])
+    assert all(torch.equal(d[0], p[0]) and d[1] == p[1] and int(d[2]) == 42 for d, p in zip(items, plain))
+    assert train.transform is not None and not train.is_deferred, "the original is left as it was"
+    with pytest.raises(ValueError, match="SeededBatchSampler"):
+        deferred.__getitems__([0, 1])
 
 
 def test_training_stops_early_when_val_loss_stops_improving(parts, tmp_path, monkeypatch):
