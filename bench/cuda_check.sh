@@ -2,8 +2,8 @@
 # The checks that need a CUDA GPU, in one go: a lent GPU's minutes are few.
 #   * the machine and library versions;
 #   * throughput of the library trainer vs a bare loop (AMP, channels_last, fused AdamW,
-#     cuDNN autotuning, loader workers), augmenting on the GPU (the default there) and,
-#     for comparison, in the loader workers; at the default batch (64) and at 256;
+#     cuDNN autotuning, loader workers) at the default batch (64) and at 256, augmenting
+#     in the loader workers and on the GPU (the default from batch 128 up);
 #   * the trainer's tests that need CUDA: checkpoints and history, GPU augmentation
 #     against the CPU's, and a killed run that resumes bit-identically.
 #
@@ -24,12 +24,14 @@ echo "$(nproc) CPU cores"
 "$py" -c "import torch, torchvision; print('torch', torch.__version__, '| torchvision', torchvision.__version__,
 '| CUDA', torch.version.cuda, '| bf16', torch.cuda.is_bf16_supported())"
 
-step "batch 64, augmenting on the GPU (default)"
+step "batch 64, augmenting in the loader workers (default)"
 throughput --batches 400 "$compile"
-step "batch 64, augmenting in the loader workers"
-throughput --batches 400 --augment-on loader --no-compile
-step "batch 256, augmenting on the GPU"
+step "batch 64, augmenting on the GPU"
+throughput --batches 400 --augment-on device --no-compile
+step "batch 256, augmenting on the GPU (default)"
 throughput --batches 150 --batch-size 256 --no-compile
+step "batch 256, augmenting in the loader workers"
+throughput --batches 150 --batch-size 256 --augment-on loader --no-compile
 
 step "trainer tests that need CUDA"
 timeout 150 "$py" -m pytest -q -p no:cacheprovider tests/test_train.py -k "cuda or gpu or fit_writes"

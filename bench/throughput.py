@@ -10,9 +10,9 @@ Same model, batch size and thread count throughout:
     .venv/bin/python bench/throughput.py [--device cuda] [--batches 30] [--batch-size 64] [--workers N]
         [--augment-on auto|loader|device] [--repeats 3] [--no-compile]
 On CUDA the trainer uses AMP (bf16 where supported), channels_last, the fused AdamW,
-cuDNN autotuning, loader workers that only gather and pin, and augments on the GPU;
-give it more batches there (``--batches 400``), or each timed run lasts a fraction of
-a second.
+cuDNN autotuning and loader workers, and from batch 128 up augments on the GPU (the
+workers then only gather and pin); give it more batches there (``--batches 400``), or
+each timed run lasts a fraction of a second.
 """
 
 from __future__ import annotations

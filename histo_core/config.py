@@ -67,7 +67,8 @@ class TrainConfig(_Frozen):
     hed_jitter: float = Field(0.05, ge=0, lt=1, description="Stain jitter in HED space (Tellez et al. 2019); 0: off.")
     augment_on: Literal["auto", "loader", "device"] = Field("auto", description=(
         "Where training batches are augmented: in the loader (CPU), or on the training device after the copy. "
-        "auto: on a CUDA GPU the device, elsewhere the loader. Same draws either way."))
+        "auto: on a CUDA GPU from batch 128 up the device, else the loader (see train.augments_on_device). "
+        "Same draws either way."))
     seed: int = 0
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
     num_threads: int = Field(0, ge=0, description="CPU threads for torch; 0 means all cores.")

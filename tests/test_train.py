@@ -279,3 +279,15 @@ def test_loader_workers_none_on_cpu_some_on_a_gpu_and_an_explicit_count_wins():
     cores = os.cpu_count() or 1
     assert loader_workers(TrainConfig(), gpu) == min(8, cores - 1)
     assert loader_workers(TrainConfig(), gpu, processes=cores) == 0  # one core per GPU process: nothing to spare
+
+
+def test_batches_are_augmented_on_a_gpu_only_from_batch_128_unless_told():
+    from histo_core.train import augments_on_device
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert not augments_on_device(TrainConfig(batch_size=256), cpu)
+    assert not augments_on_device(TrainConfig(batch_size=64), gpu)
+    assert augments_on_device(TrainConfig(batch_size=128), gpu)
+    assert augments_on_device(TrainConfig(batch_size=64, augment_on="device"), gpu)
+    assert augments_on_device(TrainConfig(augment_on="device"), cpu)
+    assert not augments_on_device(TrainConfig(batch_size=256, augment_on="loader"), gpu)

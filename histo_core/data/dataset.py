@@ -207,8 +207,7 @@ class PatchDataset(Dataset):
     def deferred(self) -> PatchDataset:
         """The same patches, unaugmented, each item ``(image, label, seed)`` with its batch's
         seed, for the trainer to augment on its GPU with ``augment_seeded``: loader workers
-        then only gather and pin, and a 16-core machine no longer holds back an H200
-        (CPU augmentation topped out near 22,000 img/s there)."""
+        then only gather and pin (see ``train.augments_on_device`` for when that pays)."""
         twin = copy.copy(self)
         twin.is_deferred = True
         return twin
