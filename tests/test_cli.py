@@ -106,7 +106,9 @@ def test_train_then_evaluate_from_the_command_line(kaggle_root, tmp_path, capsys
     import json
 
     out = tmp_path / "run"
-    assert main(["train", "--data", str(kaggle_root), "--out", str(out), "--epochs", "1", "--batch-size", "32"]) == 0
+    assert main(["train", "--data", str(kaggle_root), "--out", str(out), "--epochs", "1", "--batch-size", "32",
+                 "--augment-on", "device"]) == 0
+    assert json.loads((out / "config.json").read_text())["augment_on"] == "device"
     captured = capsys.readouterr()
     assert "epoch 1/1" in captured.out and "best model:" in captured.out
     assert "epoch 1/1: 100%" in captured.err and "batch" in captured.err  # the in-epoch progress bar
