@@ -317,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--augment-on", dest="augment_on", choices=["auto", "loader", "device"],
                        help="augment in the loader or on the GPU (auto: the GPU from batch 128 up)")
     train.add_argument("--deterministic", action="store_true", default=None,
-                       help="bit-reproducible CUDA runs (slower convolutions)")
+                       help="bit-reproducible CUDA runs (deterministic, possibly slower, convolutions)")
     train.add_argument("--seed", type=int)
     train.add_argument("--nproc", type=int, default=1,
                        help="processes for distributed data-parallel training (one per GPU; gloo on CPU)")

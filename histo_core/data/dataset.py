@@ -80,7 +80,7 @@ class EachImage(torch.nn.Module):
 # Ruifrok & Johnston's stain matrix (rows: haematoxylin, eosin, DAB optical densities).
 RGB_FROM_HED = ((0.65, 0.70, 0.29), (0.07, 0.99, 0.11), (0.27, 0.57, 0.78))
 # torchvision's grey weights, so contrast and saturation match its ColorJitter.
-LUMA = (0.2989, 0.587, 0.114)
+_LUMA = (0.2989, 0.587, 0.114)
 
 
 @functools.cache
@@ -88,7 +88,7 @@ def _colour_constants(device: torch.device) -> tuple[torch.Tensor, torch.Tensor,
     """RGB-from-HED, HED-from-RGB and the grey weights on ``device``, made once per device."""
     rgb_from_hed = torch.tensor(RGB_FROM_HED)
     return (rgb_from_hed.to(device), torch.linalg.inv(rgb_from_hed).to(device),
-            torch.tensor([LUMA], device=device))
+            torch.tensor([_LUMA], device=device))
 
 
 def shift_colours(batch: torch.Tensor, stain_scale: torch.Tensor, stain_shift: torch.Tensor,
