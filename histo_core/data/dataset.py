@@ -39,7 +39,7 @@ class RandomDihedral(torch.nn.Module):
     """
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        k, flip = torch.stack([torch.randint(0, 4, (2,)) for _ in range(len(batch))]).T
+        k, flip = torch.randint(0, 4, (len(batch), 2)).T
         if batch.device.type == "cpu":
             return dihedral_each(batch, k, flip)
         return dihedral_gathered(batch, k, flip)
