@@ -27,11 +27,10 @@ from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
 
 from histo_core.config import TrainConfig
-from histo_core.data.dataset import (PatchDataset, SeededBatchSampler, augment_seeded, build_augmentation,
-                                     to_model_input)
+from histo_core.data.dataset import PatchDataset, SeededBatchSampler, build_augmentation, to_model_input
 from histo_core.model import create_model
-from histo_core.train import (amp_dtype, augments_on_device, configure_backend, loader_workers, make_optimizer,
-                              pick_device, train_one_epoch, warmup_cosine)
+from histo_core.train import (amp_dtype, augments_on_device, batch_on_device, configure_backend, loader_workers,
+                              make_optimizer, pick_device, train_one_epoch, warmup_cosine)
 
 
 def _rate(images: int, seconds: float) -> float:
@@ -91,8 +90,7 @@ def main() -> None:
         """Loading alone, augmentation included, wherever the trainer would run it."""
         start = time.perf_counter()
         for images, _labels, *seeds in loader:
-            if augment is not None:
-                augment_seeded(augment, images.to(device, non_blocking=True), int(seeds[0][0]))
+            batch_on_device(images, seeds, device, augment)
         if device.type == "cuda":
             torch.cuda.synchronize()
         return _rate(n, time.perf_counter() - start)

@@ -93,6 +93,14 @@ def augments_on_device(cfg: TrainConfig, device: torch.device) -> bool:
     return device.type == "cuda" and cfg.batch_size >= 128
 
 
+def batch_on_device(images: torch.Tensor, seeds: list[torch.Tensor], device: torch.device,
+                    augment: Callable[[torch.Tensor], torch.Tensor] | None) -> torch.Tensor:
+    """A loader's uint8 batch on ``device``; with ``augment``, augmented there from the seed
+    that a ``PatchDataset.deferred()`` batch carries."""
+    images = images.to(device, non_blocking=True)
+    return images if augment is None else augment_seeded(augment, images, int(seeds[0][0]))
+
+
 def amp_dtype(device: torch.device) -> torch.dtype | None:
     """bf16 autocast where the GPU has it (no loss scaling needed), else fp16; None on CPU/MPS."""
     if device.type != "cuda":
@@ -117,10 +125,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
     dtype = amp_dtype(device)
     total, seen, start = torch.zeros((), device=device), 0, time.perf_counter()
     for step, (images, labels, *seeds) in enumerate(loader, start=1):
-        images = images.to(device, non_blocking=True)
-        if augment is not None:
-            images = augment_seeded(augment, images, int(seeds[0][0]))
-        x, y = to_model_input(images, device), labels.to(device, non_blocking=True)
+        x = to_model_input(batch_on_device(images, seeds, device, augment), device)
+        y = labels.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             loss = loss_fn(model(x).float(), y)
