@@ -27,10 +27,10 @@ from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
 
 from histo_core.config import TrainConfig
-from histo_core.data.dataset import PatchDataset, SeededBatchSampler, build_augmentation, to_model_input
+from histo_core.data.dataset import PatchDataset, SeededBatchSampler, to_model_input
 from histo_core.model import create_model
 from histo_core.train import (amp_dtype, augments_on_device, batch_on_device, configure_backend, loader_workers,
-                              make_optimizer, pick_device, train_one_epoch, warmup_cosine)
+                              make_optimizer, pick_device, train_one_epoch, training_augmentation, warmup_cosine)
 
 
 def _rate(images: int, seconds: float) -> float:
@@ -77,7 +77,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (n, 96, 96, 3), dtype=np.uint8)
     labels = rng.integers(0, 2, n)
-    augmentation = build_augmentation(cfg.color_jitter, cfg.hue_jitter, cfg.hed_jitter)
+    augmentation = training_augmentation(cfg)
     dataset = PatchDataset(pixels, labels, np.arange(n), augmentation)
     on_device = augments_on_device(cfg, device)
     augment = augmentation if on_device else None

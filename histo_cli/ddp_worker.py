@@ -8,8 +8,7 @@ from pathlib import Path
 
 from histo_core.config import TrainConfig
 from histo_core.steps import load_partitions
-from histo_core.data.dataset import build_augmentation
-from histo_core.train import fit
+from histo_core.train import fit, training_augmentation
 
 
 def main() -> None:
@@ -20,8 +19,7 @@ def main() -> None:
     parser.add_argument("--config", required=True, help="TrainConfig as JSON")
     args = parser.parse_args()
     cfg = TrainConfig.model_validate_json(args.config)
-    augmentation = build_augmentation(cfg.color_jitter, cfg.hue_jitter, cfg.hed_jitter) if cfg.augment else None
-    parts = load_partitions(args.split, args.cache, augmentation)
+    parts = load_partitions(args.split, args.cache, training_augmentation(cfg))
 
     def report(r: dict) -> None:  # called on rank 0 only
         print(f"epoch {r['epoch']}/{cfg.epochs}  train loss {r['train_loss']:.4f}  val loss {r['val_loss']:.4f}  "

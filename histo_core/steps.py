@@ -35,7 +35,7 @@ from pydantic import BaseModel
 from histo_core import __version__
 from histo_core.config import EvalConfig, GateConfig, SplitConfig, StoreConfig, TrainConfig, ValidationConfig
 from histo_core.data.cache import build_cache, open_cache
-from histo_core.data.dataset import PatchDataset, build_augmentation
+from histo_core.data.dataset import PatchDataset
 from histo_core.data.manifest import NUMERIC_COLUMNS, build_manifest, manifest_hash
 from histo_core.data.sources import mirror_s3
 from histo_core.evaluate import compare_paired, full_report, plot_curves, predict_checkpoint_logits, sigmoid
@@ -44,7 +44,7 @@ from histo_core.model_card import render_model_card
 from histo_core.registry import WEIGHTS, Registry
 from histo_core.split import assign_partitions
 from histo_core.storage import ConflictError, open_store, sha256_file
-from histo_core.train import BatchCallback, EpochCallback, fit
+from histo_core.train import BatchCallback, EpochCallback, fit, training_augmentation
 from histo_core.validation import require_passed, validate_manifest
 
 log = logging.getLogger(__name__)
@@ -176,8 +176,7 @@ def load_partitions(split_csv: Path, cache_dir: Path,
 def train(split_csv: Path, out_dir: Path, cache_dir: Path, cfg: TrainConfig,
           on_epoch: EpochCallback | None = None, on_batch: BatchCallback | None = None) -> Path:
     """Train a challenger into ``out_dir``; returns its best-val-loss checkpoint."""
-    augmentation = build_augmentation(cfg.color_jitter, cfg.hue_jitter, cfg.hed_jitter) if cfg.augment else None
-    parts = load_partitions(split_csv, cache_dir, augmentation)
+    parts = load_partitions(split_csv, cache_dir, training_augmentation(cfg))
     return fit(parts["train"], parts["val"], cfg, out_dir, on_epoch, on_batch).best_checkpoint
 
 

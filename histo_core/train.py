@@ -26,7 +26,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Sampler, WeightedRandomSampler
 
 from histo_core.config import TrainConfig
-from histo_core.data.dataset import PatchDataset, SeededBatchSampler, augment_seeded, dihedral_views, to_model_input
+from histo_core.data.dataset import (PatchDataset, SeededBatchSampler, augment_seeded, build_augmentation, dihedral_views,
+                                    to_model_input)
 from histo_core.distributed import (Context, DistributedWeightedSampler, all_sum, barrier, gather_by_index,
                                     init_from_env)
 from histo_core.model import create_model
@@ -57,6 +58,13 @@ def pick_device(name: str = "auto") -> torch.device:
 
 def build_model(cfg: TrainConfig) -> nn.Module:
     return create_model(cfg.model, dropout=cfg.dropout)
+
+
+def training_augmentation(cfg: TrainConfig) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The augmentation ``cfg`` asks for, or None when it asks for none."""
+    if not cfg.augment:
+        return None
+    return build_augmentation(cfg.color_jitter, cfg.hue_jitter, cfg.hed_jitter, cfg.stain_vector_jitter)
 
 
 def configure_backend(device: torch.device, num_threads: int | None = None, deterministic: bool = False) -> None:

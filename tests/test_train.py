@@ -219,6 +219,38 @@ def test_colour_jitter_is_the_identity_at_zero_and_moves_stain_colours_otherwise
         assert ((shifted.float() - batch.float()).abs().mean((1, 2, 3)) > 2).all()
 
 
+def test_shift_colours_recolours_stain_amounts_with_other_stain_vectors():
+    """Against a direct computation: amounts by Ruifrok-Johnston's matrix, colour by another one."""
+    from histo_core.data.dataset import RGB_FROM_HED, shift_colours
+
+    image = torch.randint(0, 256, (1, 3, 96, 96), dtype=torch.uint8)
+    standard = np.array(RGB_FROM_HED)
+    other = standard.copy()
+    other[0] = [0.55, 0.80, 0.25]  # a redder haematoxylin
+    other[0] /= np.linalg.norm(other[0])
+    od = -np.log((image[0].permute(1, 2, 0).numpy().astype(np.float64) + 1) / 256)
+    expected = np.clip(np.exp(-(od @ np.linalg.inv(standard) @ other)) * 256 - 1, 0, 255)
+    ours = shift_colours(image, torch.ones(1, 3), torch.zeros(1, 3), torch.ones(1, 3),
+                         stain_vectors=torch.tensor(other, dtype=torch.float32)[None])
+    assert np.abs(ours[0].permute(1, 2, 0).numpy() - expected).max() <= 0.5 + 1e-2
+    assert (ours.float() - image.float()).abs().mean() > 1, "another haematoxylin colour must show"
+
+
+def test_stain_vector_jitter_turns_stain_colours_per_image_and_leaves_background_white():
+    from histo_core.data.dataset import RGB_FROM_HED, RandomColourJitter, turned_stain_vectors
+
+    vectors = turned_stain_vectors(torch.rand(16, 2, 3) * 0.6 - 0.3)
+    assert torch.allclose(vectors.norm(dim=2)[:, :2], torch.ones(16, 2)) and (vectors >= 0).all()
+    assert (vectors[:, 2] == torch.tensor(RGB_FROM_HED[2])).all(), "DAB, absent from H&E, stays as it is"
+    image = torch.randint(0, 256, (3, 96, 96), dtype=torch.uint8)
+    image[:, :8] = 255  # background: no stain of any colour
+    torch.manual_seed(0)
+    out = RandomColourJitter(hed=0.0, bcs=0.0, vectors=0.2)(image.expand(8, -1, -1, -1))
+    assert len({tuple(o.flatten().tolist()) for o in out}) == 8, "each image gets its own stain colours"
+    assert (out[:, :, :8] == 255).all()
+    assert ((out.float() - image.float()).abs().mean((1, 2, 3)) > 1).all()
+
+
 def _torchvision_colour(image: torch.Tensor, steps: list[tuple[str, float]]) -> torch.Tensor:
     """torchvision's float adjust_* functions in the given order, in [0, 255]."""
     from torchvision.transforms.v2 import functional

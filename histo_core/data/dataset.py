@@ -92,11 +92,14 @@ def _colour_constants(device: torch.device) -> tuple[torch.Tensor, torch.Tensor,
 
 
 def shift_colours(batch: torch.Tensor, stain_scale: torch.Tensor, stain_shift: torch.Tensor,
-                  bcs: torch.Tensor) -> torch.Tensor:
+                  bcs: torch.Tensor, stain_vectors: torch.Tensor | None = None) -> torch.Tensor:
     """Re-stain a uint8 (B, 3, H, W) batch, then change its brightness, contrast and saturation.
 
     For image i, each stain amount (haematoxylin, eosin, DAB) is multiplied by
-    ``stain_scale[i]`` and shifted by ``stain_shift[i]`` (both (B, 3)); ``bcs[i]`` holds
+    ``stain_scale[i]`` and shifted by ``stain_shift[i]`` (both (B, 3)), then turned back
+    into colour with ``stain_vectors[i]`` (3x3, rows the stains' optical-density
+    directions; default Ruifrok-Johnston's, the ones the amounts were measured with, so
+    only the amounts change); ``bcs[i]`` holds
     brightness, contrast and saturation factors as torchvision's ``adjust_*`` functions
     define them. Without clamps between them those three are linear maps that commute, so
     they are applied as one (clamped once; torchvision clamps after each, in random order).
@@ -111,8 +114,9 @@ def shift_colours(batch: torch.Tensor, stain_scale: torch.Tensor, stain_shift: t
     rgb_from_hed, hed_from_rgb, luma = _colour_constants(batch.device)
     log_rgb = batch.reshape(n, 3, -1).float().add_(1).log_()
     # od = log 256 - log(x + 1);  od' = R^T (scale * H^T od + shift);  x' = exp(log 256 - od') - 1
-    mix = rgb_from_hed.T @ (stain_scale[:, :, None] * hed_from_rgb.T)
-    offset = math.log(256) * (1 - mix.sum(2, keepdim=True)) - rgb_from_hed.T @ stain_shift[:, :, None]
+    restain = rgb_from_hed.T if stain_vectors is None else stain_vectors.transpose(1, 2)
+    mix = restain @ (stain_scale[:, :, None] * hed_from_rgb.T)
+    offset = math.log(256) * (1 - mix.sum(2, keepdim=True)) - restain @ stain_shift[:, :, None]
     rgb = torch.einsum("bij,bjn->bin", mix, log_rgb).add_(offset).exp_().sub_(1).clamp_(0, 255)
     # brightness b, contrast c (pivot: mean grey m), saturation s (pivot: pixel grey g): b (m + c (g - m) + c s (x - g))
     b, c, s = bcs[:, :, None, None].unbind(1)
@@ -126,38 +130,56 @@ class RandomColourJitter(torch.nn.Module):
     """Stain jitter in haematoxylin-eosin-DAB space, then brightness/contrast/saturation, per image.
 
     HED (Tellez et al., 2019, "HED-light"): each stain's concentration is scaled by
-    U(1-hed, 1+hed) and shifted by U(-hed, hed), the change a new lab, stain batch or
-    scanner brings, which RGB hue/saturation jitter imitates poorly. Then brightness,
-    contrast and saturation factors U(1-bcs, 1+bcs), as torchvision's ColorJitter draws
-    them, for the rest of the imaging chain. Works on whole (B, 3, H, W) batches; the
-    factors are drawn from the CPU generator on any device.
+    U(1-hed, 1+hed) and shifted by U(-hed, hed), the change a new stain batch or a
+    thicker section brings, which RGB hue/saturation jitter imitates poorly. With
+    ``vectors`` > 0 the haematoxylin and eosin colours themselves turn too: U(-vectors,
+    vectors) is added to each component of their unit optical-density vectors (then made
+    unit again) before the amounts are turned back into RGB. That is the change between
+    labs: another haematoxylin or eosin recipe has another hue, which no amount jitter
+    can reach. Then brightness, contrast and saturation factors U(1-bcs, 1+bcs), as
+    torchvision's ColorJitter draws them, for the rest of the imaging chain. Works on
+    whole (B, 3, H, W) batches; the factors are drawn from the CPU generator on any device.
     """
 
-    def __init__(self, hed: float = 0.05, bcs: float = 0.0) -> None:
+    def __init__(self, hed: float = 0.05, bcs: float = 0.0, vectors: float = 0.0) -> None:
         super().__init__()
-        self.hed, self.bcs = hed, bcs
+        self.hed, self.bcs, self.vectors = hed, bcs, vectors
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        def uniform(spread: float) -> torch.Tensor:  # U(-spread, spread), one row of 3 per image
-            return (torch.rand(len(batch), 3) * 2 - 1) * spread
+        def uniform(spread: float, columns: int = 3) -> torch.Tensor:  # U(-spread, spread), one row per image
+            return (torch.rand(len(batch), columns) * 2 - 1) * spread
 
-        draws = to_device(torch.cat([1 + uniform(self.hed), uniform(self.hed), 1 + uniform(self.bcs)], 1), batch.device)
-        return shift_colours(batch, *draws.split(3, 1))
+        draws = torch.cat([1 + uniform(self.hed), uniform(self.hed), 1 + uniform(self.bcs)], 1)
+        if self.vectors > 0:  # drawn only when used, so a run without it keeps its random stream
+            draws = torch.cat([draws, uniform(self.vectors, 6)], 1)
+        draws = to_device(draws, batch.device)
+        stain_vectors = turned_stain_vectors(draws[:, 9:].view(-1, 2, 3)) if self.vectors > 0 else None
+        return shift_colours(batch, *draws[:, :9].split(3, 1), stain_vectors=stain_vectors)
 
 
-def build_augmentation(color_jitter: float = 0.1, hue_jitter: float = 0.0,
-                       hed_jitter: float = 0.05) -> Callable[[torch.Tensor], torch.Tensor]:
+def turned_stain_vectors(noise: torch.Tensor) -> torch.Tensor:
+    """Per-image (B, 3, 3) stain matrices: Ruifrok-Johnston's haematoxylin and eosin unit
+    vectors plus ``noise`` (B, 2, 3), kept positive (optical density never is negative)
+    and made unit again; DAB, absent from H&E, is left as it is."""
+    rgb_from_hed = _colour_constants(noise.device)[0]
+    stains = torch.nn.functional.normalize(rgb_from_hed[:2] + noise, dim=2).abs()
+    return torch.cat([stains, rgb_from_hed[2:].expand(len(noise), 1, 3)], 1)
+
+
+def build_augmentation(color_jitter: float = 0.1, hue_jitter: float = 0.0, hed_jitter: float = 0.05,
+                       stain_vector_jitter: float = 0.0) -> Callable[[torch.Tensor], torch.Tensor]:
     """Training augmentation of uint8 (B, C, H, W) batches, each image drawn independently:
     dihedral symmetries, stain and colour jitter.
 
     Hue jitter is separate and off by default: torchvision's HSV round trip, image by
     image, is ~6x slower than the stain, brightness, contrast and saturation jitter
     together (2,200 vs 13,900 img/s on one CPU core), so loading, not the model, would
-    become the bottleneck on a small CPU machine.
+    become the bottleneck on a small CPU machine. Turning the stain vectors
+    (``stain_vector_jitter``) changes hue where it matters for H&E at no extra cost.
     """
     steps: list[torch.nn.Module] = [RandomDihedral()]
-    if hed_jitter > 0 or color_jitter > 0:
-        steps.append(RandomColourJitter(hed_jitter, color_jitter))
+    if hed_jitter > 0 or color_jitter > 0 or stain_vector_jitter > 0:
+        steps.append(RandomColourJitter(hed_jitter, color_jitter, stain_vector_jitter))
     if hue_jitter > 0:
         steps.append(EachImage(v2.ColorJitter(hue=hue_jitter)))
     return torch.nn.Sequential(*steps)
