@@ -7,7 +7,13 @@ short schedule on the shared real patches and prints its AUC on the test partiti
 on the same partition re-stained as eight "virtual labs" (``stain_shift.py``), the
 stand-in for unseen slides. Run variants side by side with ``--threads 1`` each.
 
+With ``--hold-out-stain purple|pink`` it trains only on the other of the data's two
+staining groups (``stain_groups.py``) and also scores every patch of the held-out group:
+a real shift between labs. ``--prepare`` only validates, splits, decodes and groups,
+so that variants started side by side afterwards share that work.
+
     .venv/bin/python bench/augmentation.py --name hed10 --set hed_jitter=0.1 [--epochs 10]
+    .venv/bin/python bench/augmentation.py --name hed10-x --set hed_jitter=0.1 --hold-out-stain purple
 """
 
 from __future__ import annotations
@@ -15,12 +21,17 @@ from __future__ import annotations
 import argparse
 import json
 import time
+
+import numpy as np
 from pathlib import Path
 
+from stain_groups import GROUPS, stain_groups
 from stain_shift import restained
 
 from histo_core import steps
 from histo_core.config import SplitConfig, TrainConfig, ValidationConfig
+from histo_core.train import fit, training_augmentation
+from histo_core.data.dataset import PatchDataset
 from histo_core.evaluate import predict_checkpoint_logits
 from quality import DEFAULT_DATA
 from sklearn.metrics import roc_auc_score
@@ -37,37 +48,69 @@ def parse_overrides(pairs: list[str]) -> dict[str, str]:
     return overrides
 
 
+def groups_of(split_csv: Path, cache: Path, parts: dict[str, PatchDataset]) -> np.ndarray:
+    """The staining group of every cached patch, computed once per cache and kept beside it."""
+    path = cache / f"stain-groups-{split_csv.parent.name}.npy"
+    if not path.exists():
+        np.save(path, stain_groups(parts["train"].pixels))
+    return np.load(path)
+
+
+def without_group(dataset: PatchDataset, groups: np.ndarray, group: int) -> PatchDataset:
+    """``dataset`` less the patches of one staining group."""
+    return PatchDataset(dataset.pixels, dataset.labels, dataset.indices[groups[dataset.indices] != group],
+                        dataset.transform)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--name", required=True, help="variant name: its model folder and result file")
+    parser.add_argument("--name", help="variant name: its model folder and result file")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0: all cores")
+    parser.add_argument("--hold-out-stain", choices=GROUPS, help="train without this staining group, then score it")
+    parser.add_argument("--prepare", action="store_true", help="only validate, split, decode and group the data")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--split", type=Path, help="a split.csv made earlier from --data: skips validation "
+                                                   "(for a machine without Great Expectations)")
     parser.add_argument("--out", type=Path, default=Path("bench-out/augmentation"))
     args = parser.parse_args()
+    if not (args.prepare or args.name):
+        parser.error("--name is required unless --prepare")
     cfg = TrainConfig.model_validate({**TrainConfig().model_dump(), "epochs": args.epochs,
                                       "num_threads": args.threads, **parse_overrides(args.overrides)})
+
+    split = args.split or steps.split(steps.validate(str(args.data), args.out / "data", ValidationConfig(),
+                                                     args.out / "manifests"), SplitConfig())
+    cache = args.out / "cache"
+    parts = steps.load_partitions(split, cache, training_augmentation(cfg))
+    groups = groups_of(split, cache, parts)
+    if args.prepare:
+        print(f"prepared {split}: patches per staining group {dict(zip(GROUPS, np.bincount(groups[groups >= 0]).tolist()))}")
+        return
     print(f"{args.name}: {cfg.model_dump()}", flush=True)
-
-    manifest = steps.validate(str(args.data), args.out / "data", ValidationConfig(), args.out / "manifests")
-    split = steps.split(manifest, SplitConfig())
+    held_out = GROUPS.index(args.hold_out_stain) if args.hold_out_stain else None
+    if held_out is not None:
+        parts = {name: without_group(part, groups, held_out) for name, part in parts.items()}
     started = time.perf_counter()
-    best = steps.train(split, args.out / args.name, args.out / "cache", cfg,
-                       lambda r: print(f"{args.name} epoch {r['epoch']}: val loss {r['val_loss']:.4f}, "
-                                       f"val AUC {r['val_auc']:.4f}, {r['images_per_s']:.0f} img/s", flush=True))
-    result = {"name": args.name, "config": cfg.model_dump(), "train_min": (time.perf_counter() - started) / 60}
+    best = fit(parts["train"], parts["val"], cfg, args.out / args.name,
+               lambda r: print(f"{args.name} epoch {r['epoch']}: val loss {r['val_loss']:.4f}, "
+                               f"val AUC {r['val_auc']:.4f}, {r['images_per_s']:.0f} img/s", flush=True)
+               ).best_checkpoint
+    result = {"name": args.name, "config": cfg.model_dump(), "hold_out_stain": args.hold_out_stain,
+              "train_min": (time.perf_counter() - started) / 60}
 
-    test = steps.load_partitions(split, args.out / "cache")["test"]
-    restained_test = restained(test)
+    test = PatchDataset(parts["test"].pixels, parts["test"].labels, parts["test"].indices)
+    scored = {"test": test, "restained": restained(test)}
+    if held_out is not None:
+        scored["held_out_stain"] = PatchDataset(test.pixels, test.labels, np.flatnonzero(groups == held_out))
     for tta in (False, True):
-        for name, dataset in (("test", test), ("restained", restained_test)):
+        for name, dataset in scored.items():
             logits, labels = predict_checkpoint_logits(best, dataset, tta=tta)
             result[f"{name}_auc{'_tta' if tta else ''}"] = round(float(roc_auc_score(labels, logits)), 4)
     (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=2))
-    print(f"{args.name}: test AUC {result['test_auc']} ({result['test_auc_tta']} with TTA), re-stained "
-          f"{result['restained_auc']} ({result['restained_auc_tta']} with TTA); "
-          f"{result['train_min']:.1f} min training")
+    print(f"{args.name}: " + ", ".join(f"{name} AUC {result[name + '_auc']} ({result[name + '_auc_tta']} with TTA)"
+                                       for name in scored) + f"; {result['train_min']:.1f} min training", flush=True)
 
 
 if __name__ == "__main__":
