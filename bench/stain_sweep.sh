@@ -4,7 +4,7 @@
 # group, without the pink one, and on both), one JSON line per run in $RESULTS.
 # A CPU machine would need about 45 min per run; a GPU runs several at once in minutes.
 #
-#   DATA=/path/to/pcam_real [SPLIT=split.csv] RESULTS=results.jsonl JOBS=4 PYTHON=python3 bash bench/stain_sweep.sh
+#   DATA=/path/to/pcam_real [SPLIT=split.csv] RESULTS=results.jsonl JOBS=4 WORKERS=3 PYTHON=python3 bash bench/stain_sweep.sh
 # SPLIT (a split.csv made from DATA elsewhere) skips validation, for a GPU machine without
 # Great Expectations.
 set -u
@@ -12,6 +12,7 @@ py=${PYTHON:-python3}
 data=${DATA:?set DATA to the data folder}
 results=${RESULTS:-bench-out/stain-sweep/results.jsonl}
 jobs=${JOBS:-4}
+workers=${WORKERS:-3}  # loader processes per run: keep JOBS * (WORKERS + 1) within the cores
 out=${SWEEP_OUT:-/tmp/stain-sweep}
 split=()
 [ -n "${SPLIT:-}" ] && split=(--split "$SPLIT")
@@ -36,7 +37,7 @@ run() {  # run HOLD_OUT NAME [KEY=VALUE ...]
   for kv in "$@"; do sets+=(--set "$kv"); done
   if [ "$hold" != none ]; then flag=(--hold-out-stain "$hold"); tag=$name-no-$hold; fi
   "$py" bench/augmentation.py --name "$tag" --epochs 30 --data "$data" --out "$out" "${split[@]}" "${flag[@]}" \
-    --set device=cuda --set num_workers=3 "${sets[@]}" >"$out/$tag.log" 2>&1 \
+    --set device=cuda --set num_workers="$workers" "${sets[@]}" >"$out/$tag.log" 2>&1 \
     && printf '%s\n' "$(tr -d '\n' <"$out/$tag.json")" >>"$results" \
     && tail -n 1 "$out/$tag.log" || echo "$tag failed: $(tail -n 3 "$out/$tag.log")"
 }
