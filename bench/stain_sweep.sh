@@ -19,7 +19,8 @@ split=()
 export PYTHONUNBUFFERED=1
 mkdir -p "$out" "$(dirname "$results")"
 
-# name and TrainConfig overrides of each variant, most wanted first
+# name and TrainConfig overrides of each variant, most wanted first; VARIANTS=FILE reads
+# them from a file instead, one per line
 variants=(
   "base"
   "vec10 stain_vector_jitter=0.1"
@@ -28,6 +29,8 @@ variants=(
   "hed10cj15vec20 hed_jitter=0.1 color_jitter=0.15 stain_vector_jitter=0.2"
   "hed10cj25vec30 hed_jitter=0.1 color_jitter=0.25 stain_vector_jitter=0.3"
 )
+
+[ -n "${VARIANTS:-}" ] && mapfile -t variants <"$VARIANTS"
 
 "$py" bench/augmentation.py --prepare --data "$data" --out "$out" "${split[@]}" || exit
 

@@ -126,7 +126,7 @@ def test_augmenting_on_a_gpu_draws_and_changes_what_the_cpu_does():
     from histo_core.data.dataset import augment_seeded
 
     batch = torch.randint(0, 256, (64, 3, 96, 96), dtype=torch.uint8)
-    augment = build_augmentation()
+    augment = build_augmentation(stain_vector_jitter=0.2)
     on_cpu = augment_seeded(augment, batch, seed=11)
     on_gpu = augment_seeded(augment, batch.cuda(), seed=11).cpu()
     assert on_gpu.dtype == torch.uint8 and not torch.equal(on_cpu, batch)
