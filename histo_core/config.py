@@ -66,8 +66,9 @@ class TrainConfig(_Frozen):
     hue_jitter: float = Field(0.0, ge=0, le=0.5, description="Hue jitter (slow on CPU; see build_augmentation).")
     hed_jitter: float = Field(0.05, ge=0, lt=1, description="Stain-amount jitter in HED space (Tellez et al. 2019); "
                                                           "0: off.")
-    stain_vector_jitter: float = Field(0.0, ge=0, lt=1, description=(
-        "Turns the haematoxylin and eosin colours themselves, as another lab's stains would be; 0: off."))
+    stain_vector_jitter: float = Field(0.2, ge=0, lt=1, description=(
+        "Turns the haematoxylin and eosin colours themselves, as another lab's stains would be; 0: off. "
+        "See bench/stain_sweep.sh for why 0.2."))
     augment_on: Literal["auto", "loader", "device"] = Field("auto", description=(
         "Where training batches are augmented: in the loader (CPU), or on the training device after the copy. "
         "auto: on a CUDA GPU from batch 128 up the device, else the loader (see train.augments_on_device). "

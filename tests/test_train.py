@@ -194,13 +194,13 @@ def test_augmentation_keeps_shape_and_type_and_draws_per_image():
     symmetries = [torch.rot90(im, k, dims=(1, 2)) for im in (image, image.flip(2)) for k in range(4)]
     assert not any(torch.equal(o, s) for o in out for s in symmetries), "colour jitter should change pixel values"
     assert len({tuple(o.flatten().tolist()) for o in out}) == 8, "each image gets its own draw"
-    plain = build_augmentation(0.0, hed_jitter=0.0)(batch)
+    plain = build_augmentation(0.0, hed_jitter=0.0, stain_vector_jitter=0.0)(batch)
     assert all(sorted(o.flatten().tolist()) == sorted(image.flatten().tolist()) for o in plain)
 
 
 def test_hue_jitter_draws_per_image_and_keeps_each_pixels_value():
     image = torch.randint(0, 256, (3, 96, 96), dtype=torch.uint8)
-    out = build_augmentation(0.0, hue_jitter=0.3, hed_jitter=0.0)(image.expand(8, -1, -1, -1))
+    out = build_augmentation(0.0, hue_jitter=0.3, hed_jitter=0.0, stain_vector_jitter=0.0)(image.expand(8, -1, -1, -1))
     assert out.shape == (8, 3, 96, 96) and out.dtype == torch.uint8
     assert len({tuple(o.flatten().tolist()) for o in out}) == 8, "each image gets its own hue"
     value = image.amax(0).flatten().sort().values.int()  # HSV value, which a hue turn keeps; flips only move it

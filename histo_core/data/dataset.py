@@ -167,7 +167,7 @@ def turned_stain_vectors(noise: torch.Tensor) -> torch.Tensor:
 
 
 def build_augmentation(color_jitter: float = 0.1, hue_jitter: float = 0.0, hed_jitter: float = 0.05,
-                       stain_vector_jitter: float = 0.0) -> Callable[[torch.Tensor], torch.Tensor]:
+                       stain_vector_jitter: float = 0.2) -> Callable[[torch.Tensor], torch.Tensor]:
     """Training augmentation of uint8 (B, C, H, W) batches, each image drawn independently:
     dihedral symmetries, stain and colour jitter.
 
