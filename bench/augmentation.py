@@ -23,6 +23,7 @@ import json
 import time
 
 import numpy as np
+import pandas as pd
 from pathlib import Path
 
 from stain_groups import GROUPS, stain_groups
@@ -31,6 +32,7 @@ from stain_shift import restained
 from histo_core import steps
 from histo_core.config import SplitConfig, TrainConfig, ValidationConfig
 from histo_core.train import fit, training_augmentation
+from histo_core.data.cache import cache_key
 from histo_core.data.dataset import PatchDataset
 from histo_core.evaluate import predict_checkpoint_logits
 from quality import DEFAULT_DATA
@@ -49,8 +51,9 @@ def parse_overrides(pairs: list[str]) -> dict[str, str]:
 
 
 def groups_of(split_csv: Path, cache: Path, parts: dict[str, PatchDataset]) -> np.ndarray:
-    """The staining group of every cached patch, computed once per cache and kept beside it."""
-    path = cache / f"stain-groups-{split_csv.parent.name}.npy"
+    """The staining group of every cached patch, computed once per cache and kept beside it
+    under the cache's own content key."""
+    path = cache / f"stain-groups-{cache_key(pd.read_csv(split_csv, dtype=str))}.npy"
     if not path.exists():
         np.save(path, stain_groups(parts["train"].pixels))
     return np.load(path)
