@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from pathlib import Path
 
-from stain_groups import GROUPS, stain_groups
+from stain_groups import GROUPS, describe, stain_groups
 from stain_shift import restained
 
 from histo_core import steps
@@ -89,7 +89,7 @@ def main() -> None:
     parts = steps.load_partitions(split, cache, training_augmentation(cfg))
     groups = groups_of(split, cache, parts)
     if args.prepare:
-        print(f"prepared {split}: patches per staining group {dict(zip(GROUPS, np.bincount(groups[groups >= 0]).tolist()))}")
+        print(f"prepared {split}: {describe(parts['train'].pixels, groups)}")
         return
     print(f"{args.name}: {cfg.model_dump()}", flush=True)
     held_out = GROUPS.index(args.hold_out_stain) if args.hold_out_stain else None

@@ -3,12 +3,12 @@
 The shared PCam patches carry no slide ids, but their stain does tell two populations
 apart. Averaged over each patch's tissue pixels, the direction of the optical-density
 (OD) vector is clearly bimodal in its blue component: about 30% of the patches are
-deep purple (blue OD direction around 0.29), the rest pale pink-brown (around 0.49),
-with few in between. Looked at side by side these are two staining protocols, as
-between the two Camelyon16 hospitals. Training on one group and scoring the other
-is a shift between real labs, not a simulated one: a much harsher test than the
-private hold-out (whose slides come from both groups' labs and are seen in both in
-training), but it ranks augmentations by how well they carry a model across stains.
+deep purple (median blue OD direction 0.31), the rest pale pink-brown (median 0.50),
+with few in between (``augmentation.py --prepare`` prints these figures). Looked at
+side by side these are two staining protocols, as between the two Camelyon16
+hospitals. Training on one group and scoring the other is a shift between real labs,
+not a simulated one: much harsher than new slides from labs seen in training, but it
+ranks augmentations by how well they carry a model across stains.
 """
 
 from __future__ import annotations
@@ -44,3 +44,11 @@ def stain_groups(pixels: np.ndarray) -> np.ndarray:
     centres = KMeans(2, n_init=10, random_state=0).fit(blue[has_tissue, None]).cluster_centers_.ravel()
     threshold = centres.mean()
     return np.where(has_tissue, (blue > threshold).astype(np.int8), NO_TISSUE).astype(np.int8)
+
+
+def describe(pixels: np.ndarray, groups: np.ndarray) -> str:
+    """Each group's size and median blue OD direction, the figures the module docstring quotes."""
+    blue = tissue_od_direction(pixels)[:, 2]
+    parts = [f"{name}: {np.sum(groups == g):,} patches, median blue OD direction {np.median(blue[groups == g]):.2f}"
+             for g, name in enumerate(GROUPS)]
+    return "; ".join(parts + [f"too little tissue to tell: {np.sum(groups == NO_TISSUE)}"])
