@@ -19,7 +19,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from prefect import flow  # noqa: E402
 
-from flows.retrain import retrain  # noqa: E402
+from histo_flows.retrain import retrain  # noqa: E402
 from histo_core import steps  # noqa: E402
 from histo_core.config import GateConfig, RetrainConfig, StoreConfig, TrainConfig  # noqa: E402
 from histo_core.data.synthetic import SyntheticSpec, write_kaggle_layout  # noqa: E402

@@ -20,12 +20,12 @@ from prefect import serve
 from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
 from prefect.schedules import Cron
 
-from flows.predict import predict
-from flows.retrain import retrain
-from flows.rollback import rollback
-from flows.watch import watch
+from histo_flows.predict import predict
+from histo_flows.retrain import retrain
+from histo_flows.rollback import rollback
+from histo_flows.watch import watch
 from histo_core.config import PredictConfig, RetrainConfig, WatchConfig
-from tasks.operations import ARRIVED
+from histo_tasks.operations import ARRIVED
 
 TAGS = ["histo"]
 

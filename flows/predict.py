@@ -9,7 +9,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from histo_core.config import PredictConfig
-from tasks.operations import score_patches
+from histo_tasks.operations import score_patches
 
 
 @flow(name="predict", log_prints=True)

@@ -13,7 +13,7 @@ from prefect.runtime import flow_run
 
 from histo_core import steps
 from histo_core.config import RetrainConfig
-from tasks.retrain import (evaluate_models, promote_model, split_data, train_model, upload_artifacts,
+from histo_tasks.retrain import (evaluate_models, promote_model, split_data, train_model, upload_artifacts,
                            validate_data)
 
 

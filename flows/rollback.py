@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow
 
 from histo_core.config import StoreConfig
-from tasks.operations import roll_back
+from histo_tasks.operations import roll_back
 
 
 @flow(name="rollback", log_prints=True)

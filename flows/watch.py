@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow
 
 from histo_core.config import WatchConfig
-from tasks.operations import announce, find_new_batches
+from histo_tasks.operations import announce, find_new_batches
 
 
 @flow(name="watch-new-data", log_prints=True)

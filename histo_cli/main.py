@@ -37,7 +37,7 @@ def _quiet_prefect_defaults() -> None:
 
 def _run_retrain(config: RetrainConfig) -> dict[str, Any]:
     _quiet_prefect_defaults()
-    from flows.retrain import retrain
+    from histo_flows.retrain import retrain
 
     return retrain(config)
 
@@ -249,7 +249,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     _quiet_prefect_defaults()
-    from deployments.serve import serve_deployments
+    from histo_deployments.serve import serve_deployments
 
     config = RetrainConfig(data=args.data, store=_store(args), workdir=args.workdir,
                            model_name=args.model_name, train=TrainConfig(epochs=args.epochs))

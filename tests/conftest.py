@@ -52,3 +52,11 @@ def publish_version(registry, folder: Path, tag: str, size: int = 5000) -> str:
     version = registry.new_version_id()
     registry.publish_version(version, {"model.pt": weights}, {"metrics": {"auc": 0.9}})
     return version
+
+
+@pytest.fixture(scope="session")
+def installed_env(tmp_path_factory: pytest.TempPathFactory):
+    """The wheel of this checkout installed into a new environment (see installed.py)."""
+    from installed import make_installed_env
+
+    return make_installed_env(tmp_path_factory.mktemp("installed"))

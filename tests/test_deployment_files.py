@@ -3,14 +3,13 @@ entry point and parameter set in the file is valid for its flow."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import yaml
 
 from histo_core.config import RetrainConfig, StoreConfig
-from tasks.operations import ARRIVED
+from histo_tasks.operations import ARRIVED
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = yaml.safe_load((REPO / "prefect.yaml").read_text())
@@ -18,15 +17,15 @@ DEPLOYMENTS = {d["name"]: d for d in SPEC["deployments"]}
 
 
 def _load(entrypoint: str):
-    path, name = entrypoint.split(":")
-    spec = importlib.util.spec_from_file_location(Path(path).stem + "_under_test", REPO / path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return getattr(module, name)
+    """As a worker loads it: an installed module path, never a file of this checkout."""
+    from prefect.utilities.importtools import import_object
+
+    assert ".py" not in entrypoint and "/" not in entrypoint, f"{entrypoint}: not an installed module path"
+    return import_object(entrypoint)
 
 
 def test_yaml_and_serve_declare_the_same_deployments():
-    from deployments.serve import build_deployments
+    from histo_deployments.serve import build_deployments
 
     served = build_deployments(RetrainConfig(data="/data", store=StoreConfig(uri="/store")))
     assert {d.name for d in served} == set(DEPLOYMENTS) == {

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from prefect.testing.utilities import prefect_test_harness
 
-from flows.retrain import retrain
+from histo_flows.retrain import retrain
 from histo_core.config import GateConfig, RetrainConfig, StoreConfig, TrainConfig
 from histo_core.data.synthetic import SyntheticSpec, write_kaggle_layout
 from histo_core.storage import LocalStore
@@ -124,8 +124,8 @@ def test_predict_and_rollback_flows(prefect_api, tmp_path, kaggle_root):
     import pandas as pd
     import torch
 
-    from flows.predict import predict
-    from flows.rollback import rollback
+    from histo_flows.predict import predict
+    from histo_flows.rollback import rollback
     from histo_core.config import PredictConfig
     from histo_core.model import create_model
     from histo_core.registry import Registry

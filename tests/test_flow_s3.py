@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from prefect.testing.utilities import prefect_test_harness
 
-from flows.retrain import retrain
+from histo_flows.retrain import retrain
 from histo_core.config import GateConfig, RetrainConfig, StoreConfig, TrainConfig
 from histo_core.data.synthetic import SyntheticSpec, write_kaggle_layout
 from s3_servers import start_moto
