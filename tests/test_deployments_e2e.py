@@ -9,77 +9,37 @@ the run's artifacts are readable through the Prefect API.
 
 from __future__ import annotations
 
-import asyncio
-import os
 import re
-import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from histo_core.config import GateConfig, RetrainConfig, StoreConfig, TrainConfig
 from histo_core.data.synthetic import SyntheticSpec, write_kaggle_layout
-from s3_servers import free_port
+from prefect_server import client_call as _client_call
+from prefect_server import deployments as _deployments
+from prefect_server import flow_runs as _flow_runs
+from prefect_server import prefect_server as start_prefect_server
+from prefect_server import stop_group as _stop
+from prefect_server import wait_for as _wait
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-def _wait(predicate, timeout: float, what: str, interval: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)  # the whole group: servers and flow-run subprocesses
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-
-
 @pytest.fixture(scope="module")
 def prefect_server(tmp_path_factory):
-    home = tmp_path_factory.mktemp("prefect-home")
-    port = free_port()
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db",
-           "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_SERVER_API_PORT": str(port)}
-    log = open(home / "server.log", "w")
-    prefect = Path(sys.executable).with_name("prefect")
-    proc = subprocess.Popen([str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    api = f"http://127.0.0.1:{port}/api"
-
-    def healthy():
-        try:
-            return urllib.request.urlopen(f"{api}/health", timeout=2).status == 200
-        except OSError:
-            return False
-
-    try:
-        _wait(healthy, 90, f"the Prefect server on port {port} (log: {home / 'server.log'})")
-        yield {"api": api, "home": home, "env": {**env, "PREFECT_API_URL": api}}
-    finally:
-        _stop(proc)
+    with start_prefect_server(tmp_path_factory.mktemp("prefect-home")) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
 def served(prefect_server, tmp_path_factory):
     root = tmp_path_factory.mktemp("served")
     (root / "watched" / "batches").mkdir(parents=True)
-    env = {**prefect_server["env"], "PYTHONPATH": str(REPO)}
+    env = prefect_server["env"]
     log = open(root / "serve.log", "w")
     histo = Path(sys.executable).with_name("histo")
     proc = subprocess.Popen(
@@ -96,32 +56,6 @@ def served(prefect_server, tmp_path_factory):
             yield {"root": root, "log": root / "serve.log", "proc": proc}
     finally:
         _stop(proc)
-
-
-def _client_call(fn):
-    from prefect.client.orchestration import get_client
-
-    async def run():
-        async with get_client() as client:
-            return await fn(client)
-
-    return asyncio.run(run())
-
-
-def _deployments() -> dict[str, object]:
-    async def read(client):
-        return {d.name: d for d in await client.read_deployments()}
-
-    return _client_call(read)
-
-
-def _flow_runs(deployment_id) -> list:
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
-
-    async def read(client):
-        return await client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
-
-    return _client_call(read)
 
 
 def test_deployments_exist_with_their_schedules(served):

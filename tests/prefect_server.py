@@ -1,0 +1,93 @@
+"""A real ``prefect server start`` (SQLite) on 127.0.0.1 for the end-to-end tests, and
+small helpers to wait on it and read from its API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from s3_servers import free_port
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 1.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """Stop a process started with ``start_new_session`` and everything it started."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+@contextlib.contextmanager
+def prefect_server(home: Path, **settings: str) -> Iterator[dict[str, Any]]:
+    """Start a server with its own PREFECT_HOME and database; yields its API URL and the
+    environment a client of it needs. ``settings`` are extra PREFECT_* variables."""
+    port = free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db",
+           "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_SERVER_API_PORT": str(port), **settings}
+    log = open(home / "server.log", "w")
+    prefect = Path(sys.executable).with_name("prefect")
+    proc = subprocess.Popen([str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    api = f"http://127.0.0.1:{port}/api"
+
+    def healthy() -> bool:
+        try:
+            return urllib.request.urlopen(f"{api}/health", timeout=2).status == 200
+        except OSError:
+            return False
+
+    try:
+        wait_for(healthy, 90, f"the Prefect server on port {port} (log: {home / 'server.log'})")
+        yield {"api": api, "home": home, "env": {**env, "PREFECT_API_URL": api}}
+    finally:
+        stop_group(proc)
+
+
+def client_call(fn: Callable) -> Any:
+    """Run ``await fn(client)`` with a Prefect client of the current settings."""
+    from prefect.client.orchestration import get_client
+
+    async def run():
+        async with get_client() as client:
+            return await fn(client)
+
+    return asyncio.run(run())
+
+
+def deployments() -> dict[str, Any]:
+    async def read(client):
+        return {d.name: d for d in await client.read_deployments()}
+
+    return client_call(read)
+
+
+def flow_runs(deployment_id) -> list:
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    async def read(client):
+        return await client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
+
+    return client_call(read)
