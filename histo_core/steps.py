@@ -25,7 +25,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -35,17 +35,22 @@ from pydantic import BaseModel
 from histo_core import __version__
 from histo_core.config import EvalConfig, GateConfig, SplitConfig, StoreConfig, TrainConfig, ValidationConfig
 from histo_core.data.cache import build_cache, open_cache
-from histo_core.data.dataset import PatchDataset
 from histo_core.data.manifest import NUMERIC_COLUMNS, build_manifest, manifest_hash
 from histo_core.data.sources import mirror_s3
-from histo_core.evaluate import compare_paired, full_report, plot_curves, predict_checkpoint_logits, sigmoid
 from histo_core.gate import decide
 from histo_core.model_card import render_model_card
 from histo_core.registry import WEIGHTS, Registry
 from histo_core.split import assign_partitions
 from histo_core.storage import ConflictError, open_store, sha256_file
-from histo_core.train import BatchCallback, EpochCallback, fit, training_augmentation
-from histo_core.validation import require_passed, validate_manifest
+from histo_core.validation import DataValidationError, require_passed, validate_manifest
+
+if TYPE_CHECKING:
+    from histo_core.data.dataset import PatchDataset
+    from histo_core.train import BatchCallback, EpochCallback
+
+# torch (about 3 s and 0.7 GiB to import) is imported only by the steps that need it,
+# train and evaluate: validation and split run without it, in a process of their own
+# on a worker or from the command line.
 
 log = logging.getLogger(__name__)
 
@@ -122,16 +127,44 @@ def validate(data: str, run_dir: Path, cfg: ValidationConfig, manifest_cache: Pa
     cached = manifest_cache / f"{hashlib.sha256(str(Path(data).resolve()).encode()).hexdigest()[:16]}.csv" \
         if manifest_cache else None
     previous = read_manifest(cached) if cached and cached.exists() else None
-    result = validate_manifest(build_manifest(data, progress=progress, previous=previous), cfg,
-                               docs_dir=run_dir / "data_docs")
+    manifest = build_manifest(data, progress=progress, previous=previous)
+    key = _validation_key(manifest, cfg)
+    if (reused := _earlier_validation(run_dir, key)) is not None:
+        log.info("validation: the manifest and thresholds are unchanged since %s; its verdict stands (%s)",
+                 run_dir / "validation.json", reused["verdict"])
+        if reused["verdict"] != "passed":
+            raise DataValidationError("data set rejected: " + "; ".join(reused["problems"]))
+        return run_dir / "manifest.csv"
+    result = validate_manifest(manifest, cfg, docs_dir=run_dir / "data_docs")
     _write_csv(run_dir / "manifest.csv", result.rows)
     if cached:
         cached.parent.mkdir(parents=True, exist_ok=True)
         _write_csv(cached, result.rows)
-    _write_json(run_dir / "validation.json", result.report())
+    _write_json(run_dir / "validation.json", {**result.report(), "validation_key": key})
     log.info("validation: %s", result.summary())
     require_passed(result)
     return run_dir / "manifest.csv"
+
+
+def _validation_key(manifest: pd.DataFrame, cfg: ValidationConfig) -> str:
+    """Hash of every manifest cell and the thresholds: equal keys, equal verdicts."""
+    cells = pd.util.hash_pandas_object(manifest.astype(str), index=False).to_numpy().tobytes()
+    return content_key(hashlib.sha256(cells).hexdigest(), cfg.model_dump())
+
+
+def _earlier_validation(run_dir: Path, key: str) -> dict[str, Any] | None:
+    """The report an earlier validation of exactly this manifest left in ``run_dir``, if any.
+
+    GX's suite and Data Docs cost seconds per ten thousand rows; on unchanged data the
+    answer is already written down."""
+    report_path, manifest_path = run_dir / "validation.json", run_dir / "manifest.csv"
+    if not (report_path.is_file() and manifest_path.is_file()):
+        return None
+    try:
+        report = json.loads(report_path.read_text())
+    except (OSError, ValueError):
+        return None
+    return report if report.get("validation_key") == key else None
 
 
 def read_manifest(path: Path) -> pd.DataFrame:
@@ -163,8 +196,10 @@ def split(manifest_csv: Path, cfg: SplitConfig) -> Path:
 
 
 def load_partitions(split_csv: Path, cache_dir: Path,
-                    train_transform: Callable | None = None) -> dict[str, PatchDataset]:
+                    train_transform: Callable | None = None) -> dict[str, "PatchDataset"]:
     """One dataset per partition, all reading one decoded cache of the split's rows."""
+    from histo_core.data.dataset import PatchDataset
+
     table = pd.read_csv(split_csv, dtype={"id": str}, keep_default_na=False)
     pixels = open_cache(build_cache(table, cache_dir))
     labels = table["label"].to_numpy()
@@ -174,8 +209,10 @@ def load_partitions(split_csv: Path, cache_dir: Path,
 
 
 def train(split_csv: Path, out_dir: Path, cache_dir: Path, cfg: TrainConfig,
-          on_epoch: EpochCallback | None = None, on_batch: BatchCallback | None = None) -> Path:
+          on_epoch: "EpochCallback | None" = None, on_batch: "BatchCallback | None" = None) -> Path:
     """Train a challenger into ``out_dir``; returns its best-val-loss checkpoint."""
+    from histo_core.train import fit, training_augmentation
+
     parts = load_partitions(split_csv, cache_dir, training_augmentation(cfg))
     return fit(parts["train"], parts["val"], cfg, out_dir, on_epoch, on_batch).best_checkpoint
 
@@ -189,6 +226,8 @@ def evaluate(split_csv: Path, challenger: Path, run_dir: Path, cache_dir: Path, 
     ``reliability.png`` and ``evaluation.json`` with both models' metrics and their
     paired DeLong comparison.
     """
+    from histo_core.evaluate import compare_paired, full_report, plot_curves, predict_checkpoint_logits, sigmoid
+
     run_dir.mkdir(parents=True, exist_ok=True)
     table = pd.read_csv(split_csv, dtype={"id": str}, keep_default_na=False)
     parts = load_partitions(split_csv, cache_dir)

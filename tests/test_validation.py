@@ -143,3 +143,43 @@ def test_data_docs_go_to_a_relative_folder_too(kaggle_root, tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)  # e.g. bench/quality.py's default --out bench-out/quality
     validate_manifest(build_manifest(kaggle_root), docs_dir=Path("out") / "docs")
     assert (tmp_path / "out" / "docs" / "index.html").is_file()
+
+
+def test_validating_unchanged_data_again_reuses_the_verdict(tmp_path):
+    """A second look at unchanged data costs a manifest check, not the GX suite; any
+    change of a file or of a threshold validates again."""
+    import shutil
+
+    from histo_core import steps
+    from histo_core.data.synthetic import SyntheticSpec, write_kaggle_layout
+
+    data = write_kaggle_layout(tmp_path / "data", SyntheticSpec(count=120, seed=3))
+    out, manifests = tmp_path / "dataset", tmp_path / "manifests"
+    steps.validate(str(data), out, ValidationConfig(), manifests)
+    shutil.rmtree(out / "data_docs")  # the GX suite would write them again
+    before = (out / "validation.json").stat().st_mtime_ns
+    steps.validate(str(data), out, ValidationConfig(), manifests)
+    assert (out / "validation.json").stat().st_mtime_ns == before and not (out / "data_docs").exists()
+
+    steps.validate(str(data), out, ValidationConfig(min_rows=21), manifests)  # a threshold changed
+    assert (out / "data_docs").exists() and (out / "validation.json").stat().st_mtime_ns != before
+    before = (out / "validation.json").stat().st_mtime_ns
+    first = sorted((data / "train").iterdir())[0]
+    Image.fromarray(_tissue(7)).save(first, format="TIFF")  # a file's pixels changed
+    steps.validate(str(data), out, ValidationConfig(min_rows=21), manifests)
+    assert (out / "validation.json").stat().st_mtime_ns != before
+
+
+def test_a_rejected_data_set_is_rejected_again_without_revalidating(tmp_path):
+    from histo_core import steps
+
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    for i in range(30):
+        Image.fromarray(_tissue(i)).save(tmp_path / "data" / "images" / f"p{i}.png")
+    (tmp_path / "data" / "labels.csv").write_text("id,label\n" + "".join(f"p{i},1\n" for i in range(30)))
+    written = []
+    for _ in range(2):
+        with pytest.raises(DataValidationError, match=r"only label \['1'\] present"):
+            steps.validate(str(tmp_path / "data"), tmp_path / "dataset", ValidationConfig(), tmp_path / "m")
+        written.append((tmp_path / "dataset" / "validation.json").stat().st_mtime_ns)
+    assert written[0] == written[1]
