@@ -277,6 +277,11 @@ def promote(evaluation_json: Path, challenger: Path, split_csv: Path, run_dir: P
     if decision.promote and (current.etag if current else None) != evaluation["champion_etag"]:
         outcome = "conflict"
         reasons.append("champion changed underneath this run since it was evaluated; not promoting")
+    elif decision.promote and current and current.record.get("sha256") == sha256_file(challenger):
+        # A re-run on unchanged data and settings finds its cached model: promoting it
+        # would file the champion again under a new name every night.
+        outcome = "rejected"
+        reasons.append(f"the challenger's weights are the champion's ({current.version}): nothing new to promote")
     record = {"outcome": outcome, "version": version, "reasons": reasons, "challenger_auc": challenger_auc,
               "champion_auc": champion_auc, "previous_champion": evaluation["champion_version"]}
     _publish(registry, version, record, evaluation, challenger, split_csv, run_dir, cfg)

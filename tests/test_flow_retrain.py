@@ -112,6 +112,9 @@ def test_a_rerun_on_unchanged_data_skips_validation_split_and_training(prefect_a
         ("validate-data", "split-data", "train-model"), "Cached")
     assert states["evaluate-models"] == states["promote-model"] == "Completed"
     assert second["challenger_auc"] == first["challenger_auc"]  # the same model, scored again
+    # ... and not filed as a new champion: the pointer stays on the first version.
+    assert (second["outcome"], second["champion"]) == ("rejected", first["version"])
+    assert "weights are the champion's" in second["reasons"][-1]
     # The cached outputs are gone: the tasks run again instead of pointing at nothing.
     import shutil
 

@@ -189,6 +189,8 @@ def test_scheduled_then_manual_then_event_triggered_runs_move_the_champion(site,
     manual = run_deployment("retrain/retrain-nightly", timeout=420)
     assert manual.state.is_completed(), f"{manual.state} (worker log: {site['worker_log']})"
     champion = _assert_champion_follows(site, manual, champion)
+    # The same data and settings: the worker's cached model is the champion already.
+    assert _decision_of(site, manual)["outcome"] == "rejected"
 
     # 3. A new batch lands; the watcher (run by hand here) announces it; the trigger runs
     #    retrain-on-new-data on the data root named by the event.

@@ -1,0 +1,44 @@
+"""The decoded pixel cache: the same array whether built in one process or a pool, in
+blocks, and readable as a memory map."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from histo_core.data import cache
+from histo_core.data.manifest import build_manifest
+
+
+@pytest.fixture
+def rows(kaggle_root) -> pd.DataFrame:
+    return build_manifest(kaggle_root, workers=1)
+
+
+def _direct(rows: pd.DataFrame) -> np.ndarray:
+    return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in rows["path"]])
+
+
+def test_one_process_writes_every_patch_in_order(rows, tmp_path):
+    pixels = cache.open_cache(cache.build_cache(rows, tmp_path, workers=1))
+    assert isinstance(pixels, np.memmap) and pixels.shape == (len(rows), 96, 96, 3)
+    np.testing.assert_array_equal(pixels, _direct(rows))
+
+
+def test_a_pool_of_blocks_writes_the_same_array(rows, tmp_path, monkeypatch):
+    monkeypatch.setattr(cache, "BLOCK", 7)  # many blocks, a last one short
+    monkeypatch.setattr(cache, "PARALLEL_FROM", 1)
+    pixels = cache.open_cache(cache.build_cache(rows, tmp_path, workers=2))
+    np.testing.assert_array_equal(pixels, _direct(rows))
+
+
+def test_a_failing_worker_fails_the_build_and_leaves_nothing(rows, tmp_path, monkeypatch):
+    monkeypatch.setattr(cache, "BLOCK", 50)
+    monkeypatch.setattr(cache, "PARALLEL_FROM", 1)
+    broken = rows.copy()
+    broken.loc[len(broken) - 1, "path"] = str(tmp_path / "gone.tif")
+    with pytest.raises(FileNotFoundError, match="gone.tif"):
+        cache.build_cache(broken, tmp_path / "cache", workers=2)
+    assert list((tmp_path / "cache").iterdir()) == []
