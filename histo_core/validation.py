@@ -16,6 +16,8 @@ seconds to import and only this step needs it.
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,7 +103,7 @@ def _row_expectations(cfg: ValidationConfig) -> list[tuple[Any, str, str]]:
         (e.ExpectColumnValuesToBeInSet(column="id_conflict", value_set=[False]),
          "quarantined", "id {id!r} appears more than once with different labels or pixels"),
         (e.ExpectColumnValuesToBeInSet(column="near_blank", value_set=[False]),
-         "warning", "near-blank patch ({blank_fraction:.0%} background)"),
+         "warning", "near-blank patch ({blank_fraction:.0%} glass or black)"),
     ]
 
 
@@ -169,13 +171,14 @@ def colour_drift(rows: pd.DataFrame, threshold: float) -> dict[str, Any] | None:
 def _dataset_problems(rows: pd.DataFrame, cfg: ValidationConfig) -> list[str]:
     rows = rows[rows["labelled"]]
     usable = rows[rows["status"] != "quarantined"]
-    quarantined = 1 - len(usable) / max(1, len(rows))
     problems = []
     if len(rows) == 0:
         return ["the data set has no rows; check that the labels file lists images"]
-    if quarantined > cfg.max_quarantine_fraction:
-        problems.append(f"{quarantined:.1%} of rows quarantined, above the limit of "
-                        f"{cfg.max_quarantine_fraction:.1%}; see the report for each row's reason")
+    quarantined = len(rows) - len(usable)
+    # Exact rational arithmetic: 5 of 100 rows is at the 5% limit, not 1e-17 above it.
+    if Fraction(quarantined, len(rows)) > Fraction(cfg.max_quarantine_fraction).limit_denominator(10**9):
+        problems.append(f"{quarantined} of {len(rows)} rows ({quarantined / len(rows):.2%}) quarantined, above "
+                        f"the limit of {cfg.max_quarantine_fraction:.2%}; see the report for each row's reason")
     if len(usable) < cfg.min_rows:
         problems.append(f"only {len(usable)} usable rows, fewer than the minimum of {cfg.min_rows}")
     classes = set(usable["label"])

@@ -70,3 +70,14 @@ def test_shared_real_pcam_folder_loads_as_is(pcam_real):
     assert len(table) == len(expected) == 19185
     assert table["label"].tolist() == expected["label"].tolist()
     assert table["path"].map(lambda p: p != "").all()
+
+
+@pytest.mark.parametrize("content, message", [
+    ("id,label\ncaf\xe9,1\n".encode("latin-1"), r"labels.csv: not UTF-8 text \(byte 0xe9 at offset 12\)"),
+    (b"", r"labels.csv: not a readable CSV"),
+    (b'id,label\n"a,1\n', r"labels.csv: not a readable CSV"),
+])
+def test_an_unreadable_labels_file_is_named_with_the_reason(tmp_path, content, message):
+    (tmp_path / "labels.csv").write_bytes(content)
+    with pytest.raises(DataSourceError, match=message):
+        list_images(tmp_path)

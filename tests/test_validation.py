@@ -60,7 +60,7 @@ def test_each_bad_row_is_quarantined_with_its_reason(bad_corpus):
         assert (got["status"] == "quarantined").all(), image_id
         assert got["reason"].str.contains(reason, regex=False).all(), (image_id, got["reason"].tolist())
     blank = rows[rows["id"] == "blank"].iloc[0]
-    assert (blank["status"], blank["reason"]) == ("warning", "near-blank patch (100% background)")
+    assert (blank["status"], blank["reason"]) == ("warning", "near-blank patch (100% glass or black)")
     assert (rows[rows["id"].str.startswith("good")]["status"] == "ok").all()
     assert result.passed
     report = result.report()
@@ -71,8 +71,31 @@ def test_each_bad_row_is_quarantined_with_its_reason(bad_corpus):
 def test_too_many_quarantined_rows_stop_the_run(bad_corpus):
     result = validate_manifest(build_manifest(bad_corpus))  # default limit 5%
     assert not result.passed
-    with pytest.raises(DataValidationError, match=r"24\.4% of rows quarantined, above the limit of 5\.0%"):
+    with pytest.raises(DataValidationError,
+                       match=r"10 of 41 rows \(24\.39%\) quarantined, above the limit of 5\.00%"):
         require_passed(result)
+
+
+@pytest.mark.parametrize("bad, passes", [(5, True), (6, False)])
+def test_the_quarantine_limit_is_exact(tmp_path, bad, passes):
+    """5 bad rows of 100 is at the 5% limit (1 - 95/100 is 0.05000000000000004 in floats)."""
+    (tmp_path / "images").mkdir()
+    for i in range(100 - bad):
+        Image.fromarray(_tissue(i)).save(tmp_path / "images" / f"p{i}.png")
+    (tmp_path / "labels.csv").write_text("id,label\n" + "".join(f"p{i},{i % 2}\n" for i in range(100)))
+    result = validate_manifest(build_manifest(tmp_path, workers=1))
+    assert result.counts()["quarantined"] == bad and result.passed is passes
+
+
+def test_an_all_black_patch_draws_a_near_blank_warning(tmp_path):
+    (tmp_path / "images").mkdir()
+    for i in range(30):
+        Image.fromarray(_tissue(i)).save(tmp_path / "images" / f"p{i}.png")
+    Image.fromarray(np.zeros((96, 96, 3), np.uint8)).save(tmp_path / "images" / "black.png")
+    (tmp_path / "labels.csv").write_text("id,label\n" + "".join(f"p{i},{i % 2}\n" for i in range(30)) + "black,0\n")
+    rows = validate_manifest(build_manifest(tmp_path, workers=1)).rows.set_index("id")
+    assert (rows.at["black", "status"], rows.at["black", "reason"]) == ("warning", "near-blank patch (100% glass or black)")
+    assert (rows.drop(index="black")["status"] == "ok").all()
 
 
 @pytest.mark.parametrize("labels, message", [

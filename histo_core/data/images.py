@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import stat as stat_mode
 from typing import Any
 
 import numpy as np
@@ -37,6 +38,35 @@ def h5_pixels(path: str) -> np.ndarray:
 def stat(path: str) -> os.stat_result:
     """Size and mtime of the file that holds ``path`` (the HDF5 file for a patch in one)."""
     return os.stat(path.rsplit(H5_SEP, 1)[0] if is_h5(path) else path)
+
+
+@functools.lru_cache(maxsize=4096)
+def _real_folder(folder: str) -> str:
+    return os.path.realpath(folder)
+
+
+def checked_stat(path: str, root: str | None) -> os.stat_result:
+    """``stat`` of the file behind ``path``, refusing what must not be opened.
+
+    ``root`` is the data root's real path. A file whose real path lies outside it (a
+    symbolic link, or a folder that is one) and anything but a regular file (a device,
+    a pipe that would block a reader, a folder) raise ``PermissionError`` with the reason.
+    One ``lstat`` per file; real paths are resolved once per folder, and per file only
+    for links, because resolving every file costs ~40 us, a third of inspecting it.
+    """
+    file = path.rsplit(H5_SEP, 1)[0] if is_h5(path) else path
+    st = os.lstat(file)
+    link = stat_mode.S_ISLNK(st.st_mode)
+    if root is not None:
+        real = os.path.realpath(file) if link else os.path.join(_real_folder(os.path.dirname(file) or "."),
+                                                                  os.path.basename(file))
+        if real != root and not real.startswith(root.rstrip(os.sep) + os.sep):
+            raise PermissionError(f"{file} resolves to {real}, outside the data root {root}; not opened")
+    if link:
+        st = os.stat(file)
+    if not stat_mode.S_ISREG(st.st_mode):
+        raise PermissionError(f"{file} is not a regular file (a folder, device or pipe); not opened")
+    return st
 
 
 def open_image(path: str) -> Image.Image:

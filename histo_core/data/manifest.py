@@ -24,6 +24,7 @@ from histo_core.data.sources import list_images
 # Refuse decompression bombs before decoding: a 96x96 patch has 9,216 pixels.
 MAX_PIXELS = 4096 * 4096
 BLANK_LEVEL = 220  # a pixel whose channels are all above this is background glass
+DARK_LEVEL = 25  # ... and one whose channels are all below this is black (padding, a scanner fault)
 PARALLEL_FROM = 4000  # below this many rows a process pool costs more than it saves
 
 MANIFEST_COLUMNS = [
@@ -49,14 +50,17 @@ def _colour_stats(pixels: np.ndarray) -> dict[str, float]:
     ones = np.ones(len(flat), np.float32)
     means = (ones @ values / len(flat)).astype(np.float64)
     stds = np.sqrt(np.maximum((ones @ (values * values) / len(flat)).astype(np.float64) - means**2, 0.0))
-    bright = flat > BLANK_LEVEL
+    bright, dark = flat > BLANK_LEVEL, flat < DARK_LEVEL
+    blank = (bright[:, 0] & bright[:, 1] & bright[:, 2]) | (dark[:, 0] & dark[:, 1] & dark[:, 2])
     return {"mean_r": float(means[0]), "mean_g": float(means[1]), "mean_b": float(means[2]),
             "std_r": float(stds[0]), "std_g": float(stds[1]), "std_b": float(stds[2]),
-            "blank_fraction": np.count_nonzero(bright[:, 0] & bright[:, 1] & bright[:, 2]) / len(flat)}
+            "blank_fraction": np.count_nonzero(blank) / len(flat)}
 
 
-def inspect_image(path: str) -> dict[str, object]:
-    """Open one image and describe it; failures are reported in ``error``, never raised."""
+def inspect_image(path: str, root: str | None = None) -> dict[str, object]:
+    """Open one image and describe it; failures are reported in ``error``, never raised.
+
+    ``root``, the data root's real path, confines what may be opened (``images.checked_stat``)."""
     info: dict[str, object] = {"width": 0, "height": 0, "mode": "", "bytes": 0, "pixel_sha256": "",
                                "mean_r": np.nan, "mean_g": np.nan, "mean_b": np.nan,
                                "std_r": np.nan, "std_g": np.nan, "std_b": np.nan,
@@ -65,7 +69,10 @@ def inspect_image(path: str) -> dict[str, object]:
         info["error"] = "id is not a safe file name (absolute, '..' or a path separator)"
         return info
     try:
-        info["bytes"] = images.stat(path).st_size
+        info["bytes"] = images.checked_stat(path, root).st_size
+    except PermissionError as exc:
+        info["error"] = f"refused: {exc}"
+        return info
     except OSError:
         info["error"] = f"no image file at {path}"
         return info
@@ -77,11 +84,17 @@ def inspect_image(path: str) -> dict[str, object]:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with images.open_image(path) as img:
                 info.update(width=img.width, height=img.height, mode=img.mode)
+                if getattr(img, "n_frames", 1) > 1:
+                    info["error"] = f"refused: {img.n_frames} pages or frames in one file; a patch is one image"
+                    return info
                 if img.width * img.height > MAX_PIXELS:
                     info["error"] = f"refused: {img.width}x{img.height} pixels exceeds {MAX_PIXELS}"
                     return info
                 pixels = np.asarray(img)
-    except (OSError, SyntaxError, ValueError, IndexError, KeyError, Image.DecompressionBombWarning) as exc:
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        info["error"] = f"refused: {exc}"
+        return info
+    except (OSError, SyntaxError, ValueError, IndexError, KeyError) as exc:
         info["error"] = f"unreadable image: {exc}"
         return info
     info["pixel_sha256"] = hashlib.sha256(pixels.tobytes()).hexdigest()
@@ -90,8 +103,8 @@ def inspect_image(path: str) -> dict[str, object]:
     return info
 
 
-def _inspect_many(paths: list[str]) -> list[dict[str, object]]:
-    return [inspect_image(p) for p in paths]
+def _inspect_many(paths: list[str], root: str | None = None) -> list[dict[str, object]]:
+    return [inspect_image(p, root) for p in paths]
 
 
 def _file_stats(paths: list[str]) -> tuple[list[int], list[int]]:
@@ -106,11 +119,12 @@ def _file_stats(paths: list[str]) -> tuple[list[int], list[int]]:
     return sizes, mtimes
 
 
-def _inspect_all(paths: list[str], workers: int, progress: Callable[[int, int], None] | None) -> list[dict]:
+def _inspect_all(paths: list[str], workers: int, progress: Callable[[int, int], None] | None,
+                 root: str | None = None) -> list[dict]:
     if len(paths) < PARALLEL_FROM or workers == 1:
         infos: list[dict] = []
         for start in range(0, len(paths), 1000):
-            infos += _inspect_many(paths[start:start + 1000])
+            infos += _inspect_many(paths[start:start + 1000], root)
             if progress:
                 progress(len(infos), len(paths))
         return infos
@@ -121,7 +135,7 @@ def _inspect_all(paths: list[str], workers: int, progress: Callable[[int, int], 
     # unguarded script again); they only run PIL, numpy and hashlib, which hold no
     # locks shared with the caller's threads.
     with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
-        for part in pool.map(_inspect_many, chunks):
+        for part in pool.map(_inspect_many, chunks, [root] * len(chunks)):
             infos += part
             if progress:
                 progress(len(infos), len(paths))
@@ -150,7 +164,9 @@ def build_manifest(
         info.loc[hit] = known.loc[keys[hit]].to_numpy()
         todo &= ~hit
     paths = table.loc[todo, "path"].tolist()
-    fresh = _inspect_all(paths, workers or os.cpu_count() or 1, progress)
+    images._real_folder.cache_clear()  # a folder may have become a link since the last look
+    real_root = os.path.realpath(root)  # resolved once: every opened path must stay inside it
+    fresh = _inspect_all(paths, workers or os.cpu_count() or 1, progress, real_root)
     if fresh:
         info.loc[todo] = pd.DataFrame(fresh)[IMAGE_COLUMNS].to_numpy()
     manifest = pd.concat([table, info], axis=1)

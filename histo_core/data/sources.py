@@ -39,7 +39,14 @@ class DataSourceError(ValueError):
 
 def _read_labels_csv(csv_path: Path) -> pd.DataFrame:
     """Read a labels file as text, tolerating a UTF-8 BOM, CRLF and padded cells."""
-    table = pd.read_csv(csv_path, dtype=str, encoding="utf-8-sig", keep_default_na=False)
+    try:
+        table = pd.read_csv(csv_path, dtype=str, encoding="utf-8-sig", keep_default_na=False)
+    except UnicodeDecodeError as exc:
+        raise DataSourceError(
+            f"{csv_path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+            "save the labels file as UTF-8 (for example: iconv -f latin1 -t utf-8)") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise DataSourceError(f"{csv_path}: not a readable CSV ({exc}); expected a header 'id,label'") from None
     table.columns = [c.strip() for c in table.columns]
     missing = {"id", "label"} - set(table.columns)
     if missing:
