@@ -114,6 +114,11 @@ class StoreConfig(_Frozen):
     endpoint_url: str | None = Field(
         None, description="S3-compatible endpoint (MinIO, Swift, ...); default: AWS or AWS_ENDPOINT_URL_S3.")
     region: str | None = Field(None, description="S3 region; default: the AWS configuration chain.")
+    connect_timeout_s: float = Field(5, gt=0, description="Seconds to wait for an S3 connection.")
+    read_timeout_s: float = Field(10, gt=0, description=(
+        "Seconds to wait for an S3 answer once connected; a hung endpoint fails the call after "
+        "max_attempts times this, not after minutes."))
+    max_attempts: int = Field(3, ge=1, le=10, description="Tries per S3 call (throttling, network faults).")
 
 
 class RetrainConfig(_Frozen):

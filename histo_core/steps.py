@@ -122,8 +122,7 @@ def validate(data: str, run_dir: Path, cfg: ValidationConfig, manifest_cache: Pa
     run_dir.mkdir(parents=True, exist_ok=True)
     if data.startswith("s3://"):
         mirror_root = (manifest_cache or run_dir).parent / "mirror"
-        data = str(mirror_s3(data, mirror_root, store.endpoint_url if store else None,
-                             store.region if store else None))
+        data = str(mirror_s3(data, mirror_root, store))
     cached = manifest_cache / f"{hashlib.sha256(str(Path(data).resolve()).encode()).hexdigest()[:16]}.csv" \
         if manifest_cache else None
     previous = read_manifest(cached) if cached and cached.exists() else None

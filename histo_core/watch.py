@@ -35,7 +35,7 @@ def _local_batches(root: Path) -> list[str]:
 
 
 def _s3_batches(uri: str, store: StoreConfig) -> list[str]:
-    keys = open_store(uri, endpoint_url=store.endpoint_url, region=store.region).list("batches")
+    keys = open_store(store.model_copy(update={"uri": uri})).list("batches")
     files: dict[str, set[str]] = {}
     for key in keys:
         parts = key.split("/")

@@ -185,3 +185,45 @@ def test_an_s3_data_root_is_mirrored_and_validated(store, endpoint, kaggle_root,
     assert len(rows) == len(list_images(mirrored)) == 300
     assert (rows["status"] == "ok").sum() == 40 and rows["path"].str.startswith(str(mirrored)).all()
     assert rows.loc[rows["status"] == "quarantined", "reason"].str.startswith("no image file at").all()
+
+
+def test_an_endpoint_that_never_answers_fails_in_seconds_with_the_reason(monkeypatch):
+    """It accepts the connection and then says nothing: boto3's defaults wait minutes."""
+    import socket
+    import threading
+    import time
+
+    from histo_core.config import StoreConfig
+    from histo_core.storage import StoreError, open_store
+
+    for name, value in {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        store = open_store(StoreConfig(uri="s3://silent/models", endpoint_url=f"http://127.0.0.1:{server.getsockname()[1]}",
+                                       read_timeout_s=1, max_attempts=2))
+        started = time.monotonic()
+        with pytest.raises(StoreError, match=r"s3://silent/models/.*accepted the connection but did not answer "
+                                             r"within 1s \(2 tries\)"):
+            store.get_json("models/pcam-cnn/champion.json")
+        assert time.monotonic() - started < 10
+        assert len(held) >= 1
+    finally:
+        stop.set()
+        thread.join(2)
+        for conn in held:
+            conn.close()
+        server.close()

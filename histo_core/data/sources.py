@@ -19,7 +19,7 @@ nothing outside the root is ever opened.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 from urllib.parse import urlparse
 
 import os
@@ -28,6 +28,9 @@ import numpy as np
 import pandas as pd
 
 from histo_core.data.images import H5_SEP
+
+if TYPE_CHECKING:
+    from histo_core.config import StoreConfig
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 COLUMNS = ["id", "label", "path", "batch", "labelled"]
@@ -168,22 +171,24 @@ def detect_layout(root: Path) -> str:
 _READERS = {"kaggle": _kaggle, "labels_csv": _labels_csv, "class_folders": _class_folders, "pcam_h5": _pcam_h5}
 
 
-def mirror_s3(uri: str, local_root: Path, endpoint_url: str | None = None, region: str | None = None,
+def mirror_s3(uri: str, local_root: Path, store: "StoreConfig | None" = None,
               progress: Callable[[int, int], None] | None = None) -> Path:
     """Copy the objects under an ``s3://`` data root that are not here yet into ``local_root``.
 
     Data roots are append-only (new batches, never edited files), so objects already
     mirrored are not fetched again; each download is verified against the object's
-    recorded SHA-256 when it has one. Goes through the store interface: one S3 client.
+    recorded SHA-256 when it has one. Goes through the store interface, with ``store``'s
+    endpoint, region and timeouts: one S3 client.
     """
+    from histo_core.config import StoreConfig
     from histo_core.storage import open_store
 
-    store = open_store(uri, endpoint_url=endpoint_url, region=region)
+    source = open_store((store or StoreConfig()).model_copy(update={"uri": uri}))
     target = local_root / urlparse(uri).netloc / urlparse(uri).path.strip("/")
-    keys = store.list()
+    keys = source.list()
     missing = [k for k in keys if not (target / k).is_file()]
     for i, key in enumerate(missing, 1):
-        store.get_file(key, target / key)
+        source.get_file(key, target / key)
         if progress:
             progress(i, len(missing))
     if not keys:

@@ -17,15 +17,16 @@ __all__ = ["ChecksumError", "ConflictError", "LocalStore", "Store", "StoreError"
            "open_store", "sha256_file"]
 
 
-def open_store(uri: "str | StoreConfig", endpoint_url: str | None = None, region: str | None = None) -> Store:
-    """The store for ``uri`` (or a ``StoreConfig``); ``endpoint_url``/``region`` apply to ``s3://`` only."""
-    if isinstance(uri, StoreConfig):
-        uri, endpoint_url, region = uri.uri, uri.endpoint_url, uri.region
+def open_store(config: "str | StoreConfig") -> Store:
+    """The store a URI (or a ``StoreConfig``: endpoint, region and timeouts for ``s3://``) names."""
+    config = config if isinstance(config, StoreConfig) else StoreConfig(uri=config)
+    uri = config.uri
     parsed = urlparse(uri)
     if parsed.scheme in ("", "file"):
         return LocalStore(parsed.path if parsed.scheme else uri)
     if parsed.scheme == "s3":
         from histo_core.storage.s3 import S3Store  # boto3 costs import time; load it when used
 
-        return S3Store(uri, endpoint_url=endpoint_url, region=region)
+        return S3Store(uri, endpoint_url=config.endpoint_url, region=config.region,
+                       timeouts=(config.connect_timeout_s, config.read_timeout_s, config.max_attempts))
     raise StoreError(f"unsupported store URI {uri!r}: use a local folder, file:///path or s3://bucket/prefix")

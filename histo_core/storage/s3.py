@@ -26,7 +26,8 @@ import boto3
 from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
+from botocore.exceptions import (BotoCoreError, ClientError, ConnectTimeoutError, EndpointConnectionError,
+                                 ReadTimeoutError)
 
 from histo_core.storage.base import ChecksumError, ConflictError, StoreError, json_bytes, sha256_file
 from histo_core.storage.lease import Lease
@@ -57,7 +58,8 @@ class S3Store:
     """``s3://bucket/prefix`` as a store; ETags are the store's own."""
 
     def __init__(self, uri: str, endpoint_url: str | None = None, region: str | None = None,
-                 client: Any = None) -> None:
+                 client: Any = None, timeouts: tuple[float, float, int] = (5, 10, 3)) -> None:
+        """``timeouts``: connect and read seconds, and tries per call."""
         parsed = urlparse(uri)
         if parsed.scheme != "s3" or not parsed.netloc:
             raise StoreError(f"{uri!r} is not an s3://bucket[/prefix] URI")
@@ -65,10 +67,12 @@ class S3Store:
         self.uri = f"s3://{self.bucket}" + (f"/{self.prefix}" if self.prefix else "")
         endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         self.endpoint = endpoint_url or "AWS S3"
+        self.timeouts = timeouts
         # A session of its own: boto3's default session caches the first credentials it finds.
         self.client = client or boto3.session.Session().client(
             "s3", endpoint_url=endpoint_url, region_name=region,
-            config=Config(retries={"mode": "standard", "max_attempts": 4}, connect_timeout=5, read_timeout=60,
+            config=Config(retries={"mode": "standard", "max_attempts": timeouts[2]},
+                          connect_timeout=timeouts[0], read_timeout=timeouts[1],
                           # boto3's default CRC trailers (aws-chunked uploads) are AWS-only; Swift,
                           # older MinIO and Ceph reject them. Our own SHA-256 covers integrity.
                           request_checksum_calculation="when_required",
@@ -91,8 +95,12 @@ class S3Store:
         if isinstance(cause, ClientError):
             err = cause.response.get("Error", {})
             reason = f"{err.get('Code', '?')}: {err.get('Message', '')}".strip()
-        elif isinstance(cause, EndpointConnectionError):
+        elif isinstance(cause, (EndpointConnectionError, ConnectTimeoutError)):
             reason = f"could not reach the endpoint {self.endpoint} (is it up?)"
+        elif isinstance(cause, ReadTimeoutError):
+            reason = (f"the endpoint {self.endpoint} accepted the connection but did not answer within "
+                      f"{self.timeouts[1]:g}s ({self.timeouts[2]} tries); raise StoreConfig.read_timeout_s "
+                      "for a slow store")
         else:
             reason = f"{type(exc).__name__}: {exc}"
         return StoreError(f"{action} {self.uri}/{key} failed: {reason}")
