@@ -97,3 +97,54 @@ def test_events_and_versions_are_listed(store, tmp_path):
 def test_bad_model_names_are_refused(store):
     with pytest.raises(ValueError, match="model name"):
         Registry(store, "../x")
+
+
+def test_a_killed_writer_leaves_debris_that_the_next_write_removes(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    store = LocalStore(tmp_path / "store")
+    store.put_json("models/m/champion.json", {"version": "v1"})
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    host = socket.gethostname().replace(".", "_")
+    folder = tmp_path / "store" / "models" / "m"
+    debris = folder / f".model.pt.{host}.{dead}.140000.partial"
+    debris.write_bytes(b"half a model")
+    foreign = folder / f".model.pt.another_host.{dead}.140000.partial"  # can't tell from here: kept
+    foreign.write_bytes(b"maybe still writing")
+    assert store.list("models") == ["models/m/champion.json"]  # never listed as objects
+    store.put_json("models/m/events.json", [])
+    assert not debris.exists() and foreign.exists()
+
+
+def test_a_lock_left_by_a_killed_holder_does_not_block_the_next_promotion(tmp_path):
+    """SIGKILL inside the lock: the lock file stays, the OS lock goes with the process."""
+    import subprocess
+    import sys
+
+    store = LocalStore(tmp_path / "store")
+    store.put_json("models/m/champion.json", {"version": "v1"})
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from histo_core.storage import LocalStore; s = LocalStore(sys.argv[1]); "
+        "cm = s._lock('models/m/champion.json'); cm.__enter__(); print('held', flush=True); time.sleep(60)"),
+        str(tmp_path / "store")], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    holder.kill()
+    holder.wait(10)
+    assert (tmp_path / "store" / "models" / "m" / "champion.json.lock").exists()
+    _, etag = store.get_json_with_etag("models/m/champion.json")
+    store.LOCK_TIMEOUT_S = 5
+    store.put_json_if("models/m/champion.json", {"version": "v2"}, etag)
+    assert store.get_json("models/m/champion.json") == {"version": "v2"}
+
+
+def test_a_live_holder_blocks_with_a_clear_error(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    store.LOCK_TIMEOUT_S = 0.5
+    with store._lock("models/m/champion.json"):
+        other = LocalStore(tmp_path / "store")
+        other.LOCK_TIMEOUT_S = 0.5
+        with pytest.raises(StoreError, match="held by another live run"):
+            other.put_json_if("models/m/champion.json", {"version": "v2"}, None)

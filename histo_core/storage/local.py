@@ -1,4 +1,10 @@
-"""A local folder as a store: atomic writes by rename, conditional writes under a lock file."""
+"""A local folder as a store: atomic writes by rename, conditional writes under a lock.
+
+The lock is an OS file lock (``filelock``: ``flock`` on Linux), which the kernel
+releases when its holder dies, so a run killed inside it leaves no stale lock to
+remove by hand. A write goes to a hidden temporary sibling named by host and process;
+one left by a killed process of this host is removed by the next write to that folder.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +12,13 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
-import time
+import socket
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+from filelock import FileLock, Timeout
 
 from histo_core.storage.base import ConflictError, StoreError, json_bytes, sha256_file
 
@@ -33,16 +41,20 @@ class LocalStore:
     def _write_atomic(self, data: bytes | Path, key: str) -> str:
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-        with os.fdopen(fd, "wb") as f:
-            if isinstance(data, Path):
-                with open(data, "rb") as src:
-                    shutil.copyfileobj(src, f, 1 << 20)
-            else:
-                f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
+        _remove_debris(target.parent)
+        tmp = target.with_name(f".{target.name}.{_HOST}.{os.getpid()}.{threading.get_ident()}.partial")
+        try:
+            with open(tmp, "wb") as f:
+                if isinstance(data, Path):
+                    with open(data, "rb") as src:
+                        shutil.copyfileobj(src, f, 1 << 20)
+                else:
+                    f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
         return sha256_file(target)
 
     def put_file(self, local: Path | str, key: str) -> str:
@@ -74,25 +86,14 @@ class LocalStore:
 
     @contextmanager
     def _lock(self, key: str) -> Iterator[None]:
-        """An exclusive lock file beside ``key`` (O_EXCL is atomic on local file systems)."""
+        """An exclusive OS lock on a file beside ``key``, released by the kernel if we die."""
         lock = self._path(key).with_name(self._path(key).name + ".lock")
         lock.parent.mkdir(parents=True, exist_ok=True)
-        deadline = time.monotonic() + self.LOCK_TIMEOUT_S
-        while True:
-            try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-                break
-            except FileExistsError:
-                if time.monotonic() > deadline:
-                    raise StoreError(f"{lock} held for over {self.LOCK_TIMEOUT_S:.0f}s; "
-                                     "remove it if no other run is writing") from None
-                time.sleep(0.05)
         try:
-            os.write(fd, str(os.getpid()).encode())
-            yield
-        finally:
-            os.close(fd)
-            os.unlink(lock)
+            with FileLock(lock, timeout=self.LOCK_TIMEOUT_S):
+                yield
+        except Timeout:
+            raise StoreError(f"{lock} held by another live run for over {self.LOCK_TIMEOUT_S:.0f}s") from None
 
     def put_json_if(self, key: str, data: Any, expected_etag: str | None) -> str:
         """Write ``data`` only if the object's ETag is still ``expected_etag`` (None: absent)."""
@@ -112,3 +113,27 @@ class LocalStore:
             return []
         return sorted(str(p.relative_to(self.root)) for p in base.rglob("*")
                       if p.is_file() and not p.name.startswith(".") and not p.name.endswith(".lock"))
+
+
+_HOST = socket.gethostname().replace(".", "_")
+
+
+def _remove_debris(folder: Path) -> None:
+    """Delete partial writes left in ``folder`` by processes of this host that have died.
+
+    Another host's partial files (a shared file system) are left alone: their writers
+    cannot be checked from here."""
+    for partial in folder.glob(f".*.{_HOST}.*.partial"):
+        pid = partial.name.rsplit(".", 3)[-3]  # .<name>.<host>.<pid>.<thread>.partial
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            partial.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, another user's
+    return True
