@@ -181,14 +181,20 @@ def split(manifest_csv: Path, cfg: SplitConfig) -> Path:
     """Keep usable rows and assign each its content-hash partition.
 
     Writes ``split-<config-key>/split.csv`` beside the manifest: one data set, one
-    folder, whatever runs use it."""
+    folder, whatever runs use it. ``split.source`` beside it records the manifest's
+    SHA-256: a split of an unchanged manifest is not computed again."""
+    out = split_path(manifest_csv, cfg)
+    source, manifest_digest = out.with_name("split.source"), sha256_file(manifest_csv)
+    if out.is_file() and source.is_file() and source.read_text().strip() == manifest_digest:
+        log.info("split: %s is unchanged since %s was written", manifest_csv, out)
+        return out
     rows = read_manifest(manifest_csv)
     usable = rows[(rows["status"] != "quarantined") & rows["labelled"]].copy()
     usable["label"] = usable["label"].astype(int)
     table = assign_partitions(usable[["id", "label", "path", "batch", "pixel_sha256"]], cfg)
-    out = split_path(manifest_csv, cfg)
     out.parent.mkdir(parents=True, exist_ok=True)
     _write_csv(out, table)
+    _replace(source, lambda tmp: tmp.write_text(manifest_digest + "\n"))
     counts = table.groupby(["partition", "label"]).size().unstack(fill_value=0)
     log.info("split (rows by partition and label):\n%s", counts.to_string())
     return out

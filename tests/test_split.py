@@ -60,3 +60,20 @@ def test_balanced_weights_give_each_class_equal_mass():
 def test_fractions_that_leave_no_training_data_are_refused():
     with pytest.raises(ValueError, match="must stay below 0.9"):
         SplitConfig(val_fraction=0.5, test_fraction=0.45)
+
+
+def test_a_split_of_an_unchanged_manifest_is_reused_and_a_changed_one_redone(kaggle_root, tmp_path):
+    from histo_core import steps
+    from histo_core.config import ValidationConfig
+
+    manifest = steps.validate(str(kaggle_root), tmp_path / "dataset", ValidationConfig())
+    first = steps.split(manifest, SplitConfig())
+    written = first.stat().st_mtime_ns
+    assert steps.split(manifest, SplitConfig()) == first and first.stat().st_mtime_ns == written
+
+    rows = steps.read_manifest(manifest)
+    rows.loc[0, "status"] = "quarantined"  # a manifest with one row fewer to train on
+    rows.to_csv(manifest, index=False)
+    again = steps.split(manifest, SplitConfig())
+    assert again.stat().st_mtime_ns != written
+    assert rows.loc[0, "id"] not in set(pd.read_csv(again, dtype={"id": str})["id"])
