@@ -388,14 +388,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Exit codes: what a script or a scheduler needs to tell apart.
+OK, REJECTED, USAGE, ENVIRONMENT = 0, 1, 2, 3
+
+
+def exit_code(exc: BaseException) -> tuple[int, str] | None:
+    """The exit code and kind of one of our errors; None for a bug (shown as a traceback)."""
+    from histo_core.data.sources import DataSourceError
+    from histo_core.errors import CheckpointError
+    from histo_core.registry import RegistryStateError
+    from histo_core.split import SplitError
+    from histo_core.validation import DataValidationError
+
+    if isinstance(exc, (DataValidationError, DataSourceError, SplitError, CheckpointError)):
+        return REJECTED, "the data or model was rejected"
+    if isinstance(exc, (StoreError, DownloadError, ConnectionError, TimeoutError)):
+        return ENVIRONMENT, "environment (store, network)"
+    if isinstance(exc, (ValueError, FileExistsError, FileNotFoundError, RegistryStateError)):
+        return USAGE, "usage"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileExistsError, FileNotFoundError, StoreError, DownloadError) as exc:
+    except Exception as exc:
+        known = exit_code(exc)
+        if known is None:
+            raise
         # Our errors say what is wrong and what to do; a traceback would bury that.
-        print(f"histo: error: {exc}", file=sys.stderr)
-        return 2
+        print(f"histo: error ({known[1]}): {exc}", file=sys.stderr)
+        return known[0]
 
 
 if __name__ == "__main__":

@@ -24,6 +24,10 @@ from histo_core.storage import ChecksumError, ConflictError, Store, StoreError, 
 WEIGHTS = "model.pt"
 
 
+class RegistryStateError(ValueError):
+    """The registry holds nothing to act on (no champion, no earlier one): asked, not broken."""
+
+
 @dataclass(frozen=True)
 class Champion:
     version: str
@@ -92,7 +96,7 @@ class Registry:
         """Re-point the champion to the one before it; returns (from, to)."""
         current = self.champion()
         if current is None or not current.record.get("history"):
-            raise StoreError(f"{self.name}: no earlier champion to roll back to")
+            raise RegistryStateError(f"{self.name}: no earlier champion to roll back to")
         *history, previous = current.record["history"]
         self._write_pointer(previous, current, history, rolled_back_from=current.version)
         self.record_event("rollback", previous, {"rolled_back_from": current.version})

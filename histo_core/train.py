@@ -12,7 +12,9 @@ import json
 import logging
 import math
 import os
+import pickle
 import time
+import zipfile
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -28,6 +30,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler, WeightedRa
 from histo_core.config import TrainConfig
 from histo_core.data.dataset import (PatchDataset, SeededBatchSampler, augment_seeded, build_augmentation, dihedral_views,
                                     to_model_input)
+from histo_core.errors import CheckpointError
 from histo_core.distributed import (Context, DistributedWeightedSampler, all_sum, barrier, gather_by_index,
                                     init_from_env)
 from histo_core.model import create_model
@@ -206,6 +209,37 @@ def _checkpoint(model: nn.Module, cfg: TrainConfig, **extra: object) -> dict[str
             "model_kwargs": {"dropout": cfg.dropout}, "config": cfg.model_dump(), **extra}
 
 
+CHECKPOINT_KEYS = {"model", "model_name", "model_kwargs"}
+
+
+def read_checkpoint(path: Path | str, map_location: torch.device | str = "cpu") -> dict[str, object]:
+    """A checkpoint's dict, loaded with ``weights_only=True`` only; every failure is a
+    ``CheckpointError`` naming the file and what was wrong with it.
+
+    torch's own messages for a refused pickle suggest loading with ``weights_only=False``,
+    which would run whatever code the file carries; they are not passed on.
+    """
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such checkpoint file") from None
+    except pickle.UnpicklingError as exc:
+        if "global" not in str(exc).lower():  # no Python object refused: not a pickle we can read at all
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated, or another format): "
+                                  "no pickle or zip header") from None
+        raise CheckpointError(
+            f"{path}: refused: it holds Python objects besides tensors and plain values, and only "
+            "weights-only checkpoints are loaded (files written by histo train or a retrain run)") from None
+    except (RuntimeError, EOFError, OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated, or another format): "
+                              f"{type(exc).__name__}") from None
+    if not isinstance(state, dict) or not CHECKPOINT_KEYS <= set(state):
+        found = sorted(state)[:8] if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{path}: a PyTorch file but not a histo-retrain checkpoint: expected the keys "
+                              f"{sorted(CHECKPOINT_KEYS)}, found {found}")
+    return state
+
+
 def _save(obj: dict[str, object], path: Path) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     torch.save(obj, tmp)
@@ -283,7 +317,7 @@ def fit(train_set: PatchDataset, val_set: PatchDataset, cfg: TrainConfig, out_di
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
     if last_path.exists():
         # on the CPU: RNG states must stay CPU tensors; the model and optimizer copy theirs over
-        state = torch.load(last_path, map_location="cpu", weights_only=True)
+        state = read_checkpoint(last_path, map_location="cpu")
         if _same_run(state["config"], cfg):
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
@@ -353,7 +387,7 @@ def _stale_epochs(history: list[dict[str, float]]) -> int:
 
 def load_model(checkpoint: Path | str, device: torch.device | str = "cpu") -> nn.Module:
     """Rebuild a model from a checkpoint written by ``fit`` (safe loader: weights only)."""
-    state = torch.load(checkpoint, map_location=device, weights_only=True)
+    state = read_checkpoint(checkpoint, map_location=device)
     model = create_model(state["model_name"], **state["model_kwargs"])
     model.load_state_dict(state["model"])
     return model.to(device, memory_format=torch.channels_last).eval()

@@ -23,7 +23,7 @@ def test_synth_writes_a_kaggle_layout(tmp_path, capsys):
 def test_bad_data_root_is_a_clear_error_not_a_traceback(tmp_path, capsys):
     assert main(["retrain", "--data", str(tmp_path / "nowhere"), "--workdir", str(tmp_path / "w")]) == 2
     err = capsys.readouterr().err
-    assert "histo: error:" in err and "no such data folder" in err and "Traceback" not in err
+    assert "histo: error (usage):" in err and "no such data folder" in err and "Traceback" not in err
 
 
 def test_invalid_arguments_exit_non_zero():
@@ -118,3 +118,55 @@ def test_train_then_evaluate_from_the_command_line(kaggle_root, tmp_path, capsys
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["n"] == 300 and metrics["tta"] is True and 0 <= metrics["auc"] <= 1
     assert "with TTA" in capsys.readouterr().out
+
+
+def _evaluate(checkpoint, data) -> list[str]:
+    return [sys.executable, "-m", "histo_cli.main", "evaluate", "--model", str(checkpoint), "--data", str(data)]
+
+
+@pytest.mark.parametrize("make, code, phrase", [
+    (lambda p: p.write_bytes(b"not a checkpoint"), 1, "not a readable PyTorch checkpoint"),
+    (lambda p: p.write_bytes(_torch_bytes({"x": 1})[:40]), 1, "not a readable PyTorch checkpoint"),
+    (lambda p: p.write_bytes(_torch_bytes({"weights": 1})), 1, "not a histo-retrain checkpoint"),
+    (lambda p: p.write_bytes(_torch_bytes({"x": _Unsafe()})), 1, "refused: it holds Python objects"),
+    (lambda p: None, 2, "no such checkpoint file"),
+])
+def test_a_bad_checkpoint_is_named_and_never_loaded_unsafely(tmp_path, kaggle_root, make, code, phrase):
+    """Exit 1: the model was judged and rejected; 2: the path given is wrong. torch's own
+    text suggests weights_only=False, which would run the file's code: never passed on."""
+    checkpoint = tmp_path / "model.pt"
+    make(checkpoint)
+    done = subprocess.run(_evaluate(checkpoint, kaggle_root), capture_output=True, text=True, timeout=300)
+    assert done.returncode == code, done.stderr[-2000:]
+    assert f"{checkpoint}: " in done.stderr and phrase in done.stderr
+    assert "Traceback" not in done.stderr and "weights_only" not in done.stderr and "PWNED" not in done.stdout
+
+
+class _Unsafe:
+    def __reduce__(self):
+        return (print, ("PWNED",))
+
+
+def _torch_bytes(obj) -> bytes:
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def test_exit_codes_tell_rejected_data_usage_and_environment_apart(tmp_path, capsys):
+    from histo_cli.main import ENVIRONMENT, REJECTED, USAGE
+
+    one_class = tmp_path / "one"
+    main(["data", "synth", str(one_class), "--count", "30"])
+    (one_class / "train_labels.csv").write_text("id,label\n" + "".join(
+        f"{p.stem},1\n" for p in sorted((one_class / "train").iterdir())))
+    assert main(["data", "validate", str(one_class)]) == REJECTED
+    assert main(["models", "rollback", "--store", str(tmp_path / "empty-store")]) == USAGE
+    assert "(usage)" in capsys.readouterr().err
+    # A store that does not answer: an environment fault, said so.
+    assert main(["models", "list", "--store", "s3://bucket/p", "--endpoint-url", "http://127.0.0.1:9"]) == ENVIRONMENT
+    assert "(environment (store, network))" in capsys.readouterr().err

@@ -111,7 +111,7 @@ def test_rollback_repoints_to_the_previous_champion(store, tmp_path):
     registry.set_champion(b, registry.champion())
     assert registry.rollback() == (b, a)
     assert registry.champion().version == a
-    with pytest.raises(StoreError, match="no earlier champion"):
+    with pytest.raises(ValueError, match="no earlier champion"):
         registry.rollback()
 
 

@@ -1,0 +1,8 @@
+"""Error types that light modules (the command line's error handling) must name without
+importing the heavy ones (torch) that raise them."""
+
+from __future__ import annotations
+
+
+class CheckpointError(ValueError):
+    """A file that is not a checkpoint this project wrote: missing, truncated, or unsafe."""
