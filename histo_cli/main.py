@@ -22,6 +22,8 @@ from histo_core.storage.base import StoreError
 
 
 DEMO_EPOCHS = 3
+# Exit codes: what a script or a scheduler needs to tell apart.
+OK, REJECTED, USAGE, ENVIRONMENT = 0, 1, 2, 3
 
 
 def _quiet_prefect_defaults() -> None:
@@ -262,29 +264,46 @@ def cmd_models(args: argparse.Namespace) -> int:
     import json
 
     from histo_core.registry import Registry
-    from histo_core.storage import open_store
+    from histo_core.storage import CorruptObjectError, open_store
 
     registry = Registry(open_store(_store(args)), args.name)
-    champion = registry.champion()
+    try:
+        champion, corrupt = registry.champion(), None
+    except CorruptObjectError as exc:  # promote can replace it; nothing else can trust it
+        champion, corrupt = None, exc
+    if corrupt and args.models_command != "promote":
+        print(f"histo: warning: the champion pointer is unreadable: {corrupt}\n"
+              f"  repair it by choosing the version to serve: histo models promote VERSION", file=sys.stderr)
+        if args.models_command != "list":
+            return ENVIRONMENT
     if args.models_command == "list":
         for version in registry.versions():
-            record = registry.version(version)
+            try:
+                record = registry.version(version)
+            except CorruptObjectError as exc:
+                print(f"! {version}  UNREADABLE: {exc}")
+                continue
             auc = record.get("metrics", {}).get("auc")
             outcome = record.get("decision", {}).get("outcome", "")
             marker = "*" if champion and champion.version == version else " "
             print(f"{marker} {version}  AUC {auc if auc is None else f'{auc:.4f}'}  {outcome}")
         if not registry.versions():
             print(f"no versions of {args.name} in {registry.store.uri}")
-    elif args.models_command == "show":
+        return ENVIRONMENT if corrupt else OK
+    if args.models_command == "show":
         print(json.dumps(registry.version(args.version or (champion.version if champion else "")), indent=2))
     elif args.models_command == "promote":
+        if corrupt:
+            registry.repair_champion(args.version, corrupt)
+            print(f"champion of {args.name}: replaced the unreadable pointer with {args.version}")
+            return OK
         registry.set_champion(args.version, champion, promoted_by="histo models promote")
         registry.record_event("manual-promotion", args.version, {"previous_champion": champion and champion.version})
         print(f"champion of {args.name}: {champion.version if champion else 'none'} -> {args.version}")
     elif args.models_command == "rollback":
         old, new = registry.rollback()
         print(f"champion of {args.name} rolled back: {old} -> {new}")
-    return 0
+    return OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -386,10 +405,6 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--url", help="URL template with {name} (default: the Zenodo record); for mirrors")
     fetch.set_defaults(func=cmd_download)
     return parser
-
-
-# Exit codes: what a script or a scheduler needs to tell apart.
-OK, REJECTED, USAGE, ENVIRONMENT = 0, 1, 2, 3
 
 
 def exit_code(exc: BaseException) -> tuple[int, str] | None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from histo_core.storage import ChecksumError, ConflictError, Store, StoreError, sha256_file
+from histo_core.storage import ChecksumError, ConflictError, CorruptObjectError, Store, StoreError, sha256_file
 
 WEIGHTS = "model.pt"
 
@@ -91,6 +91,15 @@ class Registry:
         """
         history = [*expected.record.get("history", []), expected.version] if expected else []
         self._write_pointer(version, expected, history, **details)
+
+    def repair_champion(self, version: str, corrupt: CorruptObjectError) -> None:
+        """Replace an unreadable ``champion.json`` with a pointer to ``version``.
+
+        Conditional on the corrupt object's ETag, so a concurrent repair or promotion wins
+        or loses cleanly; the chain of earlier champions was in the lost object, so
+        rollback starts afresh from here."""
+        self._write_pointer(version, Champion("(unreadable)", {}, corrupt.etag), [], repaired=str(corrupt))
+        self.record_event("repair", version, {"replaced": str(corrupt)})
 
     def rollback(self) -> tuple[str, str]:
         """Re-point the champion to the one before it; returns (from, to)."""

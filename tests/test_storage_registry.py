@@ -148,3 +148,32 @@ def test_a_live_holder_blocks_with_a_clear_error(tmp_path):
         other.LOCK_TIMEOUT_S = 0.5
         with pytest.raises(StoreError, match="held by another live run"):
             other.put_json_if("models/m/champion.json", {"version": "v2"}, None)
+
+
+def test_an_edited_json_object_is_refused_by_name(tmp_path):
+    from histo_core.storage import CorruptObjectError
+
+    registry = Registry(LocalStore(tmp_path / "store"), "m")
+    version = publish_version(registry, tmp_path, "a")
+    path = tmp_path / "store" / "models" / "m" / "versions" / version / "version.json"
+    path.write_text(path.read_text().replace('"auc": 0.9', '"auc": 0.9999'))
+    with pytest.raises(CorruptObjectError, match=rf"versions/{version}/version.json: content does not match"):
+        registry.version(version)
+
+
+def test_a_garbage_pointer_is_named_and_promote_repairs_it(tmp_path, capsys):
+    from histo_cli.main import ENVIRONMENT, OK, main
+
+    registry = Registry(LocalStore(tmp_path / "store"), "pcam-cnn")
+    a, b = publish_version(registry, tmp_path, "a"), publish_version(registry, tmp_path, "b")
+    registry.set_champion(a, None)
+    (tmp_path / "store" / "models" / "pcam-cnn" / "champion.json").write_text("{garbage")
+    store = ["--store", str(tmp_path / "store")]
+    assert main(["models", "list", *store]) == ENVIRONMENT
+    out = capsys.readouterr()
+    assert "champion.json: not valid JSON" in out.err and "histo models promote VERSION" in out.err
+    assert a in out.out and b in out.out  # the versions are still listed
+    assert main(["models", "rollback", *store]) == ENVIRONMENT
+    assert main(["models", "promote", b, *store]) == OK
+    assert registry.champion().version == b
+    assert any("-repair-" in k for k in registry.store.list("models/pcam-cnn/events"))

@@ -10,10 +10,11 @@ from __future__ import annotations
 from urllib.parse import urlparse
 
 from histo_core.config import StoreConfig
-from histo_core.storage.base import ChecksumError, ConflictError, Store, StoreError, json_bytes, sha256_file
+from histo_core.storage.base import (ChecksumError, ConflictError, CorruptObjectError, Store, StoreError,
+                                     json_bytes, sha256_file)
 from histo_core.storage.local import LocalStore
 
-__all__ = ["ChecksumError", "ConflictError", "LocalStore", "Store", "StoreError", "json_bytes",
+__all__ = ["ChecksumError", "ConflictError", "CorruptObjectError", "LocalStore", "Store", "StoreError", "json_bytes",
            "open_store", "sha256_file"]
 
 

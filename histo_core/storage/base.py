@@ -43,9 +43,48 @@ class Store(Protocol):
     def list(self, prefix: str = "") -> list[str]: ...
 
 
+class ChecksumError(StoreError):
+    """A file does not match the SHA-256 recorded for it."""
+
+
+class CorruptObjectError(StoreError):
+    """A stored JSON object is unreadable or fails its checksum. ``etag`` is the object's
+    current ETag, so a repair can replace exactly that object with a conditional write."""
+
+    def __init__(self, message: str, etag: str | None) -> None:
+        super().__init__(message)
+        self.etag = etag
+
+
+SEAL = "_sha256"  # every JSON object the store writes carries the SHA-256 of the rest of it
+
+
+def _canonical(data: Any) -> bytes:
+    return json.dumps(data, sort_keys=True, default=str, separators=(",", ":")).encode()
+
+
 def json_bytes(data: Any) -> bytes:
+    """``data`` as JSON; an object gets ``_sha256``, the hash of its canonical form, so a
+    changed byte or a hand edit is caught when it is read (``read_json_bytes``). It guards
+    against corruption and accidental edits, not against a writer who recomputes it."""
+    if isinstance(data, dict):
+        body = {k: v for k, v in data.items() if k != SEAL}
+        data = {**body, SEAL: hashlib.sha256(_canonical(body)).hexdigest()}
     return (json.dumps(data, indent=2, sort_keys=True, default=str) + "\n").encode()
 
 
-class ChecksumError(StoreError):
-    """A file does not match the SHA-256 recorded for it."""
+def read_json_bytes(raw: bytes, where: str, etag: str | None) -> Any:
+    """Parse and verify an object written by ``json_bytes``; objects written before seals
+    existed (no ``_sha256``) are read as they are."""
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:  # UnicodeDecodeError is one too
+        raise CorruptObjectError(f"{where}: not valid JSON ({exc}); the object is corrupt", etag) from None
+    if isinstance(data, dict) and SEAL in data:
+        recorded = data.pop(SEAL)
+        actual = hashlib.sha256(_canonical(data)).hexdigest()
+        if recorded != actual:
+            raise CorruptObjectError(f"{where}: content does not match its recorded sha256 ({recorded[:12]}... "
+                                     f"recorded, {actual[:12]}... now): edited or corrupted after it was written",
+                                     etag)
+    return data

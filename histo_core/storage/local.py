@@ -9,7 +9,6 @@ one left by a killed process of this host is removed by the next write to that f
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import socket
@@ -20,7 +19,7 @@ from typing import Any, Iterator
 
 from filelock import FileLock, Timeout
 
-from histo_core.storage.base import ConflictError, StoreError, json_bytes, sha256_file
+from histo_core.storage.base import ConflictError, StoreError, json_bytes, read_json_bytes, sha256_file
 
 
 class LocalStore:
@@ -82,7 +81,8 @@ class LocalStore:
         if not path.is_file():
             return None, None
         raw = path.read_bytes()
-        return json.loads(raw), hashlib.sha256(raw).hexdigest()
+        etag = hashlib.sha256(raw).hexdigest()
+        return read_json_bytes(raw, f"{self.uri}/{key}", etag), etag
 
     @contextmanager
     def _lock(self, key: str) -> Iterator[None]:
@@ -98,7 +98,8 @@ class LocalStore:
     def put_json_if(self, key: str, data: Any, expected_etag: str | None) -> str:
         """Write ``data`` only if the object's ETag is still ``expected_etag`` (None: absent)."""
         with self._lock(key):
-            _, current = self.get_json_with_etag(key)
+            path = self._path(key)  # compared as bytes: a corrupt object can be replaced by its ETag
+            current = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
             if current != expected_etag:
                 raise ConflictError(f"{self.uri}/{key} changed underneath "
                                     f"(expected ETag {expected_etag}, found {current})")

@@ -29,7 +29,9 @@ from botocore.config import Config
 from botocore.exceptions import (BotoCoreError, ClientError, ConnectTimeoutError, EndpointConnectionError,
                                  ReadTimeoutError)
 
-from histo_core.storage.base import ChecksumError, ConflictError, StoreError, json_bytes, sha256_file
+from histo_core.storage.base import (ChecksumError, ConflictError, CorruptObjectError, StoreError, json_bytes,
+                                     read_json_bytes,
+                                     sha256_file)
 from histo_core.storage.lease import Lease
 
 log = logging.getLogger(__name__)
@@ -161,8 +163,6 @@ class S3Store:
         return self.get_json_with_etag(key)[0]
 
     def get_json_with_etag(self, key: str) -> tuple[Any, str | None]:
-        import json
-
         try:
             response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
         except ClientError as exc:
@@ -171,7 +171,7 @@ class S3Store:
             raise self._fail("read of", key, exc) from exc
         except BotoCoreError as exc:
             raise self._fail("read of", key, exc) from exc
-        return json.loads(response["Body"].read()), response["ETag"]
+        return read_json_bytes(response["Body"].read(), f"{self.uri}/{key}", response["ETag"]), response["ETag"]
 
     def put_json_if(self, key: str, data: Any, expected_etag: str | None) -> str:
         """Write only if ``key``'s ETag is still ``expected_etag`` (None: the key must be absent)."""
@@ -193,7 +193,10 @@ class S3Store:
             except BotoCoreError as exc:
                 raise self._fail("conditional upload to", key, exc) from exc
         with Lease(self, key + ".lease", settle_s=self.lease_settle_s):
-            _, current = self.get_json_with_etag(key)
+            try:
+                _, current = self.get_json_with_etag(key)
+            except CorruptObjectError as exc:  # replaceable by its ETag, like any other version
+                current = exc.etag
             if current != expected_etag:
                 raise ConflictError(f"{self.uri}/{key} changed underneath (expected ETag {expected_etag}, "
                                     f"found {current})")
