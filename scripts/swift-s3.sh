@@ -103,25 +103,31 @@ start_server() {
   echo $! > "$dir/run/$1.pid"
 }
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+backends_listen() { listening $acc && listening $con && listening $obj; }
+# The proxy must not see a backend down on its first request: it would then error-limit
+# that node for a minute and answer 503 "reduce your request rate".
+proxy_ready() { backends_listen && curl -fsS "http://127.0.0.1:$port/healthcheck" >/dev/null 2>&1; }
+fail() {
+  echo "$1; logs in $dir/log" >&2
+  tail -n 20 "$dir"/log/*.log >&2
+  "$0" stop "$dir"
+  exit 1
+}
+# Wait on readiness, not for a fixed time: on a loaded machine the servers have taken
+# minutes to listen. Give up early if a server process died, or after the deadline.
+deadline=$((SECONDS + ${SWIFT_START_TIMEOUT:-600}))
+wait_until() {  # wait_until WHAT CHECK [SERVERS...]
+  local what=$1 check=$2; shift 2
+  until $check; do
+    for server in "$@"; do
+      kill -0 "$(cat "$dir/run/$server.pid")" 2>/dev/null || fail "swift-$server-server exited before $what"
+    done
+    [ "$SECONDS" -lt "$deadline" ] || fail "Swift: $what not ready after ${SWIFT_START_TIMEOUT:-600}s"
+    sleep 0.2
+  done
+}
 for kind in account container object; do start_server $kind; done
-# Start the proxy only once its back ends listen (see below for why).
-for _ in $(seq 1 150); do
-  listening $acc && listening $con && listening $obj && break
-  sleep 0.2
-done
+wait_until "the account, container and object servers listen" backends_listen account container object
 start_server proxy
-
-for _ in $(seq 1 150); do
-  # The proxy must not see a backend down on its first request: it would then
-  # error-limit that node for a minute and answer 503 "reduce your request rate".
-  if listening $acc && listening $con && listening $obj &&
-     curl -fsS "http://127.0.0.1:$port/healthcheck" >/dev/null 2>&1; then
-    echo "http://127.0.0.1:$port"
-    exit 0
-  fi
-  sleep 0.2
-done
-echo "Swift did not answer on 127.0.0.1:$port within 30 s; logs in $dir/log" >&2
-tail -n 20 "$dir"/log/*.log >&2
-"$0" stop "$dir"
-exit 1
+wait_until "the proxy answers its health check" proxy_ready account container object proxy
+echo "http://127.0.0.1:$port"
