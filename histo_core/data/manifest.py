@@ -81,6 +81,7 @@ def inspect_image(path: str, root: str | None = None) -> dict[str, object]:
         return info
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PIL's notes on a damaged file's metadata: the row's fate is decided below
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with images.open_image(path) as img:
                 info.update(width=img.width, height=img.height, mode=img.mode)
@@ -94,8 +95,8 @@ def inspect_image(path: str, root: str | None = None) -> dict[str, object]:
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         info["error"] = f"refused: {exc}"
         return info
-    except (OSError, SyntaxError, ValueError, IndexError, KeyError) as exc:
-        info["error"] = f"unreadable image: {exc}"
+    except Exception as exc:  # noqa: BLE001 - decoders raise anything on a hostile file (TypeError, struct.error, ...)
+        info["error"] = f"unreadable image: {type(exc).__name__}: {exc}"
         return info
     info["pixel_sha256"] = hashlib.sha256(pixels.tobytes()).hexdigest()
     if info["mode"] == "RGB":
