@@ -8,6 +8,7 @@ id. Files that cannot be read get an empty probability and their error, never a 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from histo_core.data.dataset import dihedral_views, to_model_input
-from histo_core.data.images import open_image
+from histo_core.data.images import checked_stat, open_image
 from histo_core.data.sources import IMAGE_SUFFIXES, DataSourceError, list_images
 from histo_core.train import load_model, pick_device
 
@@ -38,14 +39,15 @@ def list_patches(root: Path | str) -> pd.DataFrame:
 class _Decoded(Dataset):
     """Decodes each file once; unreadable or off-size images come back as zeros + error."""
 
-    def __init__(self, paths: list[str], size: int = 96) -> None:
-        self.paths, self.size = paths, size
+    def __init__(self, paths: list[str], size: int = 96, root: str | None = None) -> None:
+        self.paths, self.size, self.root = paths, size, root
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
         try:
+            checked_stat(self.paths[i], self.root)  # nothing outside the folder, no pipe that blocks
             with open_image(self.paths[i]) as img:
                 if img.size != (self.size, self.size):
                     raise ValueError(f"size {img.width}x{img.height}, expected {self.size}x{self.size}")
@@ -57,11 +59,13 @@ class _Decoded(Dataset):
 
 @torch.no_grad()
 def score_files(checkpoint: Path | str, paths: list[str], device: str = "auto", batch_size: int = 256,
-                workers: int = 0, tta: bool = False) -> tuple[np.ndarray, list[str]]:
-    """Tumour probabilities of the images at ``paths`` (NaN where unreadable) and errors."""
+                workers: int = 0, tta: bool = False, root: str | None = None) -> tuple[np.ndarray, list[str]]:
+    """Tumour probabilities of the images at ``paths`` (NaN where unreadable) and errors.
+
+    ``root``: the folder the paths must stay inside once links are resolved."""
     torch_device = pick_device(device)
     model = load_model(checkpoint, torch_device)
-    loader = DataLoader(_Decoded(paths), batch_size, num_workers=workers, pin_memory=torch_device.type == "cuda")
+    loader = DataLoader(_Decoded(paths, root=root), batch_size, num_workers=workers, pin_memory=torch_device.type == "cuda")
     logits, errors = [], []
     for images, batch_errors in loader:
         x = to_model_input(images, torch_device)
@@ -77,7 +81,8 @@ def predict_folder(checkpoint: Path | str, data: Path | str, out_csv: Path | str
                    batch_size: int = 256, workers: int = 0, tta: bool = False) -> Path:
     """Write ``id,label,error`` (label = tumour probability, as a Kaggle submission expects)."""
     table = list_patches(data)
-    probability, errors = score_files(checkpoint, table["path"].tolist(), device, batch_size, workers, tta)
+    probability, errors = score_files(checkpoint, table["path"].tolist(), device, batch_size, workers, tta,
+                                      root=os.path.realpath(data))
     out = pd.DataFrame({"id": table["id"], "label": probability, "error": errors})
     for row in out[out["error"] != ""].head(10).itertuples():
         log.warning("could not score %s: %s", row.id, row.error)

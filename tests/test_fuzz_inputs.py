@@ -142,3 +142,37 @@ def test_pcam_files_with_wrong_shapes_and_dtypes_end_as_rows_with_reasons(tmp_pa
     else:
         assert (rows["error"] != "").any() or (rows["width"] != 96).any() or (rows["mode"] != "RGB").any()
     assert tree_fingerprint(tmp_path) == before
+
+
+def test_predict_scores_or_names_every_mutated_file_and_opens_nothing_outside(tmp_path):
+    import os
+
+    import pandas as pd
+    import torch
+
+    from histo_core.model import create_model
+    from histo_core.predict import predict_folder
+
+    checkpoint = tmp_path / "model.pt"
+    torch.save({"model": create_model("simple_cnn", dropout=0.5).state_dict(), "model_name": "simple_cnn",
+                "model_kwargs": {"dropout": 0.5}}, checkpoint)
+    rng = random.Random(7)
+    folder = tmp_path / "to-score"
+    folder.mkdir()
+    seeds = _seed_images(rng)
+    for i in range(300):
+        (folder / f"m{i:03d}.{rng.choice(['tif', 'png', 'jpg'])}").write_bytes(_mutate(rng.choice(seeds), rng))
+    Image.fromarray(np.full((96, 96, 3), 150, np.uint8)).save(folder / "good.png")
+    (tmp_path / "outside.png").write_bytes((folder / "good.png").read_bytes())
+    (folder / "link.png").symlink_to(tmp_path / "outside.png")
+    os.mkfifo(folder / "pipe.png")
+    before = tree_fingerprint(folder)
+
+    out = pd.read_csv(predict_folder(checkpoint, folder, tmp_path / "preds.csv", device="cpu"),
+                      keep_default_na=False, dtype={"id": str, "error": str}).set_index("id")
+    assert len(out) == 303
+    assert out.at["good", "error"] == "" and 0 <= float(out.at["good", "label"]) <= 1
+    assert "outside the data root" in out.at["link", "error"] and "not a regular file" in out.at["pipe", "error"]
+    scored = out[out["error"] == ""]
+    assert scored["label"].astype(float).between(0, 1).all()
+    assert tree_fingerprint(folder) == before
