@@ -131,8 +131,11 @@ def run_step(step: str, data: str, work: Path) -> dict[str, float]:
                             keep_default_na=False)
         build_cache(table, work / "cache")
     seconds = time.perf_counter() - start
-    peak_kib = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                   resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    # VmHWM, not RUSAGE_SELF: Linux carries ru_maxrss across exec, so it would include this
+    # bench's own memory at the fork. Workers are forked from the step: theirs is right.
+    hwm_kib = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
+                   if line.startswith("VmHWM:"))
+    peak_kib = max(hwm_kib, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
     return {"seconds": seconds, "peak_gib": peak_kib / 2**20}
 
 
