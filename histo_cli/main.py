@@ -195,7 +195,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     table = list_images(args.data)
     table = table[table["labelled"] & table["label"].isin(["0", "1"]) & (table["path"] != "")]
-    probability, errors = score_files(args.model, table["path"].tolist(), args.device, tta=args.tta)
+    probability, errors = score_files(args.model, table["path"].tolist(), args.device, tta=args.tta,
+                                      root=os.path.realpath(args.data))
     ok = ~np.isnan(probability)
     labels = table["label"].astype(int).to_numpy()[ok]
     metrics = binary_metrics(labels, probability[ok])

@@ -176,3 +176,48 @@ def test_predict_scores_or_names_every_mutated_file_and_opens_nothing_outside(tm
     scored = out[out["error"] == ""]
     assert scored["label"].astype(float).between(0, 1).all()
     assert tree_fingerprint(folder) == before
+
+
+def test_evaluate_scores_the_readable_rows_and_counts_the_rest(tmp_path):
+    """The command line end to end: 200 mutated files, a link out and a pipe among 40 good
+    patches; it exits 0, scores the good ones and reports the others as unreadable."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    from histo_core.model import create_model
+
+    checkpoint = tmp_path / "model.pt"
+    torch.save({"model": create_model("simple_cnn", dropout=0.5).state_dict(), "model_name": "simple_cnn",
+                "model_kwargs": {"dropout": 0.5}}, checkpoint)
+    rng = random.Random(11)
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    rows = []
+    for i in range(40):
+        Image.fromarray(np.random.default_rng(i).integers(40, 220, (96, 96, 3), dtype=np.uint8)).save(
+            data / "images" / f"g{i}.png")
+        rows.append(f"g{i},{i % 2},images/g{i}.png")
+    seeds = _seed_images(rng)
+    for i in range(200):
+        name = f"m{i}.{rng.choice(['tif', 'png', 'jpg'])}"
+        (data / "images" / name).write_bytes(_mutate(rng.choice(seeds), rng))
+        rows.append(f"m{i},{i % 2},images/{name}")
+    (tmp_path / "outside.png").write_bytes((data / "images" / "g0.png").read_bytes())
+    (data / "images" / "link.png").symlink_to(tmp_path / "outside.png")
+    os.mkfifo(data / "images" / "pipe.png")
+    rows += ["link,1,images/link.png", "pipe,0,images/pipe.png"]
+    (data / "labels.csv").write_text("id,label,filename\n" + "\n".join(rows) + "\n")
+    before = tree_fingerprint(data)
+
+    done = subprocess.run([sys.executable, "-m", "histo_cli.main", "evaluate", "--model", str(checkpoint),
+                           "--data", str(data), "--device", "cpu", "--json", str(tmp_path / "m.json")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["n"] + metrics["unreadable"] == 242 and metrics["n"] >= 40 and metrics["unreadable"] >= 2
+    assert "Traceback" not in done.stderr
+    assert tree_fingerprint(data) == before
