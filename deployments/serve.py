@@ -7,7 +7,8 @@
 * ``predict``              — batch prediction with the champion, run by hand;
 * ``rollback``             — put the previous champion back, run by hand.
 
-Both retrain deployments allow one run at a time, so a slow night never piles runs up.
+The retrain deployments and the watcher allow one run at a time, so a slow night, or a
+watcher slower than its interval on a loaded machine, never piles runs up.
 ``prefect.yaml`` at the repository root declares the same deployments for
 ``prefect deploy`` onto a work pool.
 """
@@ -46,7 +47,7 @@ def build_deployments(config: RetrainConfig, cron: str = "0 2 * * *", timezone: 
                                              parameters=on_event)],
             description=f"Retrain when a {ARRIVED} event announces new batches."),
         watch.to_deployment(
-            name="watch-new-data", interval=timedelta(seconds=watch_every), tags=TAGS,
+            name="watch-new-data", interval=timedelta(seconds=watch_every), tags=TAGS, concurrency_limit=1,
             parameters={"config": WatchConfig(data=config.data, store=config.store).model_dump(mode="json")},
             description="Look for new labelled batches and announce them."),
         predict.to_deployment(

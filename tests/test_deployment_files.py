@@ -40,7 +40,7 @@ def test_entrypoint_and_parameters_fit_the_flow(name):
 
 
 def test_retrain_deployments_run_one_at_a_time_and_the_trigger_listens_for_arrivals():
-    for name in ("retrain-nightly", "retrain-on-new-data"):
+    for name in ("retrain-nightly", "retrain-on-new-data", "watch-new-data"):
         assert DEPLOYMENTS[name]["concurrency_limit"] == 1
     [trigger] = DEPLOYMENTS["retrain-on-new-data"]["triggers"]
     assert trigger["expect"] == [ARRIVED]

@@ -65,7 +65,7 @@ def test_deployments_exist_with_their_schedules(served):
     nightly = found["retrain-nightly"].schedules[0].schedule
     assert (nightly.cron, nightly.timezone) == ("30 1 * * *", "Europe/Amsterdam")
     assert found["watch-new-data"].schedules[0].schedule.interval.total_seconds() == 5
-    for name in ("retrain-nightly", "retrain-on-new-data"):
+    for name in ("retrain-nightly", "retrain-on-new-data", "watch-new-data"):
         assert found[name].global_concurrency_limit.limit == 1, name
     assert not found["predict"].schedules and not found["rollback"].schedules
 
