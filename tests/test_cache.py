@@ -42,3 +42,19 @@ def test_a_failing_worker_fails_the_build_and_leaves_nothing(rows, tmp_path, mon
     with pytest.raises(FileNotFoundError, match="gone.tif"):
         cache.build_cache(broken, tmp_path / "cache", workers=2)
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_a_file_swapped_for_a_link_after_validation_is_refused(rows, tmp_path):
+    """Validated, then replaced by a link out of the data root before the cache is built."""
+    outside = tmp_path / "outside.tif"
+    first = rows["path"].iloc[0]
+    outside.write_bytes(open(first, "rb").read())
+    copy = rows.copy()
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    linked = moved / "p.tif"
+    linked.symlink_to(outside)
+    copy.loc[0, "path"] = str(linked)
+    with pytest.raises(PermissionError, match="outside the data root"):
+        cache.build_cache(copy, tmp_path / "cache", workers=1)
+    assert list((tmp_path / "cache").iterdir()) == []

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from histo_core.data.images import open_image
+from histo_core.data.images import H5_SEP, checked_stat, open_image
 
 BLOCK = 2048  # patches per decoded block: 54 MiB at 96x96
 PARALLEL_FROM = 4000  # below this many rows a process pool costs more than it saves
@@ -35,9 +35,14 @@ def cache_key(rows: pd.DataFrame) -> str:
 
 
 def decode_block(paths: list[str], size: int) -> np.ndarray:
-    """``(len(paths), size, size, 3)`` uint8 pixels of the images at ``paths``."""
+    """``(len(paths), size, size, 3)`` uint8 pixels of the images at ``paths``.
+
+    The paths come from a manifest, which recorded them resolved inside the data root;
+    a file swapped for a link, or a folder for a link, since then is refused here rather
+    than followed (one ``lstat`` per file, one real path per folder)."""
     out = np.empty((len(paths), size, size, 3), np.uint8)
     for i, path in enumerate(paths):
+        checked_stat(path, os.path.dirname(path.rsplit(H5_SEP, 1)[0]))
         with open_image(path) as img:
             out[i] = np.asarray(img.convert("RGB"))
     return out
