@@ -34,6 +34,9 @@ def _quiet_prefect_defaults() -> None:
     reads like a failure, so it is off unless asked for.
     """
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Prefect waits 20 s for its temporary API to start; on a busy 2-core machine it has
+    # taken longer, and the run then fails before it begins.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
 
 
