@@ -14,12 +14,16 @@ so that variants started side by side afterwards share that work.
 
     .venv/bin/python bench/augmentation.py --name hed10 --set hed_jitter=0.1 [--epochs 10]
     .venv/bin/python bench/augmentation.py --name hed10-x --set hed_jitter=0.1 --hold-out-stain purple
+    .venv/bin/python bench/augmentation.py --smoke    # seconds: 240 generated patches, 1 epoch
+
+Its figures are in the README.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 
 import numpy as np
@@ -31,10 +35,12 @@ from stain_shift import restained
 
 from histo_core import steps
 from histo_core.config import SplitConfig, TrainConfig, ValidationConfig
-from histo_core.train import fit, training_augmentation
 from histo_core.data.cache import cache_key
 from histo_core.data.dataset import PatchDataset
-from histo_core.evaluate import predict_checkpoint_logits
+from histo_core.data.synthetic import SyntheticSpec, write_kaggle_layout
+from histo_core.inference import load_model, pick_device, score_dataset
+from histo_core.layout import DatasetDir, SplitDir
+from histo_core.train import fit, format_epoch, training_augmentation
 from quality import DEFAULT_DATA
 from sklearn.metrics import roc_auc_score
 
@@ -50,10 +56,10 @@ def parse_overrides(pairs: list[str]) -> dict[str, str]:
     return overrides
 
 
-def groups_of(split_csv: Path, cache: Path, parts: dict[str, PatchDataset]) -> np.ndarray:
+def groups_of(split: SplitDir, cache: Path, parts: dict[str, PatchDataset]) -> np.ndarray:
     """The staining group of every cached patch, computed once per cache and kept beside it
     under the cache's own content key."""
-    path = cache / f"stain-groups-{cache_key(pd.read_csv(split_csv, dtype=str))}.npy"
+    path = cache / f"stain-groups-{cache_key(pd.read_csv(split.csv, dtype=str))}.npy"
     if not path.exists():
         np.save(path, stain_groups(parts["train"].pixels))
     return np.load(path)
@@ -74,22 +80,33 @@ def main() -> None:
     parser.add_argument("--hold-out-stain", choices=GROUPS, help="train without this staining group, then score it")
     parser.add_argument("--prepare", action="store_true", help="only validate, split, decode and group the data")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--split", type=Path, help="a split.csv made earlier from --data: skips validation "
+    parser.add_argument("--split", type=Path, help="a split folder made earlier from --data: skips validation "
                                                    "(for a machine without Great Expectations)")
     parser.add_argument("--out", type=Path, default=Path("bench-out/augmentation"))
+    parser.add_argument("--smoke", action="store_true", help="seconds: 240 generated patches, 1 epoch")
     args = parser.parse_args()
+    if args.smoke:
+        with tempfile.TemporaryDirectory() as tmp:
+            args.data = write_kaggle_layout(Path(tmp) / "data", SyntheticSpec(count=240, seed=6))
+            args.out, args.epochs, args.name = Path(tmp) / "out", 1, args.name or "smoke"
+            run(args)
+        return
     if not (args.prepare or args.name):
         parser.error("--name is required unless --prepare")
+    run(args)
+
+
+def run(args: argparse.Namespace) -> None:
     cfg = TrainConfig.model_validate({**TrainConfig().model_dump(), "epochs": args.epochs,
                                       "num_threads": args.threads, **parse_overrides(args.overrides)})
-
-    split = args.split or steps.split(steps.validate(str(args.data), args.out / "data", ValidationConfig(),
-                                                     args.out / "manifests"), SplitConfig())
+    split = SplitDir(args.split) if args.split else steps.split(
+        steps.validate(str(args.data), DatasetDir(args.out / "data"), ValidationConfig(), args.out / "manifests"),
+        SplitConfig())
     cache = args.out / "cache"
     parts = steps.load_partitions(split, cache, training_augmentation(cfg))
     groups = groups_of(split, cache, parts)
     if args.prepare:
-        print(f"prepared {split}: {describe(parts['train'].pixels, groups)}")
+        print(f"prepared {split.root}: {describe(parts['train'].pixels, groups)}")
         return
     print(f"{args.name}: {cfg.model_dump()}", flush=True)
     held_out = GROUPS.index(args.hold_out_stain) if args.hold_out_stain else None
@@ -97,9 +114,7 @@ def main() -> None:
         parts = {name: without_group(part, groups, held_out) for name, part in parts.items()}
     started = time.perf_counter()
     best = fit(parts["train"], parts["val"], cfg, args.out / args.name,
-               lambda r: print(f"{args.name} epoch {r['epoch']}: val loss {r['val_loss']:.4f}, "
-                               f"val AUC {r['val_auc']:.4f}, {r['images_per_s']:.0f} img/s", flush=True)
-               ).best_checkpoint
+               lambda r: print(f"{args.name} {format_epoch(r, cfg.epochs)}", flush=True)).best_checkpoint
     result = {"name": args.name, "config": cfg.model_dump(), "hold_out_stain": args.hold_out_stain,
               "train_min": (time.perf_counter() - started) / 60}
 
@@ -107,9 +122,11 @@ def main() -> None:
     scored = {"test": test, "restained": restained(test)}
     if held_out is not None:
         scored["held_out_stain"] = PatchDataset(test.pixels, test.labels, np.flatnonzero(groups == held_out))
+    device = pick_device()
+    net = load_model(best, device)
     for tta in (False, True):
         for name, dataset in scored.items():
-            logits, labels = predict_checkpoint_logits(best, dataset, tta=tta)
+            logits, labels = score_dataset(net, dataset, device, tta)
             result[f"{name}_auc{'_tta' if tta else ''}"] = round(float(roc_auc_score(labels, logits)), 4)
     (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=2))
     print(f"{args.name}: " + ", ".join(f"{name} AUC {result[name + '_auc']} ({result[name + '_auc_tta']} with TTA)"

@@ -6,10 +6,12 @@ folders. Prints both and the overhead (goal: <= 10 s). The API server's start-up
 timed apart: it is paid once per process, not per run.
 
     .venv/bin/python bench/flow_overhead.py
+    .venv/bin/python bench/flow_overhead.py --smoke   # 120 patches, 1 epoch
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import tempfile
 import time
@@ -23,6 +25,7 @@ from histo_flows.retrain import retrain  # noqa: E402
 from histo_core import steps  # noqa: E402
 from histo_core.config import GateConfig, RetrainConfig, StoreConfig, TrainConfig  # noqa: E402
 from histo_core.data.synthetic import SyntheticSpec, write_kaggle_layout  # noqa: E402
+from histo_core.layout import DatasetDir, ModelDir, RunDir  # noqa: E402
 
 
 @flow
@@ -33,24 +36,28 @@ def _warm_up() -> None:
 
 
 def _direct(config: RetrainConfig, root: Path) -> None:
-    run_dir = root / "runs" / "direct"
-    steps.record_config(run_dir, config)
-    manifest = steps.validate(config.data, root / "dataset", config.validation, root / "manifests")
-    split = steps.split(manifest, config.split)
-    challenger = steps.train(split, root / "model", root / "cache", config.train)
-    evaluation = steps.evaluate(split, challenger, run_dir, root / "cache", config.store, config.model_name)
-    steps.promote(evaluation, challenger, split, run_dir, config.store, config.model_name, config.gate)
-    steps.upload(run_dir, split, challenger, config.store, "direct")
+    run = RunDir(root / "runs" / "direct")
+    steps.record_config(run, config)
+    dataset = steps.validate(config.data, DatasetDir(root / "dataset"), config.validation, root / "manifests")
+    split = steps.split(dataset, config.split)
+    model = steps.train(split, ModelDir(root / "model"), root / "cache", config.train)
+    steps.evaluate(split, model, run, root / "cache", config.store, config.model_name)
+    steps.promote(run, model, split, config.store, config.model_name, config.gate)
+    steps.upload(run, split, model, config.store, "direct")
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="120 generated patches, 1 epoch")
+    args = parser.parse_args()
+    count, epochs = (120, 1) if args.smoke else (600, 2)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        write_kaggle_layout(root / "data", SyntheticSpec(count=600, seed=3))
+        write_kaggle_layout(root / "data", SyntheticSpec(count=count, seed=3))
 
         def config(name: str) -> RetrainConfig:
             return RetrainConfig(data=str(root / "data"), store=StoreConfig(uri=str(root / name / "store")),
-                                 workdir=str(root / name / "work"), train=TrainConfig(epochs=2),
+                                 workdir=str(root / name / "work"), train=TrainConfig(epochs=epochs),
                                  gate=GateConfig(auc_floor=0.0))
 
         start = time.perf_counter()

@@ -7,13 +7,17 @@ model was written. The test partition here shares slides with the training image
 slide ids are available), so it is optimistic. As a stand-in for unseen slides it also
 scores the same test patches re-stained as eight "virtual labs" (``stain_shift.py``).
 
-    .venv/bin/python bench/quality.py [--data DIR] [--out DIR]
+    .venv/bin/python bench/quality.py [--data DIR] [--out DIR] [--epochs N]
+    .venv/bin/python bench/quality.py --smoke     # seconds: 240 generated patches, 1 epoch
+
+Its figures are in the README's benchmark table.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,7 +26,11 @@ from stain_shift import restained
 
 from histo_core import steps
 from histo_core.config import EvalConfig, SplitConfig, TrainConfig, ValidationConfig
-from histo_core.evaluate import binary_metrics, bootstrap_auc_ci, full_report, predict_checkpoint_logits, sigmoid
+from histo_core.data.synthetic import SyntheticSpec, write_kaggle_layout
+from histo_core.evaluate import binary_metrics, bootstrap_auc_ci, full_report, sigmoid
+from histo_core.inference import load_model, pick_device, score_dataset
+from histo_core.layout import DatasetDir, ModelDir
+from histo_core.train import format_epoch
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "pcam_real"
 
@@ -31,39 +39,50 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--out", type=Path, default=Path("bench-out/quality"))
+    parser.add_argument("--epochs", type=int, default=TrainConfig().epochs, help="default: the default config's")
+    parser.add_argument("--smoke", action="store_true", help="seconds: 240 generated patches, 1 epoch")
     args = parser.parse_args()
-    cfg = TrainConfig()
+    if args.smoke:
+        with tempfile.TemporaryDirectory() as tmp:
+            data = write_kaggle_layout(Path(tmp) / "data", SyntheticSpec(count=240, seed=5))
+            run(data, Path(tmp) / "out", TrainConfig(epochs=1), bootstrap=50)
+    else:
+        run(args.data, args.out, TrainConfig(epochs=args.epochs))
+
+
+def run(data: Path, out: Path, cfg: TrainConfig, bootstrap: int = 1000) -> None:
     started = time.perf_counter()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; config: {cfg.model_dump()}", flush=True)
 
-    manifest = steps.validate(str(args.data), args.out / "data", ValidationConfig(), args.out / "manifests")
-    split = steps.split(manifest, SplitConfig())
+    dataset = steps.validate(str(data), DatasetDir(out / "data"), ValidationConfig(), out / "manifests")
+    split = steps.split(dataset, SplitConfig())
 
     def report(r: dict) -> None:
-        print(f"[{time.perf_counter() - started:6.0f}s] epoch {r['epoch']:2d}  train loss {r['train_loss']:.4f}  "
-              f"val loss {r['val_loss']:.4f}  val AUC {r['val_auc']:.4f}  lr {r['lr']:.1e}  "
-              f"{r['images_per_s']:.0f} img/s{'  *' if r['improved'] else ''}", flush=True)
+        print(f"[{time.perf_counter() - started:6.0f}s] {format_epoch(r, cfg.epochs)}", flush=True)
 
-    best = steps.train(split, args.out / "model", args.out / "cache", cfg, report)
+    model = steps.train(split, ModelDir(out / "model"), out / "cache", cfg, report)
     train_s = time.perf_counter() - started
 
-    parts = steps.load_partitions(split, args.out / "cache")
+    parts = steps.load_partitions(split, out / "cache")
+    device = pick_device()
+    net = load_model(model.best, device)
     results = {}
     for tta in (False, True):
-        val_logits, val_labels = predict_checkpoint_logits(best, parts["val"], tta=tta)
-        test_logits, test_labels = predict_checkpoint_logits(best, parts["test"], tta=tta)
-        metrics = full_report(val_labels, val_logits, test_labels, test_logits, EvalConfig().target_sensitivity)
-        metrics["auc_bootstrap_ci"] = bootstrap_auc_ci(test_labels, sigmoid(test_logits))
+        val_logits, val_labels = score_dataset(net, parts["val"], device, tta)
+        test_logits, test_labels = score_dataset(net, parts["test"], device, tta)
+        metrics = full_report(val_labels, val_logits, test_labels, test_logits, EvalConfig().target_sensitivity,
+                              bootstrap)
+        metrics["auc_bootstrap_ci"] = bootstrap_auc_ci(test_labels, sigmoid(test_logits), bootstrap)
         results["tta" if tta else "plain"] = metrics
     test = parts["test"]
     restained_test = restained(test)
     for tta in (False, True):
-        logits, labels = predict_checkpoint_logits(best, restained_test, tta=tta)
+        logits, labels = score_dataset(net, restained_test, device, tta)
         results["stain_shift_tta" if tta else "stain_shift"] = binary_metrics(labels, sigmoid(logits))
     total_s = time.perf_counter() - started
-    (args.out / "quality.json").write_text(json.dumps({"train_s": train_s, "total_s": total_s, **results}, indent=2))
+    (out / "quality.json").write_text(json.dumps({"train_s": train_s, "total_s": total_s, **results}, indent=2))
 
-    print(f"\ndata: {args.data} -> {len(parts['train'])} train / {len(parts['val'])} val / "
+    print(f"\ndata: {data} -> {len(parts['train'])} train / {len(parts['val'])} val / "
           f"{len(parts['test'])} test images")
     for name in ("plain", "tta"):
         m = results[name]
@@ -76,7 +95,7 @@ def main() -> None:
         print(f"re-stained test AUC {'with TTA' if name.endswith('tta') else 'no TTA  '}: {m['auc']:.4f} "
               f"(95% CI {m['auc_ci_low']:.4f}-{m['auc_ci_high']:.4f})")
     print(f"wall time: training {train_s / 60:.1f} min, total {total_s / 60:.1f} min")
-    print(f"model: {best.resolve()}")
+    print(f"model: {model.best.resolve()}")
 
 
 if __name__ == "__main__":

@@ -114,22 +114,19 @@ def write_pcam(dest: Path, count: int, pixels: np.ndarray, labels: np.ndarray) -
 
 def run_step(step: str, data: str, work: Path) -> dict[str, float]:
     """Run ``step`` here and return its seconds and peak memory (this process or a worker)."""
-    import pandas as pd
-
     from histo_core import steps
     from histo_core.config import SplitConfig, ValidationConfig
     from histo_core.data.cache import build_cache
+    from histo_core.layout import DatasetDir
 
-    dataset, split_cfg = work / "dataset", SplitConfig()
+    dataset, split_cfg = DatasetDir(work / "dataset"), SplitConfig()
     start = time.perf_counter()
     if step == "validate":
         steps.validate(data, dataset, ValidationConfig(), work / "manifests")
     elif step == "split":
-        steps.split(dataset / "manifest.csv", split_cfg)
+        steps.split(dataset, split_cfg)
     else:
-        table = pd.read_csv(steps.split_path(dataset / "manifest.csv", split_cfg), dtype={"id": str},
-                            keep_default_na=False)
-        build_cache(table, work / "cache")
+        build_cache(steps.read_split(steps.split_dir(dataset, split_cfg)), work / "cache")
     seconds = time.perf_counter() - start
     # VmHWM, not RUSAGE_SELF: Linux carries ru_maxrss across exec, so it would include this
     # bench's own memory at the fork. Workers are forked from the step: theirs is right.

@@ -2,19 +2,27 @@
 
 The shared PCam patches carry no slide ids, but their stain does tell two populations
 apart. Averaged over each patch's tissue pixels, the direction of the optical-density
-(OD) vector is clearly bimodal in its blue component: about 30% of the patches are
-deep purple (median blue OD direction 0.31), the rest pale pink-brown (median 0.50),
-with few in between (``augmentation.py --prepare`` prints these figures). Looked at
-side by side these are two staining protocols, as between the two Camelyon16
-hospitals. Training on one group and scoring the other is a shift between real labs,
-not a simulated one: much harsher than new slides from labs seen in training, but it
-ranks augmentations by how well they carry a model across stains.
+(OD) vector is clearly bimodal in its blue component: a minority of deep purple
+patches, the rest pale pink-brown, with few in between (the README gives the figures;
+this script and ``augmentation.py --prepare`` print them). Looked at side by side these
+are two staining protocols, as between the two Camelyon16 hospitals. Training on one
+group and scoring the other is a shift between real labs, not a simulated one: much
+harsher than new slides from labs seen in training, but it ranks augmentations by how
+well they carry a model across stains.
+
+    .venv/bin/python bench/stain_groups.py [DATA]    # default: ../shared/data/pcam_real
+    .venv/bin/python bench/stain_groups.py --smoke   # seconds: 64 generated patches
 """
 
 from __future__ import annotations
 
+import argparse
+from pathlib import Path
+
 import numpy as np
 from sklearn.cluster import KMeans
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "pcam_real"
 
 GROUPS = ("purple", "pink")
 NO_TISSUE = -1
@@ -52,3 +60,32 @@ def describe(pixels: np.ndarray, groups: np.ndarray) -> str:
     parts = [f"{name}: {np.sum(groups == g):,} patches, median blue OD direction {np.median(blue[groups == g]):.2f}"
              for g, name in enumerate(GROUPS)]
     return "; ".join(parts + [f"too little tissue to tell: {np.sum(groups == NO_TISSUE)}"])
+
+
+def load_pixels(data: Path | None) -> np.ndarray:
+    """(N, 96, 96, 3) uint8 patches of a data root; 64 generated ones when ``data`` is None."""
+    if data is None:
+        from histo_core.data.synthetic import render_patch
+
+        return np.stack([render_patch(7, i, i % 2) for i in range(64)])
+    from PIL import Image
+
+    from histo_core.data.sources import list_images
+
+    paths = [p for p in list_images(data)["path"] if p]
+    if not paths:
+        raise SystemExit(f"{data}: no images")
+    return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("data", type=Path, nargs="?", default=DEFAULT_DATA)
+    parser.add_argument("--smoke", action="store_true", help="seconds: 64 generated patches")
+    args = parser.parse_args()
+    pixels = load_pixels(None if args.smoke else args.data)
+    print(f"{len(pixels)} patches: {describe(pixels, stain_groups(pixels))}")
+
+
+if __name__ == "__main__":
+    main()

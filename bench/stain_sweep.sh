@@ -4,8 +4,8 @@
 # group, without the pink one, and on both), one JSON line per run in $RESULTS.
 # A CPU machine would need about 45 min per run; a GPU runs several at once in minutes.
 #
-#   DATA=/path/to/pcam_real [SPLIT=split.csv] RESULTS=results.jsonl JOBS=4 WORKERS=3 PYTHON=python3 bash bench/stain_sweep.sh
-# SPLIT (a split.csv made from DATA elsewhere) skips validation, for a GPU machine without
+#   DATA=/path/to/pcam_real [SPLIT=split-folder] RESULTS=results.jsonl JOBS=4 WORKERS=3 PYTHON=python3 bash bench/stain_sweep.sh
+# SPLIT (a split folder, split.csv inside, made from DATA elsewhere) skips validation, for a GPU machine without
 # Great Expectations.
 set -u
 py=${PYTHON:-python3}

@@ -9,6 +9,7 @@ Same model, batch size and thread count throughout:
 
     .venv/bin/python bench/throughput.py [--device cuda] [--batches 30] [--batch-size 64] [--workers N]
         [--augment-on auto|loader|device] [--repeats 3] [--no-compile]
+    .venv/bin/python bench/throughput.py --smoke      # seconds: 2 batches, 1 repeat, no compile
 On CUDA the trainer uses AMP (bf16 where supported), channels_last, the fused AdamW,
 cuDNN autotuning and loader workers, and from batch 128 up augments on the GPU (the
 workers then only gather and pin); give it more batches there (``--batches 400``), or
@@ -28,9 +29,10 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from histo_core.config import TrainConfig
 from histo_core.data.dataset import PatchDataset, SeededBatchSampler, to_model_input
+from histo_core.inference import amp_dtype, pick_device
 from histo_core.model import create_model
-from histo_core.train import (amp_dtype, augments_on_device, batch_on_device, configure_backend, loader_workers,
-                              make_optimizer, pick_device, train_one_epoch, training_augmentation, warmup_cosine)
+from histo_core.train import (augments_on_device, batch_on_device, configure_backend, loader_workers, make_optimizer,
+                              train_one_epoch, training_augmentation, warmup_cosine)
 
 
 def _rate(images: int, seconds: float) -> float:
@@ -66,7 +68,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                         help="also time inference under torch.compile")
+    parser.add_argument("--smoke", action="store_true", help="seconds: 2 batches of 16, 1 repeat, no compile")
     args = parser.parse_args()
+    if args.smoke:
+        args.batches, args.batch_size, args.repeats, args.compile = 2, 16, 1, False
     torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     configure_backend(device)

@@ -8,12 +8,14 @@ Prints:
     fraction of the first (goal <= 0.1), for the manifest alone and with validation.
 
     .venv/bin/python bench/validate.py [DATA]     # default: ../shared/data/pcam_real
+    .venv/bin/python bench/validate.py --smoke    # seconds: 300 generated patches
 """
 
 from __future__ import annotations
 
+import argparse
 import os
-import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,9 +30,22 @@ DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "pcam_real"
 
 
 def main() -> None:
-    data = Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT
-    if not data.is_dir():
-        sys.exit(f"no data at {data}; pass a data root")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("data", type=Path, nargs="?", default=DEFAULT)
+    parser.add_argument("--smoke", action="store_true", help="seconds: 300 generated patches")
+    args = parser.parse_args()
+    if args.smoke:
+        from histo_core.data.synthetic import SyntheticSpec, write_kaggle_layout
+
+        with tempfile.TemporaryDirectory() as tmp:
+            measure(write_kaggle_layout(Path(tmp) / "data", SyntheticSpec(count=300, seed=4)))
+        return
+    if not args.data.is_dir():
+        raise SystemExit(f"no data at {args.data}; pass a data root")
+    measure(args.data)
+
+
+def measure(data: Path) -> None:
     paths = list_images(data)["path"].tolist()
     import great_expectations  # noqa: F401  (a one-off import cost, ~3 s, kept out of the rates)
 

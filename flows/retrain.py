@@ -13,6 +13,7 @@ from prefect.runtime import flow_run
 
 from histo_core import steps
 from histo_core.config import RetrainConfig
+from histo_core.layout import DatasetDir, ModelDir, SplitDir, Workdir
 from histo_tasks.retrain import (evaluate_models, promote_model, split_data, train_model, upload_artifacts,
                            validate_data)
 
@@ -58,34 +59,35 @@ def retrain(config: RetrainConfig) -> dict[str, Any]:
     """Retrain on ``config.data`` and promote the challenger if it beats the champion."""
     logger = get_run_logger()
     run_id = _run_id()
-    workdir = Path(config.workdir).expanduser().resolve()
-    run_dir = workdir / "runs" / run_id
+    work = Workdir(Path(config.workdir).expanduser().resolve())
+    run = work.run(run_id)
     logger.info("run %s: data %s -> store %s", run_id, config.data, config.store.uri)
-    steps.record_config(run_dir, config)
+    steps.record_config(run, config)
 
-    data_dir = steps.dataset_dir(workdir, config.data, config.validation)
-    manifest = _fresh_unless(validate_data, data_dir and data_dir / "validation.json")(
-        config.data, str(workdir), config.validation, config.store, run_id)
-    split = _fresh_unless(split_data, steps.split_path(Path(manifest), config.split))(manifest, config.split)
-    model_dir = steps.model_dir(workdir, Path(split), config.train)
-    challenger = _fresh_unless(train_model, model_dir / "best.pt")(split, str(workdir), config.train)
-    evaluation = evaluate_models(split, challenger, str(run_dir), str(workdir), config.store,
-                                 config.model_name, config.evaluation, config.train.device)
-    decision_path = promote_model(evaluation, challenger, split, str(run_dir), config.store,
-                                  config.model_name, config.gate)
-    store_uri = upload_artifacts(str(run_dir), split, challenger, config.store, run_id)
+    expected = steps.dataset_dir(work, config.data, config.validation)
+    dataset = DatasetDir(Path(_fresh_unless(validate_data, expected and expected.validation)(
+        config.data, str(work.root), config.validation, config.store, run_id)))
+    split = SplitDir(Path(_fresh_unless(split_data, steps.split_dir(dataset, config.split).csv)(
+        str(dataset.root), config.split)))
+    model = ModelDir(Path(_fresh_unless(train_model, steps.model_dir(work, split, config.train).best)(
+        str(split.root), str(work.root), config.train)))
+    evaluate_models(str(split.root), str(model.root), str(run.root), str(work.root), config.store,
+                    config.model_name, config.evaluation, config.train.device)
+    promote_model(str(run.root), str(model.root), str(split.root), config.store, config.model_name, config.gate)
+    store_uri = upload_artifacts(str(run.root), str(split.root), str(model.root), config.store, run_id)
 
-    decision = json.loads(Path(decision_path).read_text())
-    validation = json.loads((Path(manifest).parent / "validation.json").read_text())
-    history = json.loads((Path(challenger).parent / "history.json").read_text())
+    decision = json.loads(run.decision.read_text())
+    validation = json.loads(dataset.validation.read_text())
+    history = json.loads(model.history.read_text())
     summary = _summary(validation, history, decision, store_uri)
     print(summary)
     create_markdown_artifact(summary, key="retrain-summary", description="Retrain decision")
     create_table_artifact(history, key="retrain-epochs", description="Per-epoch training metrics")
     version_uri = f"{config.store.uri.rstrip('/')}/models/{config.model_name}/versions/{decision['version']}"
-    for name, link in [("model-card", f"{version_uri}/model_card.md"), ("roc-plot", f"{version_uri}/roc.png"),
-                       ("reliability-plot", f"{version_uri}/reliability.png"),
-                       ("data-docs", f"{store_uri}/data_docs/index.html")]:
+    links = {Path(name).stem.replace("_", "-"): f"{version_uri}/{name}"
+             for name in run.version_files(model) if name.endswith((".md", ".png"))}
+    links["data-docs"] = f"{store_uri}/data_docs/index.html"
+    for name, link in links.items():
         create_link_artifact(link, link_text=name, key=f"retrain-{name}", description=f"Stored {name}")
-    return {"run_id": run_id, "flow_run_id": flow_run.get_id(), "run_dir": str(run_dir),
+    return {"run_id": run_id, "flow_run_id": flow_run.get_id(), "run_dir": str(run.root),
             "artifacts": store_uri, **decision}

@@ -7,26 +7,22 @@ import argparse
 from pathlib import Path
 
 from histo_core.config import TrainConfig
+from histo_core.layout import SplitDir
 from histo_core.steps import load_partitions
-from histo_core.train import fit, training_augmentation
+from histo_core.train import fit, format_epoch, training_augmentation
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--split", type=Path, required=True)
+    parser.add_argument("--split", type=Path, required=True, help="split folder (split.csv inside)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--cache", type=Path, required=True)
     parser.add_argument("--config", required=True, help="TrainConfig as JSON")
     args = parser.parse_args()
     cfg = TrainConfig.model_validate_json(args.config)
-    parts = load_partitions(args.split, args.cache, training_augmentation(cfg))
-
-    def report(r: dict) -> None:  # called on rank 0 only
-        print(f"epoch {r['epoch']}/{cfg.epochs}  train loss {r['train_loss']:.4f}  val loss {r['val_loss']:.4f}  "
-              f"val AUC {r['val_auc']:.4f}  {r['images_per_s']:.0f} img/s (all ranks)"
-              + ("  (best, saved)" if r["improved"] else ""), flush=True)
-
-    fit(parts["train"], parts["val"], cfg, args.out, report)
+    parts = load_partitions(SplitDir(args.split), args.cache, training_augmentation(cfg))
+    # on rank 0 only; img/s is the sum over ranks
+    fit(parts["train"], parts["val"], cfg, args.out, lambda r: print(format_epoch(r, cfg.epochs), flush=True))
 
 
 if __name__ == "__main__":

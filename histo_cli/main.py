@@ -122,17 +122,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import tempfile
 
     from histo_core.predict import predict_folder
-    from histo_core.registry import WEIGHTS, Registry
+    from histo_core.registry import Registry
     from histo_core.storage import open_store
 
     with tempfile.TemporaryDirectory() as tmp:
         weights = args.model
         if weights is None:
-            registry = Registry(open_store(_store(args)), args.name)
-            champion = registry.champion()
-            if champion is None:
-                raise FileNotFoundError(f"no --model given and {args.name} has no champion in {args.store}")
-            weights = registry.download_weights(champion.version, Path(tmp) / WEIGHTS)
+            _, weights = Registry(open_store(_store(args)), args.name).fetch_weights(tmp)
         out = predict_folder(weights, args.data, args.out, device=args.device, tta=args.tta)
     print(f"wrote {out}")
     return 0
@@ -145,6 +141,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from histo_core import steps
     from histo_core.config import SplitConfig, ValidationConfig
+    from histo_core.layout import DatasetDir, ModelDir
 
     given = {k: v for k, v in vars(args).items() if k in TrainConfig.model_fields and v is not None}
     if args.nproc > 1 and "num_threads" not in given:
@@ -155,34 +152,33 @@ def cmd_train(args: argparse.Namespace) -> int:
     (out / "config.json").write_text(json.dumps(cfg.model_dump(), indent=2) + "\n")
     bar = ProgressBar("inspecting images")
     try:
-        manifest = steps.validate(args.data, out / "data", ValidationConfig(), out / "manifests", progress=bar)
+        dataset = steps.validate(args.data, DatasetDir(out / "data"), ValidationConfig(), out / "manifests",
+                                 progress=bar)
     finally:
         bar.close()
-    print(f"data: {json.loads((out / 'data' / 'validation.json').read_text())['counts']}")
-    split = steps.split(manifest, SplitConfig())
-
-    def report(r: dict) -> None:
-        print(f"epoch {r['epoch']}/{cfg.epochs}  train loss {r['train_loss']:.4f}  val loss {r['val_loss']:.4f}  "
-              f"val AUC {r['val_auc']:.4f}  lr {r['lr']:.2e}  {r['images_per_s']:.0f} img/s"
-              + ("  (best, saved)" if r["improved"] else ""), flush=True)
+    print(f"data: {json.loads(dataset.validation.read_text())['counts']}")
+    split = steps.split(dataset, SplitConfig())
+    model = ModelDir(out)
 
     if args.nproc > 1:
         import subprocess
 
         steps.load_partitions(split, out / "cache")  # decode once here, not in every rank
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
-                   "-m", "histo_cli.ddp_worker", "--split", str(split), "--out", str(out),
+                   "-m", "histo_cli.ddp_worker", "--split", str(split.root), "--out", str(out),
                    "--cache", str(out / "cache"), "--config", cfg.model_dump_json()]
         if subprocess.run(command).returncode != 0:
             raise RuntimeError(f"distributed training with {args.nproc} processes failed (see above)")
-        best = out / "best.pt"
     else:
+        from histo_core.train import format_epoch
+
         bars = EpochBars(cfg.epochs)
         try:
-            best = steps.train(split, out, out / "cache", cfg, report, bars)
+            steps.train(split, model, out / "cache", cfg, lambda r: print(format_epoch(r, cfg.epochs), flush=True),
+                        bars)
         finally:
             bars.close()
-    print(f"best model: {best}\nlast checkpoint: {out / 'last.pt'}\nhistory: {out / 'history.json'}")
+    print(f"best model: {model.best}\nlast checkpoint: {model.last}\nhistory: {model.history}")
     return 0
 
 

@@ -13,10 +13,6 @@ import numpy as np
 from scipy.stats import norm, rankdata
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
-from torch.utils.data import DataLoader
-
-from histo_core.data.dataset import PatchDataset
-from histo_core.train import load_model, pick_device, predict_logits
 
 
 def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
@@ -143,28 +139,14 @@ def full_report(val_labels: np.ndarray, val_logits: np.ndarray, test_labels: np.
     return report
 
 
-def predict_checkpoint_logits(checkpoint: Path | str, dataset: PatchDataset, device: str = "auto",
-                              batch_size: int = 256, tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    torch_device = pick_device(device)
-    model = load_model(checkpoint, torch_device)
-    return predict_logits(model, DataLoader(dataset, batch_size), torch_device, tta=tta)
-
-
-def evaluate_checkpoint(checkpoint: Path | str, dataset: PatchDataset, device: str = "auto",
-                        tta: bool = False) -> dict[str, float]:
-    """Metrics of the model in ``checkpoint`` on every item of ``dataset``."""
-    logits, labels = predict_checkpoint_logits(checkpoint, dataset, device, tta=tta)
-    return binary_metrics(labels, sigmoid(logits))
-
-
-def plot_curves(labels: np.ndarray, curves: dict[str, np.ndarray], out_dir: Path) -> dict[str, Path]:
-    """ROC, precision-recall and reliability plots of models on the same images (PNG files)."""
+def plot_curves(labels: np.ndarray, curves: dict[str, np.ndarray], paths: dict[str, Path]) -> dict[str, Path]:
+    """ROC, precision-recall and reliability plots of models on the same images, as PNG
+    files at ``paths["roc"]``, ``paths["pr"]`` and ``paths["reliability"]``."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never needs a display
     import matplotlib.pyplot as plt
 
-    paths = {name: out_dir / f"{name}.png" for name in ("roc", "pr", "reliability")}
     figures = {name: plt.subplots(figsize=(4.5, 4.5), dpi=120) for name in paths}
     for name, probs in curves.items():
         fpr, tpr, _ = roc_curve(labels, probs)

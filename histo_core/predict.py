@@ -16,10 +16,10 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from histo_core.data.dataset import dihedral_views, to_model_input
 from histo_core.data.images import checked_stat, open_image
 from histo_core.data.sources import IMAGE_SUFFIXES, DataSourceError, list_images
-from histo_core.train import load_model, pick_device
+from histo_core.evaluate import sigmoid
+from histo_core.inference import BatchProgress, load_model, pick_device, score
 
 log = logging.getLogger(__name__)
 
@@ -57,23 +57,20 @@ class _Decoded(Dataset):
             return torch.zeros(3, self.size, self.size, dtype=torch.uint8), f"unreadable image: {exc}"
 
 
-@torch.no_grad()
 def score_files(checkpoint: Path | str, paths: list[str], device: str = "auto", batch_size: int = 256,
-                workers: int = 0, tta: bool = False, root: str | None = None) -> tuple[np.ndarray, list[str]]:
+                workers: int = 0, tta: bool = False, root: str | None = None,
+                progress: BatchProgress | None = None) -> tuple[np.ndarray, list[str]]:
     """Tumour probabilities of the images at ``paths`` (NaN where unreadable) and errors.
 
     ``root``: the folder the paths must stay inside once links are resolved."""
     torch_device = pick_device(device)
     model = load_model(checkpoint, torch_device)
-    loader = DataLoader(_Decoded(paths, root=root), batch_size, num_workers=workers, pin_memory=torch_device.type == "cuda")
-    logits, errors = [], []
-    for images, batch_errors in loader:
-        x = to_model_input(images, torch_device)
-        out = torch.stack([model(v).float() for v in (dihedral_views(x) if tta else [x])])
-        logits.append(out.mean(0).cpu())
-        errors += list(batch_errors)
-    probability = torch.sigmoid(torch.cat(logits)).numpy() if logits else np.array([])
-    probability[np.array(errors) != ""] = np.nan
+    loader = DataLoader(_Decoded(paths, root=root), batch_size, num_workers=workers,
+                        pin_memory=torch_device.type == "cuda")
+    logits, batch_errors = score(model, loader, torch_device, tta, progress)
+    errors = [e for batch in batch_errors for e in batch]
+    probability = sigmoid(logits)
+    probability[np.array(errors, dtype=str) != ""] = np.nan
     return probability, errors
 
 

@@ -125,6 +125,18 @@ class Registry:
         self.store.put_json(key, {"kind": kind, "version": version, **payload})
         return key
 
+    def fetch_weights(self, folder: Path | str, version: str | None = None) -> tuple[str, Path]:
+        """``model.pt`` of ``version`` (default: the champion) into ``folder``, verified;
+        returns the version and the file. Raises ``RegistryStateError`` when no version is
+        named and there is no champion."""
+        if version is None:
+            champion = self.champion()
+            if champion is None:
+                raise RegistryStateError(f"{self.name} has no champion in {self.store.uri}: train and promote "
+                                         "one first (histo retrain), or name a version")
+            version = champion.version
+        return version, self.download_weights(version, Path(folder) / WEIGHTS)
+
     def download_weights(self, version: str, local: Path | str) -> Path:
         """Fetch ``model.pt`` of ``version`` and verify it against the recorded sha256."""
         expected = self.version(version)["files"][WEIGHTS]

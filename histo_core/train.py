@@ -12,9 +12,7 @@ import json
 import logging
 import math
 import os
-import pickle
 import time
-import zipfile
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -27,12 +25,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Sampler, WeightedRandomSampler
 
+from histo_core.checkpoint import TrainingState, model_record, read_checkpoint, write_checkpoint
 from histo_core.config import TrainConfig
-from histo_core.data.dataset import (PatchDataset, SeededBatchSampler, augment_seeded, build_augmentation, dihedral_views,
+from histo_core.data.dataset import (PatchDataset, SeededBatchSampler, augment_seeded, build_augmentation,
                                     to_model_input)
-from histo_core.errors import CheckpointError
 from histo_core.distributed import (Context, DistributedWeightedSampler, all_sum, barrier, gather_by_index,
                                     init_from_env)
+from histo_core.inference import amp_dtype, pick_device, score_labelled
 from histo_core.model import create_model
 from histo_core.split import balanced_weights
 
@@ -46,17 +45,6 @@ class TrainResult:
     best_checkpoint: Path
     last_checkpoint: Path
     history: list[dict[str, float]]
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """CUDA, then Apple MPS, then CPU, unless a device is named."""
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def build_model(cfg: TrainConfig) -> nn.Module:
@@ -112,13 +100,6 @@ def batch_on_device(images: torch.Tensor, seeds: list[torch.Tensor], device: tor
     return images if augment is None else augment_seeded(augment, images, int(seeds[0][0]))
 
 
-def amp_dtype(device: torch.device) -> torch.dtype | None:
-    """bf16 autocast where the GPU has it (no loss scaling needed), else fp16; None on CPU/MPS."""
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                     loss_fn: nn.Module, device: torch.device,
                     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
@@ -169,81 +150,16 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int,
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-@torch.no_grad()
-def predict_logits(model: nn.Module, loader: DataLoader, device: torch.device,
-                   tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Logits and labels for every item of ``loader``, in order.
-
-    With ``tta``, each logit is the mean over the 8 dihedral views of the patch (tissue
-    has no orientation, so each view is an equally valid look at the same image).
-    """
-    model.eval()
-    dtype = amp_dtype(device)
-    logits, labels = [], []
-    for images, y in loader:
-        x = to_model_input(images, device)
-        views = dihedral_views(x) if tta else [x]
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            out = torch.stack([model(v).float() for v in views])
-        logits.append(out.mean(0).cpu())
-        labels.append(y)
-    return torch.cat(logits).numpy(), torch.cat(labels).numpy()
-
-
 def evaluate_loss_auc(model: nn.Module, loader: DataLoader, device: torch.device,
                       ctx: Context = Context()) -> tuple[float, float, int]:
     """Val loss, val AUC and the number of val images, over the whole val set on every rank."""
-    logits, labels = predict_logits(model, loader, device)
+    logits, labels = score_labelled(model, loader, device)
     if ctx.active:
         shard = np.fromiter(iter(loader.sampler), dtype=np.int64)
         logits, labels = gather_by_index(shard, logits, labels, ctx=ctx)
     loss = nn.functional.binary_cross_entropy_with_logits(torch.from_numpy(logits), torch.from_numpy(labels))
     auc = roc_auc_score(labels, logits) if len(set(labels.tolist())) == 2 else math.nan
     return float(loss), float(auc), len(labels)
-
-
-def _checkpoint(model: nn.Module, cfg: TrainConfig, **extra: object) -> dict[str, object]:
-    """A plain dict loadable with ``torch.load(..., weights_only=True)``."""
-    model = model.module if isinstance(model, DistributedDataParallel) else model
-    return {"model": model.state_dict(), "model_name": cfg.model,
-            "model_kwargs": {"dropout": cfg.dropout}, "config": cfg.model_dump(), **extra}
-
-
-CHECKPOINT_KEYS = {"model", "model_name", "model_kwargs"}
-
-
-def read_checkpoint(path: Path | str, map_location: torch.device | str = "cpu") -> dict[str, object]:
-    """A checkpoint's dict, loaded with ``weights_only=True`` only; every failure is a
-    ``CheckpointError`` naming the file and what was wrong with it.
-
-    torch's own messages for a refused pickle suggest loading with ``weights_only=False``,
-    which would run whatever code the file carries; they are not passed on.
-    """
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such checkpoint file") from None
-    except pickle.UnpicklingError as exc:
-        if "global" not in str(exc).lower():  # no Python object refused: not a pickle we can read at all
-            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated, or another format): "
-                                  "no pickle or zip header") from None
-        raise CheckpointError(
-            f"{path}: refused: it holds Python objects besides tensors and plain values, and only "
-            "weights-only checkpoints are loaded (files written by histo train or a retrain run)") from None
-    except (RuntimeError, EOFError, OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated, or another format): "
-                              f"{type(exc).__name__}") from None
-    if not isinstance(state, dict) or not CHECKPOINT_KEYS <= set(state):
-        found = sorted(state)[:8] if isinstance(state, dict) else type(state).__name__
-        raise CheckpointError(f"{path}: a PyTorch file but not a histo-retrain checkpoint: expected the keys "
-                              f"{sorted(CHECKPOINT_KEYS)}, found {found}")
-    return state
-
-
-def _save(obj: dict[str, object], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # a crash mid-write never leaves a truncated checkpoint
 
 
 def loader_workers(cfg: TrainConfig, device: torch.device, processes: int = 1) -> int:
@@ -319,16 +235,17 @@ def fit(train_set: PatchDataset, val_set: PatchDataset, cfg: TrainConfig, out_di
         # on the CPU: RNG states must stay CPU tensors; the model and optimizer copy theirs over
         state = read_checkpoint(last_path, map_location="cpu")
         if _same_run(state["config"], cfg):
+            resume = TrainingState.from_checkpoint(state, last_path)
             model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            if scaler is not None and state.get("scaler"):
-                scaler.load_state_dict(state["scaler"])
-            sampler_gen.set_state(state["sampler_rng"])
-            torch.set_rng_state(state["torch_rng"])
-            if device.type == "cuda" and state.get("cuda_rng") is not None:  # dropout draws from it there
-                torch.cuda.set_rng_state(state["cuda_rng"], device)
-            history, best_loss, start_epoch = state["history"], state["best_val_loss"], state["epoch"]
+            optimizer.load_state_dict(resume.optimizer)
+            scheduler.load_state_dict(resume.scheduler)
+            if scaler is not None and resume.scaler:
+                scaler.load_state_dict(resume.scaler)
+            sampler_gen.set_state(resume.sampler_rng)
+            torch.set_rng_state(resume.torch_rng)
+            if device.type == "cuda" and resume.cuda_rng is not None:  # dropout draws from it there
+                torch.cuda.set_rng_state(resume.cuda_rng, device)
+            history, best_loss, start_epoch = resume.history, resume.best_val_loss, resume.epoch
             log.info("resuming from %s after epoch %d", last_path, start_epoch)
         else:
             log.warning("ignoring %s: it was written with a different config", last_path)
@@ -357,14 +274,14 @@ def fit(train_set: PatchDataset, val_set: PatchDataset, cfg: TrainConfig, out_di
         history.append(record)
         improved, best_loss = val_loss < best_loss, min(best_loss, val_loss)
         if ctx.is_main:  # one writer; every rank holds the same history and decisions
+            weights = model_record(model, cfg)
             if improved:
-                _save(_checkpoint(model, cfg, epoch=epoch, val_loss=val_loss, val_auc=val_auc), best_path)
-            _save(_checkpoint(model, cfg, epoch=epoch, optimizer=optimizer.state_dict(),
-                              scheduler=scheduler.state_dict(), scaler=scaler.state_dict() if scaler else None,
-                              history=history, best_val_loss=best_loss, sampler_rng=sampler_gen.get_state(),
-                              torch_rng=torch.get_rng_state(), world=ctx.world,
-                              cuda_rng=torch.cuda.get_rng_state(device) if device.type == "cuda" else None),
-                  last_path)
+                write_checkpoint(best_path, weights, epoch=epoch, val_loss=val_loss, val_auc=val_auc)
+            write_checkpoint(last_path, weights, TrainingState(
+                epoch=epoch, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                scaler=scaler.state_dict() if scaler else None, history=history, best_val_loss=best_loss,
+                sampler_rng=sampler_gen.get_state(), torch_rng=torch.get_rng_state(),
+                cuda_rng=torch.cuda.get_rng_state(device) if device.type == "cuda" else None, world=ctx.world))
             (out_dir / "history.json").write_text(json.dumps(history, indent=2))
             if on_epoch:
                 on_epoch(record)
@@ -385,9 +302,8 @@ def _stale_epochs(history: list[dict[str, float]]) -> int:
     return len(history) - 1 - improved[-1] if improved else len(history)
 
 
-def load_model(checkpoint: Path | str, device: torch.device | str = "cpu") -> nn.Module:
-    """Rebuild a model from a checkpoint written by ``fit`` (safe loader: weights only)."""
-    state = read_checkpoint(checkpoint, map_location=device)
-    model = create_model(state["model_name"], **state["model_kwargs"])
-    model.load_state_dict(state["model"])
-    return model.to(device, memory_format=torch.channels_last).eval()
+def format_epoch(record: dict[str, float], epochs: int) -> str:
+    """One epoch's line, as every progress log and bench prints it."""
+    return (f"epoch {record['epoch']}/{epochs}  train loss {record['train_loss']:.4f}  "
+            f"val loss {record['val_loss']:.4f}  val AUC {record['val_auc']:.4f}  lr {record['lr']:.2e}  "
+            f"{record['images_per_s']:.0f} img/s" + ("  (best, saved)" if record["improved"] else ""))

@@ -11,7 +11,7 @@ from prefect.tasks import exponential_backoff
 
 from histo_core.config import PredictConfig, StoreConfig
 from histo_core.predict import predict_folder
-from histo_core.registry import WEIGHTS, Registry
+from histo_core.registry import Registry
 from histo_core.storage import open_store
 from histo_core.watch import batch_uri, claim_new_batches
 
@@ -36,11 +36,7 @@ def announce(data: str, batches: list[str]) -> None:
 @task(name="score-patches", retries=2, retry_delay_seconds=exponential_backoff(5), cache_policy=NO_CACHE)
 def score_patches(config: PredictConfig, workdir: str) -> str:
     registry = Registry(open_store(config.store), config.model_name)
-    champion = registry.champion()
-    version = config.version or (champion.version if champion else None)
-    if version is None:
-        raise RuntimeError(f"{config.model_name} has no champion in {config.store.uri}; train one first")
-    weights = registry.download_weights(version, Path(workdir) / version / WEIGHTS)
+    version, weights = registry.fetch_weights(Path(workdir) / (config.version or "champion"), config.version)
     get_run_logger().info("scoring %s with %s %s", config.data, config.model_name, version)
     return str(predict_folder(weights, config.data, config.out, config.device))
 

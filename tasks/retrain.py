@@ -22,6 +22,7 @@ from prefect.tasks import exponential_backoff
 from histo_core import steps
 from histo_core.config import EvalConfig, GateConfig, SplitConfig, StoreConfig, TrainConfig, ValidationConfig
 from histo_core.data.sources import DataSourceError
+from histo_core.layout import DatasetDir, ModelDir, RunDir, SplitDir, Workdir
 from histo_core.storage import sha256_file
 from histo_core.validation import DataValidationError
 
@@ -40,35 +41,37 @@ def _worth_retrying(task: object, task_run: object, state: State) -> bool:
 
 
 def _validate_key(context: Any, p: dict[str, Any]) -> str | None:
-    folder = steps.dataset_dir(Path(p["workdir"]), p["data"], p["cfg"])
-    return f"validate-{folder.name}" if folder else None  # remote data: not cached
+    folder = steps.dataset_dir(Workdir(Path(p["workdir"])), p["data"], p["cfg"])
+    return f"dataset-{folder.root.name}" if folder else None  # remote data: not cached
 
 
 def _split_key(context: Any, p: dict[str, Any]) -> str:
-    return f"split-{steps.content_key(sha256_file(p['manifest_csv']), p['cfg'].model_dump())}"
+    manifest = DatasetDir(Path(p["dataset"])).manifest
+    return f"split-dir-{steps.content_key(sha256_file(manifest), p['cfg'].model_dump())}"
 
 
 def _train_key(context: Any, p: dict[str, Any]) -> str:
-    return f"train-{steps.model_dir(Path(p['workdir']), Path(p['split_csv']), p['cfg']).name}"
+    return f"model-{steps.model_dir(Workdir(Path(p['workdir'])), SplitDir(Path(p['split'])), p['cfg']).root.name}"
 
 
 @task(name="validate-data", retries=2, retry_delay_seconds=exponential_backoff(5),
       retry_condition_fn=_worth_retrying, cache_key_fn=_validate_key, cache_expiration=CACHE_FOR,
       persist_result=True)
 def validate_data(data: str, workdir: str, cfg: ValidationConfig, store: StoreConfig, run_id: str) -> str:
-    """Manifest + GX validation; fails the run with the data set problems if rejected.
+    """Manifest + GX validation into a data set folder; fails the run with the data set's
+    problems if it is rejected.
 
     Retried because an ``s3://`` data root is listed and fetched over the network; a
     rejected data set fails the same way every time and is not retried.
     """
     logger = get_run_logger()
-    out = steps.dataset_dir(Path(workdir), data, cfg) or Path(workdir) / "datasets" / f"remote-{run_id}"
+    work = Workdir(Path(workdir))
+    dataset = steps.dataset_dir(work, data, cfg) or work.dataset(f"remote-{run_id}")
     try:
-        return str(steps.validate(data, out, cfg, Path(workdir) / "manifests", store=store))
+        return str(steps.validate(data, dataset, cfg, work.manifests, store=store).root)
     finally:
-        report_path = out / "validation.json"
-        if report_path.exists():
-            report = json.loads(report_path.read_text())
+        if dataset.validation.exists():
+            report = json.loads(dataset.validation.read_text())
             logger.info("data %s: %s; labels %s", report["verdict"], report["counts"], report["labels"])
             if report["drift"]:
                 (logger.warning if report["drift"]["warning"] else logger.info)("colour drift: %s", report["drift"])
@@ -77,49 +80,45 @@ def validate_data(data: str, workdir: str, cfg: ValidationConfig, store: StoreCo
 
 
 @task(name="split-data", cache_key_fn=_split_key, cache_expiration=CACHE_FOR, persist_result=True)
-def split_data(manifest_csv: str, cfg: SplitConfig) -> str:
-    return str(steps.split(Path(manifest_csv), cfg))
+def split_data(dataset: str, cfg: SplitConfig) -> str:
+    return str(steps.split(DatasetDir(Path(dataset)), cfg).root)
 
 
 # A retry (or a re-run of a failed flow) resumes from last.pt in the same model folder.
 @task(name="train-model", retries=1, cache_key_fn=_train_key, cache_expiration=CACHE_FOR, persist_result=True)
-def train_model(split_csv: str, workdir: str, cfg: TrainConfig) -> str:
+def train_model(split: str, workdir: str, cfg: TrainConfig) -> str:
+    from histo_core.train import format_epoch
+
     logger = get_run_logger()
-
-    def log_epoch(r: dict[str, float]) -> None:
-        logger.info("epoch %d/%d  train loss %.4f  val loss %.4f  val AUC %.4f  %.0f img/s%s",
-                    r["epoch"], cfg.epochs, r["train_loss"], r["val_loss"], r["val_auc"],
-                    r["images_per_s"], "  (best so far, saved)" if r["improved"] else "")
-
-    out = steps.model_dir(Path(workdir), Path(split_csv), cfg)
-    return str(steps.train(Path(split_csv), out, Path(workdir) / "cache", cfg, log_epoch))
+    work, split_dir = Workdir(Path(workdir)), SplitDir(Path(split))
+    model = steps.model_dir(work, split_dir, cfg)
+    steps.train(split_dir, model, work.cache, cfg, lambda r: logger.info(format_epoch(r, cfg.epochs)))
+    return str(model.root)
 
 
 @task(name="evaluate-models", retries=2, retry_delay_seconds=exponential_backoff(5), cache_policy=NO_CACHE)
-def evaluate_models(split_csv: str, challenger: str, run_dir: str, workdir: str,
+def evaluate_models(split: str, model: str, run: str, workdir: str,
                     store: StoreConfig, model_name: str, cfg: EvalConfig, device: str) -> str:
-    path = steps.evaluate(Path(split_csv), Path(challenger), Path(run_dir), Path(workdir) / "cache",
-                          store, model_name, cfg, device)
-    report = json.loads(path.read_text())
+    run_dir = steps.evaluate(SplitDir(Path(split)), ModelDir(Path(model)), RunDir(Path(run)),
+                             Workdir(Path(workdir)).cache, store, model_name, cfg, device)
+    report = json.loads(run_dir.evaluation.read_text())
     logger = get_run_logger()
     logger.info("challenger on hold-out: %s", report["challenger"])
     logger.info("champion %s on hold-out: %s", report["champion_version"] or "(none)", report["champion"])
     if report["comparison"]:
         logger.info("paired DeLong comparison: %s", report["comparison"])
-    return str(path)
+    return str(run_dir.root)
 
 
 @task(name="promote-model", retries=2, retry_delay_seconds=exponential_backoff(5), cache_policy=NO_CACHE)
-def promote_model(evaluation_json: str, challenger: str, split_csv: str, run_dir: str, store: StoreConfig,
-                  model_name: str, cfg: GateConfig) -> str:
-    path = steps.promote(Path(evaluation_json), Path(challenger), Path(split_csv), Path(run_dir), store,
-                         model_name, cfg)
-    decision = json.loads(path.read_text())
+def promote_model(run: str, model: str, split: str, store: StoreConfig, model_name: str, cfg: GateConfig) -> str:
+    run_dir = steps.promote(RunDir(Path(run)), ModelDir(Path(model)), SplitDir(Path(split)), store, model_name, cfg)
+    decision = json.loads(run_dir.decision.read_text())
     get_run_logger().info("decision: %s %s (%s)", decision["outcome"], decision["version"],
                           "; ".join(decision["reasons"]))
-    return str(path)
+    return str(run_dir.decision)
 
 
 @task(name="upload-artifacts", retries=3, retry_delay_seconds=exponential_backoff(2), cache_policy=NO_CACHE)
-def upload_artifacts(run_dir: str, split_csv: str, challenger: str, store: StoreConfig, run_id: str) -> str:
-    return steps.upload(Path(run_dir), Path(split_csv), Path(challenger), store, run_id)
+def upload_artifacts(run: str, split: str, model: str, store: StoreConfig, run_id: str) -> str:
+    return steps.upload(RunDir(Path(run)), SplitDir(Path(split)), ModelDir(Path(model)), store, run_id)

@@ -1,14 +1,18 @@
-"""prefect.yaml and the served deployments declare the same five deployments, and every
-entry point and parameter set in the file is valid for its flow."""
+"""prefect.yaml and the served deployments declare the same five deployments (flows,
+schedules, triggers, parameters, concurrency, tags), and every entry point and parameter
+set in the file is valid for its flow."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
-from histo_core.config import RetrainConfig, StoreConfig
+from histo_core.config import RetrainConfig
 from histo_tasks.operations import ARRIVED
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,12 +28,49 @@ def _load(entrypoint: str):
     return import_object(entrypoint)
 
 
+def _as_json(flow, parameters: dict[str, Any]) -> dict[str, Any]:
+    """Parameters as the flow receives them (validated, defaults filled in), as JSON."""
+    validated = flow.validate_parameters(parameters)
+    return {k: v.model_dump(mode="json") if isinstance(v, BaseModel) else v for k, v in validated.items()}
+
+
+def _from_yaml(d: dict[str, Any]) -> dict[str, Any]:
+    flow = _load(d["entrypoint"])
+    schedules = [("cron", s["cron"], s.get("timezone", "UTC")) if "cron" in s
+                 else ("interval", timedelta(seconds=s["interval"])) for s in d.get("schedules") or []]
+    triggers = [(t["name"], sorted(t["expect"]), t["match"], _as_json(flow, t["parameters"]))
+                for t in d.get("triggers") or []]
+    return {"flow": flow.name, "parameters": _as_json(flow, d.get("parameters", {})), "schedules": schedules,
+            "triggers": triggers, "concurrency_limit": d.get("concurrency_limit"), "tags": d.get("tags"),
+            "description": d["description"]}
+
+
+def _served(d, flows: dict[str, Any]) -> dict[str, Any]:
+    flow = flows[d.flow_name]
+    schedules = [("cron", s.schedule.cron, s.schedule.timezone) if hasattr(s.schedule, "cron")
+                 else ("interval", s.schedule.interval) for s in d.schedules or []]
+    triggers = [(t.name, sorted(t.expect), t.model_dump(mode="json")["match"], _as_json(flow, t.parameters))
+                for t in d.triggers or []]
+    return {"flow": d.flow_name, "parameters": _as_json(flow, d.parameters), "schedules": schedules,
+            "triggers": triggers, "concurrency_limit": d.concurrency_limit, "tags": d.tags,
+            "description": d.description}
+
+
 def test_yaml_and_serve_declare_the_same_deployments():
+    """``histo serve`` given the file's settings serves what ``prefect deploy`` deploys."""
     from histo_deployments.serve import build_deployments
 
-    served = build_deployments(RetrainConfig(data="/data", store=StoreConfig(uri="/store")))
+    nightly = DEPLOYMENTS["retrain-nightly"]
+    [cron] = nightly["schedules"]
+    [interval] = DEPLOYMENTS["watch-new-data"]["schedules"]
+    config = RetrainConfig.model_validate(nightly["parameters"]["config"])
+    served = build_deployments(config, cron=cron["cron"], timezone=cron["timezone"],
+                               watch_every=interval["interval"])
+    flows = {f.name: f for f in (_load(d["entrypoint"]) for d in DEPLOYMENTS.values())}
     assert {d.name for d in served} == set(DEPLOYMENTS) == {
         "retrain-nightly", "retrain-on-new-data", "watch-new-data", "predict", "rollback"}
+    for deployment in served:
+        assert _served(deployment, flows) == _from_yaml(DEPLOYMENTS[deployment.name]), deployment.name
 
 
 @pytest.mark.parametrize("name", sorted(DEPLOYMENTS))

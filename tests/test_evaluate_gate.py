@@ -72,11 +72,24 @@ def test_gate_with_significance_needs_a_small_p_value():
     assert decide(0.93, None, cfg).promote  # the first model needs only the floor
 
 
-def test_metrics_carry_a_confidence_interval_around_the_auc():
+def _delong_by_definition(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
+    """AUC and its DeLong variance straight from DeLong et al. (1988): the m x n matrix of
+    pairwise comparisons, no ranks. An independent computation to check the fast one."""
+    x, y = scores[labels == 1], scores[labels == 0]
+    psi = (x[:, None] > y[None, :]) + 0.5 * (x[:, None] == y[None, :])
+    v10, v01 = psi.mean(axis=1), psi.mean(axis=0)  # structural components
+    return float(psi.mean()), float(v10.var(ddof=1) / len(x) + v01.var(ddof=1) / len(y))
+
+
+def test_the_auc_ci_is_delongs_as_defined():
     rng = np.random.default_rng(2)
     labels = rng.integers(0, 2, 300)
-    m = binary_metrics(labels, labels * 1.0 + rng.normal(0, 1, 300))
-    assert m["auc_ci_low"] < m["auc"] < m["auc_ci_high"]
+    scores = np.round(labels * 1.0 + rng.normal(0, 1, 300), 1)  # rounded: ties too
+    m = binary_metrics(labels, scores)
+    auc, variance = _delong_by_definition(labels, scores)
+    half = 1.959964 * np.sqrt(variance)
+    assert m["auc"] == pytest.approx(auc, abs=1e-12)
+    assert (m["auc_ci_low"], m["auc_ci_high"]) == pytest.approx((auc - half, auc + half), abs=1e-12)
 
 
 def test_model_card_lists_data_metrics_comparison_and_decision():
@@ -146,5 +159,6 @@ def test_full_report_and_plots(tmp_path):
     assert report["operating_point"]["target_sensitivity"] == 0.9
     assert report["operating_point"]["sensitivity"] > 0.8
     assert report["ece"] <= report["ece_uncalibrated"] + 0.02
-    paths = plot_curves(test_labels, {"model": sigmoid(test_logits)}, tmp_path)
+    paths = plot_curves(test_labels, {"model": sigmoid(test_logits)},
+                        {name: tmp_path / f"{name}.png" for name in ("roc", "pr", "reliability")})
     assert all(p.stat().st_size > 5000 and p.read_bytes()[:4] == b"\x89PNG" for p in paths.values())

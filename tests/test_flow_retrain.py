@@ -153,3 +153,34 @@ def test_predict_and_rollback_flows(prefect_api, tmp_path, kaggle_root):
     assert registry.champion().version == versions[0]
     with pytest.raises(ValueError, match="config.data is empty"):
         predict(PredictConfig(data="", store=store_cfg))
+
+
+def test_validation_retries_network_trouble_but_not_a_rejected_data_set(prefect_api):
+    """The validate task's own retry settings, on a task that fails each way for real."""
+    from collections import Counter
+
+    from prefect import flow, task
+
+    from histo_core.data.sources import DataSourceError
+    from histo_core.validation import DataValidationError
+    from histo_tasks.retrain import validate_data
+
+    failures = {"rejected": DataValidationError("data set rejected: only label ['1'] present"),
+                "unreadable": DataSourceError("labels.csv: not UTF-8"),
+                "network": ConnectionError("connection reset by peer")}
+    attempts: Counter[str] = Counter()
+
+    @task(retries=validate_data.retries, retry_delay_seconds=0, retry_condition_fn=validate_data.retry_condition_fn)
+    def failing_step(kind: str) -> None:
+        attempts[kind] += 1
+        raise failures[kind]
+
+    @flow
+    def run(kind: str) -> None:
+        failing_step(kind)
+
+    for kind, error in failures.items():
+        with pytest.raises(type(error)):
+            run(kind)
+    assert validate_data.retries == 2
+    assert attempts == {"rejected": 1, "unreadable": 1, "network": 3}

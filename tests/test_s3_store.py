@@ -172,15 +172,17 @@ def test_an_s3_data_root_is_mirrored_and_validated(store, endpoint, kaggle_root,
     from histo_core import steps
     from histo_core.config import StoreConfig, ValidationConfig
     from histo_core.data.sources import list_images
+    from histo_core.layout import DatasetDir
 
     files = [kaggle_root / "train_labels.csv", *sorted((kaggle_root / "train").iterdir())[:40]]
     for path in files:
         store.put_file(path, f"data/batches/b1/{path.relative_to(kaggle_root)}")
     uri = f"{store.uri}/data"
     cfg = StoreConfig(uri=store.uri, endpoint_url=endpoint.url, region="us-east-1")
-    manifest = steps.validate(uri, tmp_path / "run", ValidationConfig(max_quarantine_fraction=1.0, min_rows=1),
-                              manifest_cache=tmp_path / "manifests", store=cfg)
-    rows = steps.read_manifest(manifest)
+    dataset = steps.validate(uri, DatasetDir(tmp_path / "run"),
+                             ValidationConfig(max_quarantine_fraction=1.0, min_rows=1),
+                             manifest_cache=tmp_path / "manifests", store=cfg)
+    rows = steps.read_manifest(dataset.manifest)
     mirrored = tmp_path / "mirror" / store.bucket / "some/prefix/data"
     assert len(rows) == len(list_images(mirrored)) == 300
     assert (rows["status"] == "ok").sum() == 40 and rows["path"].str.startswith(str(mirrored)).all()

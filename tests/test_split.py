@@ -66,14 +66,16 @@ def test_a_split_of_an_unchanged_manifest_is_reused_and_a_changed_one_redone(kag
     from histo_core import steps
     from histo_core.config import ValidationConfig
 
-    manifest = steps.validate(str(kaggle_root), tmp_path / "dataset", ValidationConfig())
-    first = steps.split(manifest, SplitConfig())
-    written = first.stat().st_mtime_ns
-    assert steps.split(manifest, SplitConfig()) == first and first.stat().st_mtime_ns == written
+    from histo_core.layout import DatasetDir
 
-    rows = steps.read_manifest(manifest)
+    dataset = steps.validate(str(kaggle_root), DatasetDir(tmp_path / "dataset"), ValidationConfig())
+    first = steps.split(dataset, SplitConfig())
+    written = first.csv.stat().st_mtime_ns
+    assert steps.split(dataset, SplitConfig()) == first and first.csv.stat().st_mtime_ns == written
+
+    rows = steps.read_manifest(dataset.manifest)
     rows.loc[0, "status"] = "quarantined"  # a manifest with one row fewer to train on
-    rows.to_csv(manifest, index=False)
-    again = steps.split(manifest, SplitConfig())
-    assert again.stat().st_mtime_ns != written
-    assert rows.loc[0, "id"] not in set(pd.read_csv(again, dtype={"id": str})["id"])
+    rows.to_csv(dataset.manifest, index=False)
+    again = steps.split(dataset, SplitConfig())
+    assert again.csv.stat().st_mtime_ns != written
+    assert rows.loc[0, "id"] not in set(pd.read_csv(again.csv, dtype={"id": str})["id"])

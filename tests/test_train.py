@@ -14,23 +14,25 @@ from histo_core.data.dataset import (PatchDataset, RandomDihedral, build_augment
 from histo_core.data.manifest import build_manifest
 from histo_core.split import assign_partitions
 from histo_core.steps import load_partitions
-from histo_core.train import fit, load_model
+from histo_core.inference import load_model
+from histo_core.layout import SplitDir
+from histo_core.train import fit
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 @pytest.fixture(scope="module")
-def split_csv(kaggle_root, tmp_path_factory) -> Path:
+def split(kaggle_root, tmp_path_factory) -> SplitDir:
     rows = build_manifest(kaggle_root)
     rows["label"] = rows["label"].astype(int)
-    path = tmp_path_factory.mktemp("split") / "split.csv"
-    assign_partitions(rows).to_csv(path, index=False)
-    return path
+    split = SplitDir(tmp_path_factory.mktemp("split"))
+    assign_partitions(rows).to_csv(split.csv, index=False)
+    return split
 
 
 @pytest.fixture(scope="module")
-def parts(split_csv, tmp_path_factory):
-    return load_partitions(split_csv, tmp_path_factory.mktemp("cache"), build_augmentation())
+def parts(split, tmp_path_factory):
+    return load_partitions(split, tmp_path_factory.mktemp("cache"), build_augmentation())
 
 
 def test_random_dihedral_reaches_all_8_views_and_only_moves_pixels():
@@ -68,27 +70,27 @@ def test_fit_writes_checkpoints_history_and_keeps_the_best(parts, tmp_path):
         assert model(torch.zeros(2, 3, 96, 96)).shape == (2,)
 
 
-def _train_then_die_after_epoch_1(split_csv: str, cache: str, out: str, cfg_json: str) -> None:
+def _train_then_die_after_epoch_1(split: str, cache: str, out: str, cfg_json: str) -> None:
     """Runs in a separate process, which kills itself (SIGKILL, no clean-up) after epoch 1."""
     def die(record):
         if record["epoch"] == 1:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    parts = load_partitions(Path(split_csv), Path(cache), build_augmentation())
+    parts = load_partitions(SplitDir(Path(split)), Path(cache), build_augmentation())
     fit(parts["train"], parts["val"], TrainConfig.model_validate_json(cfg_json), out, on_epoch=die)
 
 
 @pytest.mark.parametrize("device, workers", [("cpu", 0), ("cpu", 2), pytest.param("cuda", 2, marks=CUDA)])
-def test_a_killed_run_resumes_and_ends_where_an_uninterrupted_run_would(split_csv, tmp_path, device, workers):
+def test_a_killed_run_resumes_and_ends_where_an_uninterrupted_run_would(split, tmp_path, device, workers):
     # On CUDA two runs agree only with deterministic convolutions: two from-scratch runs
     # with cuDNN's timed choices already differed by 18% in val loss after one epoch.
     cfg = TrainConfig(epochs=3, batch_size=32, seed=3, num_workers=0, device=device, deterministic=device == "cuda")
     cache = tmp_path / "cache"
-    parts = load_partitions(split_csv, cache, build_augmentation())  # its random draws must resume too
+    parts = load_partitions(split, cache, build_augmentation())  # its random draws must resume too
     uninterrupted = fit(parts["train"], parts["val"], cfg, tmp_path / "a")
 
     worker = multiprocessing.get_context("spawn").Process(
-        target=_train_then_die_after_epoch_1, args=(str(split_csv), str(cache), str(tmp_path / "b"),
+        target=_train_then_die_after_epoch_1, args=(str(split.root), str(cache), str(tmp_path / "b"),
                                                     cfg.model_dump_json()))
     worker.start()
     worker.join(300)
@@ -294,7 +296,7 @@ def test_two_process_ddp_on_cpu_trains_on_all_data_and_only_rank_0_writes(kaggle
                             cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     history = json.loads((out / "history.json").read_text())
-    val_size = len(load_partitions(sorted(out.glob("data/split-*/split.csv"))[0], out / "cache")["val"])
+    val_size = len(load_partitions(SplitDir(sorted(out.glob("data/split-*"))[0]), out / "cache")["val"])
     assert [r["epoch"] for r in history] == [1, 2]
     assert all(r["val_images"] == val_size for r in history), "every rank's shard is gathered, padding dropped"
     assert result.stdout.count("epoch 1/2") == 1, "only rank 0 reports and writes"

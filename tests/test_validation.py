@@ -177,24 +177,28 @@ def test_validating_unchanged_data_again_reuses_the_verdict(tmp_path):
     from histo_core.data.synthetic import SyntheticSpec, write_kaggle_layout
 
     data = write_kaggle_layout(tmp_path / "data", SyntheticSpec(count=120, seed=3))
+    from histo_core.layout import DatasetDir
+
     out, manifests = tmp_path / "dataset", tmp_path / "manifests"
-    steps.validate(str(data), out, ValidationConfig(), manifests)
+    dataset = DatasetDir(out)
+    steps.validate(str(data), dataset, ValidationConfig(), manifests)
     shutil.rmtree(out / "data_docs")  # the GX suite would write them again
     before = (out / "validation.json").stat().st_mtime_ns
-    steps.validate(str(data), out, ValidationConfig(), manifests)
+    steps.validate(str(data), dataset, ValidationConfig(), manifests)
     assert (out / "validation.json").stat().st_mtime_ns == before and not (out / "data_docs").exists()
 
-    steps.validate(str(data), out, ValidationConfig(min_rows=21), manifests)  # a threshold changed
+    steps.validate(str(data), dataset, ValidationConfig(min_rows=21), manifests)  # a threshold changed
     assert (out / "data_docs").exists() and (out / "validation.json").stat().st_mtime_ns != before
     before = (out / "validation.json").stat().st_mtime_ns
     first = sorted((data / "train").iterdir())[0]
     Image.fromarray(_tissue(7)).save(first, format="TIFF")  # a file's pixels changed
-    steps.validate(str(data), out, ValidationConfig(min_rows=21), manifests)
+    steps.validate(str(data), dataset, ValidationConfig(min_rows=21), manifests)
     assert (out / "validation.json").stat().st_mtime_ns != before
 
 
 def test_a_rejected_data_set_is_rejected_again_without_revalidating(tmp_path):
     from histo_core import steps
+    from histo_core.layout import DatasetDir
 
     (tmp_path / "data" / "images").mkdir(parents=True)
     for i in range(30):
@@ -203,6 +207,7 @@ def test_a_rejected_data_set_is_rejected_again_without_revalidating(tmp_path):
     written = []
     for _ in range(2):
         with pytest.raises(DataValidationError, match=r"only label \['1'\] present"):
-            steps.validate(str(tmp_path / "data"), tmp_path / "dataset", ValidationConfig(), tmp_path / "m")
+            steps.validate(str(tmp_path / "data"), DatasetDir(tmp_path / "dataset"), ValidationConfig(),
+                           tmp_path / "m")
         written.append((tmp_path / "dataset" / "validation.json").stat().st_mtime_ns)
     assert written[0] == written[1]

@@ -1,0 +1,83 @@
+"""Scoring patches with a model: the one path that training's validation, ``evaluate``,
+``predict`` and the retrain flow all use, so the same image and checkpoint get the same
+probability wherever they are scored (same device choice, same autocast, same TTA).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from histo_core.checkpoint import read_checkpoint
+from histo_core.data.dataset import dihedral_views, to_model_input
+from histo_core.model import create_model
+
+BatchProgress = Callable[[int], None]  # called with the number of images scored so far
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """CUDA, then Apple MPS, then CPU, unless a device is named."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def amp_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 autocast where the GPU has it (no loss scaling needed), else fp16; None on CPU/MPS."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def load_model(checkpoint: Path | str, device: torch.device | str = "cpu") -> nn.Module:
+    """Rebuild the model of a checkpoint written by training (weights only, never code)."""
+    state = read_checkpoint(checkpoint, map_location=device)
+    model = create_model(state["model_name"], **state["model_kwargs"])
+    model.load_state_dict(state["model"])
+    return model.to(device, memory_format=torch.channels_last).eval()
+
+
+@torch.no_grad()
+def score(model: nn.Module, batches: Iterable[tuple[torch.Tensor, Any]], device: torch.device,
+          tta: bool = False, progress: BatchProgress | None = None) -> tuple[np.ndarray, list[Any]]:
+    """Logits of every image of ``batches`` of ``(uint8 images, tag)``, in order, and the
+    tags (labels, error messages) of each batch.
+
+    With ``tta``, each logit is the mean over the 8 dihedral views of the patch (tissue
+    has no orientation, so each view is an equally valid look at the same image).
+    """
+    model.eval()
+    dtype = amp_dtype(device)
+    logits, tags, done = [], [], 0
+    for images, tag in batches:
+        x = to_model_input(images, device)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            out = torch.stack([model(v).float() for v in (dihedral_views(x) if tta else [x])])
+        logits.append(out.mean(0).cpu())
+        tags.append(tag)
+        done += len(images)
+        if progress is not None:
+            progress(done)
+    return (torch.cat(logits).numpy() if logits else np.zeros(0, np.float32)), tags
+
+
+def score_labelled(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device,
+                   tta: bool = False, progress: BatchProgress | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and labels of a labelled data set's batches, in order."""
+    logits, labels = score(model, batches, device, tta, progress)
+    return logits, (torch.cat(labels).numpy() if labels else np.zeros(0, np.float32))
+
+
+def score_dataset(model: nn.Module, dataset: Dataset, device: torch.device, tta: bool = False,
+                  batch_size: int = 256, progress: BatchProgress | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and labels of every item of a labelled ``dataset``, in order."""
+    return score_labelled(model, DataLoader(dataset, batch_size), device, tta, progress)

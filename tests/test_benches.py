@@ -1,0 +1,46 @@
+"""Benches cannot rot unseen: each runs its ``--smoke`` mode (seconds, tiny generated
+data) here, and each is listed in the README's benchmark table, where its figures live."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BENCHES = sorted(p.name for p in (REPO / "bench").glob("*.py"))
+# What each smoke run must print: the line its figures come from.
+EXPECTED = {
+    "augmentation.py": "smoke: test AUC",
+    "faults.py": "configurations with a failure",
+    "flow_overhead.py": "overhead of the flow",
+    "learnability.py": "test AUC",
+    "quality.py": "test AUC with TTA",
+    "scale.py": "per-image time ratio",
+    "stain_groups.py": "median blue OD direction",
+    "stain_shift.py": "re-stained as 8 labs",
+    "throughput.py": "training, library trainer",
+    "validate.py": "ratio to PIL decode",
+}
+
+
+def test_every_bench_has_a_smoke_check():
+    assert set(BENCHES) == set(EXPECTED)
+
+
+@pytest.mark.parametrize("bench", BENCHES)
+def test_bench_smoke_mode_runs(bench, tmp_path):
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    done = subprocess.run([sys.executable, str(REPO / "bench" / bench), "--smoke"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"{bench} --smoke failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+    assert EXPECTED[bench] in done.stdout, done.stdout[-2000:]
+
+
+def test_every_bench_is_in_the_readme_table():
+    table = [line for line in (REPO / "README.md").read_text().splitlines() if line.startswith("| `")]
+    for bench in BENCHES:
+        assert any(f"`{bench}" in line for line in table), f"{bench}: no row in the README's benchmark table"
