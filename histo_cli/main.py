@@ -297,6 +297,9 @@ def cmd_models(args: argparse.Namespace) -> int:
             registry.repair_champion(args.version, corrupt)
             print(f"champion of {args.name}: replaced the unreadable pointer with {args.version}")
             return OK
+        if champion is not None and champion.version == args.version:
+            print(f"{args.version} is already the champion of {args.name}; nothing changed")
+            return OK
         registry.set_champion(args.version, champion, promoted_by="histo models promote")
         registry.record_event("manual-promotion", args.version, {"previous_champion": champion and champion.version})
         print(f"champion of {args.name}: {champion.version if champion else 'none'} -> {args.version}")

@@ -88,7 +88,10 @@ class Registry:
         """Point the champion at ``version`` unless someone moved it since ``expected`` was read.
 
         The pointer keeps the chain of earlier champions, so ``rollback`` knows where to go.
+        Promoting the current champion is refused: it would put it in its own chain.
         """
+        if expected is not None and expected.version == version:
+            raise RegistryStateError(f"{self.name}: {version} is already the champion; nothing to change")
         history = [*expected.record.get("history", []), expected.version] if expected else []
         self._write_pointer(version, expected, history, **details)
 
@@ -102,11 +105,16 @@ class Registry:
         self.record_event("repair", version, {"replaced": str(corrupt)})
 
     def rollback(self) -> tuple[str, str]:
-        """Re-point the champion to the one before it; returns (from, to)."""
+        """Re-point the champion to the one before it; returns (from, to).
+
+        Entries of the chain equal to the current champion (left by older versions of
+        this code, which re-promoted a champion onto itself) are skipped: a rollback
+        always moves to another version."""
         current = self.champion()
-        if current is None or not current.record.get("history"):
+        history = [v for v in (current.record.get("history", []) if current else []) if v != current.version]
+        if not history:
             raise RegistryStateError(f"{self.name}: no earlier champion to roll back to")
-        *history, previous = current.record["history"]
+        *history, previous = history
         self._write_pointer(previous, current, history, rolled_back_from=current.version)
         self.record_event("rollback", previous, {"rolled_back_from": current.version})
         return current.version, previous

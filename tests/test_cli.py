@@ -47,10 +47,12 @@ def test_models_list_promote_rollback_show(tmp_path, capsys):
     assert main(["models", "promote", versions[0], *store]) == 0
     assert main(["models", "promote", versions[1], *store]) == 0
     capsys.readouterr()
+    assert main(["models", "promote", versions[1], *store]) == 0  # already champion: a no-op that says so
+    assert f"{versions[1]} is already the champion" in capsys.readouterr().out
     assert main(["models", "list", *store]) == 0
     listing = capsys.readouterr().out.splitlines()
     assert listing == [f"  {versions[0]}  AUC 0.9000  ", f"* {versions[1]}  AUC 0.9000  "]
-    assert main(["models", "rollback", *store]) == 0
+    assert main(["models", "rollback", *store]) == 0  # the no-op left no V -> V step in the chain
     assert f"{versions[1]} -> {versions[0]}" in capsys.readouterr().out
     assert main(["models", "show", *store]) == 0
     assert f'"version": "{versions[0]}"' in capsys.readouterr().out

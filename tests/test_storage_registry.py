@@ -177,3 +177,19 @@ def test_a_garbage_pointer_is_named_and_promote_repairs_it(tmp_path, capsys):
     assert main(["models", "promote", b, *store]) == OK
     assert registry.champion().version == b
     assert any("-repair-" in k for k in registry.store.list("models/pcam-cnn/events"))
+
+
+def test_rollback_skips_a_chain_entry_equal_to_the_champion(tmp_path):
+    """A pointer written by older code, which re-promoted the champion onto itself,
+    holds V in its own chain; rolling back goes to the version before, never V -> V."""
+    from conftest import publish_version
+    from histo_core.registry import Registry
+    from histo_core.storage import LocalStore
+
+    registry = Registry(LocalStore(tmp_path / "store"), "m")
+    a, b = publish_version(registry, tmp_path, "a"), publish_version(registry, tmp_path, "b")
+    registry.set_champion(a, None)
+    registry.set_champion(b, registry.champion())
+    current = registry.champion()
+    registry.store.put_json_if("models/m/champion.json", {**current.record, "history": [a, b]}, current.etag)
+    assert registry.rollback() == (b, a)
