@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 
 from histo_core.config import StoreConfig
 from histo_core.storage import LocalStore
