@@ -118,20 +118,48 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    """Score DATA with a checkpoint file, or with the champion of a store."""
+    """Score DATA with a checkpoint file, or with the champion of a store; exit 1 when any
+    image could not be scored (they are listed in OUT.errors.csv)."""
     import tempfile
 
-    from histo_core.predict import predict_folder
+    _require_dir(args.data, "data folder")
+    if args.checkpoint is not None:
+        _require_file(args.checkpoint, "checkpoint")
+    if args.order is not None:
+        _require_file(args.order, "sample submission")
+    from histo_core.predict import list_patches, predict_folder
     from histo_core.registry import Registry
     from histo_core.storage import open_store
 
+    total = len(list_patches(args.data))
+    bar = ProgressBar("scoring")
     with tempfile.TemporaryDirectory() as tmp:
-        weights = args.model
+        weights = args.checkpoint
         if weights is None:
-            _, weights = Registry(open_store(_store(args)), args.name).fetch_weights(tmp)
-        out = predict_folder(weights, args.data, args.out, device=args.device, tta=args.tta)
-    print(f"wrote {out}")
-    return 0
+            version, weights = Registry(open_store(_store(args)), args.model_name).fetch_weights(tmp)
+            print(f"model: {args.model_name} {version} (champion of {args.store})")
+        try:
+            result = predict_folder(weights, args.data, args.out, device=args.device, batch_size=args.batch_size,
+                                    tta=args.tta, order=args.order, progress=lambda done: bar(done, total))
+        finally:
+            bar.close()
+    print(f"wrote {result.csv} ({result.scored} rows: id,label)")
+    if result.failed:
+        print(f"histo: {result.failed} of {result.scored + result.failed} images could not be scored and are not "
+              f"in {result.csv.name}; each is listed with its reason in {result.errors_csv}", file=sys.stderr)
+        return REJECTED
+    return OK
+
+
+def _require_dir(path: str | Path, what: str) -> None:
+    """Fail in a second, before heavy imports or scans, on a path that is not there."""
+    if "://" not in str(path) and not Path(path).is_dir():
+        raise FileNotFoundError(f"{path}: no such {what}")
+
+
+def _require_file(path: Path, what: str) -> None:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such {what} file")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -147,6 +175,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.nproc > 1 and "num_threads" not in given:
         given["num_threads"] = max(1, (os.cpu_count() or 1) // args.nproc)  # don't oversubscribe the CPU
     cfg = TrainConfig(**given)
+    _check_before_writing(args.data, cfg)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(cfg.model_dump(), indent=2) + "\n")
@@ -182,29 +211,61 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_before_writing(data: str, cfg: TrainConfig) -> None:
+    """The mistakes that would otherwise surface after a scan of every image, with an
+    output folder already made: a data root that is not there or in no known layout, an
+    unknown architecture."""
+    from histo_core.model import MODELS
+
+    if cfg.model not in MODELS:
+        raise ValueError(f"--model {cfg.model!r}: no such architecture; choose one of {', '.join(sorted(MODELS))}")
+    if "://" not in data:
+        from histo_core.data.sources import detect_layout
+
+        _require_dir(data, "data folder")
+        detect_layout(Path(data))
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Score every labelled image of DATA (any layout) with a checkpoint and print metrics."""
     import json
 
     import numpy as np
 
-    from histo_core.data.sources import list_images
+    from histo_core.checkpoint import read_checkpoint
+    from histo_core.data.sources import DataSourceError, list_images
     from histo_core.evaluate import binary_metrics, bootstrap_auc_ci
     from histo_core.predict import score_files
 
+    if args.checkpoint is None:
+        raise ValueError("--checkpoint is required: the weights file to evaluate (best.pt, or a version's model.pt)")
+    _require_file(args.checkpoint, "checkpoint")
+    _require_dir(args.data, "data folder")
+    read_checkpoint(args.checkpoint)  # a bad file fails now, not after the scan
     table = list_images(args.data)
     table = table[table["labelled"] & table["label"].isin(["0", "1"]) & (table["path"] != "")]
-    probability, errors = score_files(args.model, table["path"].tolist(), args.device, tta=args.tta,
-                                      root=os.path.realpath(args.data))
+    if table.empty:
+        raise DataSourceError(f"{args.data}: no labelled images to evaluate on")
+    bar = ProgressBar("scoring")
+    try:
+        probability, errors = score_files(args.checkpoint, table["path"].tolist(), args.device, tta=args.tta,
+                                          root=os.path.realpath(args.data),
+                                          progress=lambda done: bar(done, len(table)))
+    finally:
+        bar.close()
     ok = ~np.isnan(probability)
+    if not ok.any():
+        raise DataSourceError(f"{args.data}: none of the {len(table)} images could be scored; the first: "
+                              f"{table['id'].iloc[0]}: {errors[0]}")
     labels = table["label"].astype(int).to_numpy()[ok]
     metrics = binary_metrics(labels, probability[ok])
     metrics["auc_bootstrap_ci_low"], metrics["auc_bootstrap_ci_high"] = bootstrap_auc_ci(labels, probability[ok])
-    metrics.update(tta=args.tta, unreadable=int((~ok).sum()), data=str(args.data), model=str(args.model))
+    metrics.update(tta=args.tta, unreadable=int((~ok).sum()), data=str(args.data), checkpoint=str(args.checkpoint))
     print(f"AUC {metrics['auc']:.4f} (95% CI {metrics['auc_ci_low']:.4f}-{metrics['auc_ci_high']:.4f})  "
           f"accuracy {metrics['accuracy']:.4f}  sensitivity {metrics['sensitivity']:.4f}  "
           f"specificity {metrics['specificity']:.4f}  on {metrics['n']} images{' with TTA' if args.tta else ''}"
-          + (f"; {metrics['unreadable']} unreadable" if metrics["unreadable"] else ""))
+          + (f"; {metrics['unreadable']} unreadable (first: {errors[int(np.flatnonzero(~ok)[0])]})"
+             if metrics["unreadable"] else ""))
     if args.json:
         args.json.write_text(json.dumps(metrics, indent=2) + "\n")
     return 0
@@ -263,10 +324,10 @@ def cmd_models(args: argparse.Namespace) -> int:
     """List, inspect, promote or roll back versions; every pointer move is a conditional write."""
     import json
 
-    from histo_core.registry import Registry
+    from histo_core.registry import Registry, RegistryStateError
     from histo_core.storage import CorruptObjectError, open_store
 
-    registry = Registry(open_store(_store(args)), args.name)
+    registry = Registry(open_store(_store(args)), args.model_name)
     try:
         champion, corrupt = registry.champion(), None
     except CorruptObjectError as exc:  # promote can replace it; nothing else can trust it
@@ -277,40 +338,78 @@ def cmd_models(args: argparse.Namespace) -> int:
         if args.models_command != "list":
             return ENVIRONMENT
     if args.models_command == "list":
-        for version in registry.versions():
-            try:
-                record = registry.version(version)
-            except CorruptObjectError as exc:
-                print(f"! {version}  UNREADABLE: {exc}")
-                continue
-            auc = record.get("metrics", {}).get("auc")
-            outcome = record.get("decision", {}).get("outcome", "")
-            marker = "*" if champion and champion.version == version else " "
-            print(f"{marker} {version}  AUC {auc if auc is None else f'{auc:.4f}'}  {outcome}")
-        if not registry.versions():
-            print(f"no versions of {args.name} in {registry.store.uri}")
+        _list_versions(registry, champion, args.json)
         return ENVIRONMENT if corrupt else OK
+    if args.models_command == "events":
+        events = registry.events()
+        if args.json:
+            print(json.dumps(events, indent=2))
+        for event in [] if args.json else events:
+            details = {k: v for k, v in event.items() if k not in ("time", "kind", "version")}
+            print(f"{_when(event['time'])}  {event['kind']:<17} {event['version']}  {json.dumps(details)}")
+        return OK
     if args.models_command == "show":
-        print(json.dumps(registry.version(args.version or (champion.version if champion else "")), indent=2))
+        if args.version is None and champion is None:
+            raise RegistryStateError(f"{args.model_name} has no champion in {registry.store.uri}; name a version "
+                                     "(histo models list shows them)")
+        print(json.dumps(registry.version(args.version or champion.version), indent=2))
     elif args.models_command == "promote":
         if corrupt:
             registry.repair_champion(args.version, corrupt)
-            print(f"champion of {args.name}: replaced the unreadable pointer with {args.version}")
+            print(f"champion of {args.model_name}: replaced the unreadable pointer with {args.version}")
             return OK
         if champion is not None and champion.version == args.version:
-            print(f"{args.version} is already the champion of {args.name}; nothing changed")
+            print(f"{args.version} is already the champion of {args.model_name}; nothing changed")
             return OK
         registry.set_champion(args.version, champion, promoted_by="histo models promote")
         registry.record_event("manual-promotion", args.version, {"previous_champion": champion and champion.version})
-        print(f"champion of {args.name}: {champion.version if champion else 'none'} -> {args.version}")
+        print(f"champion of {args.model_name}: {champion.version if champion else 'none'} -> {args.version}")
     elif args.models_command == "rollback":
         old, new = registry.rollback()
-        print(f"champion of {args.name} rolled back: {old} -> {new}")
+        print(f"champion of {args.model_name} rolled back: {old} -> {new}")
     return OK
 
 
+def _when(version_or_time: str) -> str:
+    """``v20261126T130501123456Z`` -> ``2026-11-26 13:05:01 UTC``."""
+    stamp = dt.datetime.strptime(version_or_time.lstrip("v")[:15], "%Y%m%dT%H%M%S")
+    return stamp.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _list_versions(registry: Any, champion: Any, as_json: bool) -> None:
+    """Versions, oldest first: date, AUC, status; * marks the champion."""
+    import json
+
+    from histo_core.storage import CorruptObjectError
+
+    rows = []
+    statuses = registry.statuses(champion)
+    for version in registry.versions():
+        try:
+            record = registry.version(version)
+        except CorruptObjectError as exc:
+            rows.append({"version": version, "status": "unreadable", "error": str(exc)})
+            continue
+        rows.append({"version": version, "created": _when(version), "auc": record.get("metrics", {}).get("auc"),
+                     "status": statuses[version], "champion": bool(champion and champion.version == version)})
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        print(f"no versions of {registry.name} in {registry.store.uri}")
+    for row in rows:
+        if row["status"] == "unreadable":
+            print(f"! {row['version']}  UNREADABLE: {row['error']}")
+            continue
+        auc = "—" if row["auc"] is None else f"{row['auc']:.4f}"
+        print(f"{'*' if row['champion'] else ' '} {row['version']}  {row['created']}  AUC {auc}  {row['status']}")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from histo_core import __version__
+
     parser = argparse.ArgumentParser(prog="histo", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"histo-retrain {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="generate sample data and run two retrains (no cloud account)")
@@ -346,19 +445,27 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
 
     evaluate = sub.add_parser("evaluate", help="AUC and more of a checkpoint on a labelled data root")
-    evaluate.add_argument("--model", required=True, type=Path, help="checkpoint file (best.pt or a model.pt)")
+    evaluate.add_argument("--checkpoint", type=Path, help="weights file (best.pt, or a version's model.pt)")
+    evaluate.add_argument("--model", dest="checkpoint", type=Path, help=argparse.SUPPRESS)  # its old name
     evaluate.add_argument("--data", required=True, help="labelled data root in any layout; every row is scored")
     evaluate.add_argument("--tta", action="store_true", help="average the 8 flips/rotations of each patch")
     evaluate.add_argument("--json", type=Path, help="also write the metrics here")
-    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
     evaluate.set_defaults(func=cmd_evaluate)
 
     predict = sub.add_parser("predict", help="score patches: id,label (tumour probability) CSV")
     predict.add_argument("--data", required=True, help="folder of patches (any layout, or just image files)")
-    predict.add_argument("--out", required=True, type=Path, help="CSV to write")
-    predict.add_argument("--model", type=Path, help="checkpoint file (default: the store's champion)")
-    predict.add_argument("--name", default=RetrainConfig.model_fields["model_name"].default, help="model name")
-    predict.add_argument("--device", default="auto")
+    predict.add_argument("--out", required=True, type=Path,
+                         help="CSV to write: exactly id,label; images that could not be scored go to OUT.errors.csv")
+    predict.add_argument("--checkpoint", type=Path, help="weights file (default: the store's champion)")
+    predict.add_argument("--model", dest="checkpoint", type=Path, help=argparse.SUPPRESS)  # its old name
+    predict.add_argument("--model-name", default=RetrainConfig.model_fields["model_name"].default,
+                         help="registry model whose champion scores (default: %(default)s)")
+    predict.add_argument("--name", dest="model_name", help=argparse.SUPPRESS)  # its old name
+    predict.add_argument("--order", type=Path, metavar="SAMPLE_SUBMISSION_CSV",
+                         help="write rows in the order of this CSV's id column (Kaggle's sample_submission.csv)")
+    predict.add_argument("--batch-size", type=int, default=256, help="images per batch (default: %(default)s)")
+    predict.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
     predict.add_argument("--tta", action="store_true", help="average the 8 flips/rotations of each patch")
     _add_store_arguments(predict)
     predict.set_defaults(func=cmd_predict)
@@ -376,14 +483,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="list, show, promote or roll back model versions")
     models_sub = models.add_subparsers(dest="models_command", required=True)
-    for name, text in [("list", "versions, newest last; * marks the champion"),
+    for name, text in [("list", "versions, oldest first: date, AUC, status; * marks the champion"),
+                       ("events", "every promotion, rejection, rollback and repair, oldest first"),
                        ("show", "one version's record (default: the champion)"),
                        ("promote", "make VERSION the champion"),
                        ("rollback", "re-point the champion to the one before it")]:
         p = models_sub.add_parser(name, help=text)
         if name in ("show", "promote"):
             p.add_argument("version", nargs="?" if name == "show" else None)
-        p.add_argument("--name", default=RetrainConfig.model_fields["model_name"].default, help="model name")
+        if name in ("list", "events"):
+            p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        p.add_argument("--model-name", default=RetrainConfig.model_fields["model_name"].default,
+                       help="registry model (default: %(default)s)")
+        p.add_argument("--name", dest="model_name", help=argparse.SUPPRESS)  # its old name
         _add_store_arguments(p)
         p.set_defaults(func=cmd_models)
 

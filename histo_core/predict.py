@@ -1,14 +1,16 @@
-"""Score patches with a model: a folder or prefix of images in, a Kaggle-style CSV out.
+"""Score patches with a model: a folder of images in, a Kaggle submission CSV out.
 
 The data may be unlabelled (Kaggle's ``test/`` folder): any supported layout is used for
 its ids, otherwise every image file under the root is scored with its file name stem as
-id. Files that cannot be read get an empty probability and their error, never a crash.
+id. Files that cannot be read (or have the wrong size) are listed with their error in a
+separate CSV, never a crash, and never as an empty label in the submission.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -74,17 +76,48 @@ def score_files(checkpoint: Path | str, paths: list[str], device: str = "auto", 
     return probability, errors
 
 
+@dataclass(frozen=True)
+class Predictions:
+    """Where ``predict_folder`` wrote, and how many images it scored and could not score."""
+
+    csv: Path
+    errors_csv: Path | None
+    scored: int
+    failed: int
+
+
+def errors_path(out_csv: Path) -> Path:
+    """``preds.csv`` -> ``preds.errors.csv``: the rows that could not be scored, and why."""
+    return out_csv.with_name(f"{out_csv.stem}.errors.csv")
+
+
 def predict_folder(checkpoint: Path | str, data: Path | str, out_csv: Path | str, device: str = "auto",
-                   batch_size: int = 256, workers: int = 0, tta: bool = False) -> Path:
-    """Write ``id,label,error`` (label = tumour probability, as a Kaggle submission expects)."""
+                   batch_size: int = 256, workers: int = 0, tta: bool = False,
+                   order: Path | str | None = None, progress: BatchProgress | None = None) -> Predictions:
+    """Write exactly ``id,label`` (label = tumour probability), as a Kaggle submission
+    expects; images that could not be scored go to ``<out>.errors.csv`` (``id,error``).
+
+    ``order``: a ``sample_submission.csv`` whose ids give the rows' order; an id there
+    without an image here is an error row.
+    """
     table = list_patches(data)
     probability, errors = score_files(checkpoint, table["path"].tolist(), device, batch_size, workers, tta,
-                                      root=os.path.realpath(data))
-    out = pd.DataFrame({"id": table["id"], "label": probability, "error": errors})
-    for row in out[out["error"] != ""].head(10).itertuples():
-        log.warning("could not score %s: %s", row.id, row.error)
+                                      root=os.path.realpath(data), progress=progress)
+    scored = pd.DataFrame({"id": table["id"], "label": probability, "error": errors})
+    if order is not None:
+        wanted = pd.read_csv(order, dtype={"id": str}, usecols=["id"])["id"]
+        scored = wanted.to_frame().merge(scored, on="id", how="left")
+        scored["error"] = scored["error"].fillna(f"no image with this id under {data}")
+    failed = scored[scored["error"] != ""]
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
-    out.to_csv(out_csv, index=False)
-    log.info("scored %d patches (%d unreadable) -> %s", len(out), int((out["error"] != "").sum()), out_csv)
-    return out_csv
+    scored.loc[scored["error"] == "", ["id", "label"]].to_csv(out_csv, index=False)
+    errors_csv = errors_path(out_csv)
+    if len(failed):
+        failed[["id", "error"]].to_csv(errors_csv, index=False)
+        for row in failed.head(10).itertuples():
+            log.warning("could not score %s: %s", row.id, row.error)
+    else:
+        errors_csv.unlink(missing_ok=True)  # a stale list from an earlier run would mislead
+    log.info("scored %d patches (%d could not be scored) -> %s", len(scored) - len(failed), len(failed), out_csv)
+    return Predictions(out_csv, errors_csv if len(failed) else None, len(scored) - len(failed), len(failed))

@@ -145,6 +145,32 @@ class Registry:
             version = champion.version
         return version, self.download_weights(version, Path(folder) / WEIGHTS)
 
+    def events(self) -> list[dict[str, Any]]:
+        """Every recorded event, oldest first, each with its ``time`` (UTC, from its key)."""
+        keys = self.store.list(f"{self.prefix}/events")
+        return [{"time": Path(key).name.split("-", 1)[0], **(self.store.get_json(key) or {})} for key in sorted(keys)]
+
+    def statuses(self, champion: Champion | None) -> dict[str, str]:
+        """Each version's status now: champion, rolled back, superseded (was champion, or
+        promoted and since replaced), or its run's outcome (rejected, conflict)."""
+        rolled_back = {e.get("rolled_back_from") for e in self.events() if e.get("kind") == "rollback"}
+        former = set(champion.record.get("history", [])) if champion else set()
+        statuses = {}
+        for version in self.versions():
+            if champion and version == champion.version:
+                statuses[version] = "champion"
+            elif version in rolled_back:
+                statuses[version] = "rolled back"
+            elif version in former:
+                statuses[version] = "superseded"
+            else:
+                try:
+                    outcome = self.version(version).get("decision", {}).get("outcome", "filed")
+                except StoreError:  # unreadable: the listing says so on its own line
+                    outcome = "unreadable"
+                statuses[version] = "superseded" if outcome == "promoted" else outcome
+        return statuses
+
     def download_weights(self, version: str, local: Path | str) -> Path:
         """Fetch ``model.pt`` of ``version`` and verify it against the recorded sha256."""
         expected = self.version(version)["files"][WEIGHTS]

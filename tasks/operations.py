@@ -38,7 +38,11 @@ def score_patches(config: PredictConfig, workdir: str) -> str:
     registry = Registry(open_store(config.store), config.model_name)
     version, weights = registry.fetch_weights(Path(workdir) / (config.version or "champion"), config.version)
     get_run_logger().info("scoring %s with %s %s", config.data, config.model_name, version)
-    return str(predict_folder(weights, config.data, config.out, config.device))
+    result = predict_folder(weights, config.data, config.out, config.device)
+    if result.failed:
+        raise RuntimeError(f"{result.failed} of {result.scored + result.failed} images could not be scored; "
+                           f"see {result.errors_csv}")
+    return str(result.csv)
 
 
 @task(name="roll-back-champion", retries=2, retry_delay_seconds=exponential_backoff(2), cache_policy=NO_CACHE)

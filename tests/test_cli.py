@@ -51,7 +51,8 @@ def test_models_list_promote_rollback_show(tmp_path, capsys):
     assert f"{versions[1]} is already the champion" in capsys.readouterr().out
     assert main(["models", "list", *store]) == 0
     listing = capsys.readouterr().out.splitlines()
-    assert listing == [f"  {versions[0]}  AUC 0.9000  ", f"* {versions[1]}  AUC 0.9000  "]
+    assert listing[0].startswith(f"  {versions[0]}  ") and listing[1].startswith(f"* {versions[1]}  ")
+    assert listing[0].endswith("AUC 0.9000  superseded") and listing[1].endswith("AUC 0.9000  champion")
     assert main(["models", "rollback", *store]) == 0  # the no-op left no V -> V step in the chain
     assert f"{versions[1]} -> {versions[0]}" in capsys.readouterr().out
     assert main(["models", "show", *store]) == 0
@@ -96,12 +97,14 @@ def test_predict_scores_unlabelled_files_and_reports_unreadable_ones(tmp_path, c
     for i in range(5):
         Image.fromarray(np.full((96, 96, 3), 40 * i, np.uint8)).save(folder / f"p{i}.tif")
     (folder / "broken.tif").write_bytes(b"nope")
-    assert main(["predict", "--model", str(checkpoint), "--data", str(folder), "--out", str(tmp_path / "o.csv")]) == 0
+    assert main(["predict", "--checkpoint", str(checkpoint), "--data", str(folder),
+                 "--out", str(tmp_path / "o.csv")]) == 1  # one image could not be scored
     out = pd.read_csv(tmp_path / "o.csv", keep_default_na=False)
-    assert list(out.columns) == ["id", "label", "error"] and len(out) == 6
-    good = out[out["id"] != "broken"]
-    assert good["label"].astype(float).between(0, 1).all() and (good["error"] == "").all()
-    assert out.set_index("id").loc["broken", "error"].startswith("unreadable image")
+    assert list(out.columns) == ["id", "label"] and sorted(out["id"]) == [f"p{i}" for i in range(5)]
+    assert out["label"].astype(float).between(0, 1).all()
+    errors = pd.read_csv(tmp_path / "o.errors.csv", keep_default_na=False)
+    assert errors["id"].tolist() == ["broken"] and errors["error"][0].startswith("unreadable image")
+    assert "1 of 6 images could not be scored" in capsys.readouterr().err
 
 
 def test_train_then_evaluate_from_the_command_line(kaggle_root, tmp_path, capsys):
@@ -115,7 +118,7 @@ def test_train_then_evaluate_from_the_command_line(kaggle_root, tmp_path, capsys
     assert "epoch 1/1" in captured.out and "best model:" in captured.out
     assert "epoch 1/1: 100%" in captured.err and "batch" in captured.err  # the in-epoch progress bar
     assert {p.name for p in out.iterdir()} >= {"best.pt", "last.pt", "history.json", "config.json"}
-    assert main(["evaluate", "--model", str(out / "best.pt"), "--data", str(kaggle_root), "--tta",
+    assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--data", str(kaggle_root), "--tta",
                  "--json", str(tmp_path / "m.json")]) == 0
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["n"] == 300 and metrics["tta"] is True and 0 <= metrics["auc"] <= 1
@@ -123,7 +126,7 @@ def test_train_then_evaluate_from_the_command_line(kaggle_root, tmp_path, capsys
 
 
 def _evaluate(checkpoint, data) -> list[str]:
-    return [sys.executable, "-m", "histo_cli.main", "evaluate", "--model", str(checkpoint), "--data", str(data)]
+    return [sys.executable, "-m", "histo_cli.main", "evaluate", "--checkpoint", str(checkpoint), "--data", str(data)]
 
 
 @pytest.mark.parametrize("make, code, phrase", [

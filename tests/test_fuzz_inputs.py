@@ -168,12 +168,14 @@ def test_predict_scores_or_names_every_mutated_file_and_opens_nothing_outside(tm
     os.mkfifo(folder / "pipe.png")
     before = tree_fingerprint(folder)
 
-    out = pd.read_csv(predict_folder(checkpoint, folder, tmp_path / "preds.csv", device="cpu"),
-                      keep_default_na=False, dtype={"id": str, "error": str}).set_index("id")
-    assert len(out) == 303
-    assert out.at["good", "error"] == "" and 0 <= float(out.at["good", "label"]) <= 1
-    assert "outside the data root" in out.at["link", "error"] and "not a regular file" in out.at["pipe", "error"]
-    scored = out[out["error"] == ""]
+    result = predict_folder(checkpoint, folder, tmp_path / "preds.csv", device="cpu")
+    scored = pd.read_csv(result.csv, keep_default_na=False, dtype={"id": str}).set_index("id")
+    errors = pd.read_csv(result.errors_csv, keep_default_na=False, dtype={"id": str, "error": str}).set_index("id")
+    assert list(scored.columns) == ["label"] and list(errors.columns) == ["error"]
+    assert len(scored) + len(errors) == 303 == result.scored + result.failed
+    assert not set(scored.index) & set(errors.index) and (errors["error"] != "").all()
+    assert "good" in scored.index and 0 <= float(scored.at["good", "label"]) <= 1
+    assert "outside the data root" in errors.at["link", "error"] and "not a regular file" in errors.at["pipe", "error"]
     assert scored["label"].astype(float).between(0, 1).all()
     assert tree_fingerprint(folder) == before
 
@@ -213,7 +215,7 @@ def test_evaluate_scores_the_readable_rows_and_counts_the_rest(tmp_path):
     (data / "labels.csv").write_text("id,label,filename\n" + "\n".join(rows) + "\n")
     before = tree_fingerprint(data)
 
-    done = subprocess.run([sys.executable, "-m", "histo_cli.main", "evaluate", "--model", str(checkpoint),
+    done = subprocess.run([sys.executable, "-m", "histo_cli.main", "evaluate", "--checkpoint", str(checkpoint),
                            "--data", str(data), "--device", "cpu", "--json", str(tmp_path / "m.json")],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -1,0 +1,120 @@
+"""The command line as a new user meets it, run as a subprocess: exact exit codes, the
+files written (and not written), and messages that say what was wrong."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from histo_core.checkpoint import model_record, write_checkpoint
+from histo_core.config import TrainConfig
+from histo_core.model import create_model
+
+
+def histo(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "histo_cli.main", *args], capture_output=True, text=True,
+                          timeout=300, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("model") / "best.pt"
+    write_checkpoint(path, model_record(create_model("simple_cnn"), TrainConfig()))
+    return path
+
+
+def _images(folder: Path, size: int, count: int = 4) -> Path:
+    folder.mkdir(parents=True)
+    for i in range(count):
+        Image.fromarray(np.full((size, size, 3), 30 * i + 40, np.uint8)).save(folder / f"p{i}.tif")
+    return folder
+
+
+def test_version():
+    from histo_core import __version__
+
+    done = histo("--version")
+    assert done.returncode == 0 and done.stdout.strip() == f"histo-retrain {__version__}"
+
+
+def test_predict_writes_exactly_what_kaggle_accepts_in_the_sample_order(checkpoint, tmp_path):
+    data = _images(tmp_path / "test", 96)
+    sample = tmp_path / "sample_submission.csv"
+    sample.write_text("id,label\np3,0\np1,0\np0,0\np2,0\n")
+    done = histo("predict", "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(tmp_path / "s.csv"),
+                 "--order", str(sample), "--batch-size", "3", "--device", "cpu")
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = pd.read_csv(tmp_path / "s.csv", dtype={"id": str})
+    assert list(out.columns) == ["id", "label"] and out["id"].tolist() == ["p3", "p1", "p0", "p2"]
+    assert not (tmp_path / "s.errors.csv").exists()
+    assert "img/s" in done.stderr  # the progress bar's rate
+
+
+def test_predict_on_wrong_size_images_fails_and_says_why(checkpoint, tmp_path):
+    data = _images(tmp_path / "test", 128)
+    done = histo("predict", "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(tmp_path / "p.csv"))
+    assert done.returncode == 1
+    assert "4 of 4 images could not be scored" in done.stderr
+    errors = pd.read_csv(tmp_path / "p.errors.csv")
+    assert len(errors) == 4 and errors["error"].str.contains("size 128x128, expected 96x96").all()
+    assert pd.read_csv(tmp_path / "p.csv").empty
+
+
+def test_evaluate_on_wrong_size_images_names_the_size(checkpoint, tmp_path):
+    data = _images(tmp_path / "d" / "images", 128).parent
+    (data / "labels.csv").write_text("id,label\n" + "".join(f"p{i},{i % 2}\n" for i in range(4)))
+    done = histo("evaluate", "--checkpoint", str(checkpoint), "--data", str(data))
+    assert done.returncode == 1
+    assert "none of the 4 images could be scored" in done.stderr and "size 128x128, expected 96x96" in done.stderr
+
+
+@pytest.mark.parametrize("args, phrase", [
+    (["--data", "{tmp}/nope"], "no such data folder"),
+    (["--data", "{tmp}/data", "--model", "resnet19"], "no such architecture; choose one of"),
+])
+def test_train_mistakes_fail_at_once_and_leave_nothing(kaggle_root, tmp_path, args, phrase):
+    (tmp_path / "data").symlink_to(kaggle_root)
+    done = histo("train", *[a.format(tmp=tmp_path) for a in args], "--out", str(tmp_path / "out"))
+    assert done.returncode == 2 and phrase in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_with_a_missing_checkpoint_fails_before_any_scan(tmp_path, kaggle_root):
+    done = histo("evaluate", "--checkpoint", str(tmp_path / "nope.pt"), "--data", str(kaggle_root))
+    assert done.returncode == 2 and "nope.pt: no such checkpoint file" in done.stderr
+
+
+def test_models_list_and_events_as_json(tmp_path):
+    from conftest import publish_version
+    from histo_core.registry import Registry
+    from histo_core.storage import LocalStore
+
+    registry = Registry(LocalStore(tmp_path / "store"), "pcam-cnn")
+    a, b = publish_version(registry, tmp_path, "a"), publish_version(registry, tmp_path, "b")
+    store = ["--store", str(tmp_path / "store")]
+    for version in (a, b):
+        assert histo("models", "promote", version, *store).returncode == 0
+    assert histo("models", "rollback", *store).returncode == 0
+
+    listing = json.loads(histo("models", "list", "--json", *store).stdout)
+    assert [(r["version"], r["status"], r["champion"]) for r in listing] == [
+        (a, "champion", True), (b, "rolled back", False)]
+    assert listing[0]["created"].endswith("UTC")
+    table = histo("models", "list", *store).stdout
+    assert f"* {a}" in table and "rolled back" in table
+    events = json.loads(histo("models", "events", "--json", *store).stdout)
+    assert [(e["kind"], e["version"]) for e in events] == [
+        ("manual-promotion", a), ("manual-promotion", b), ("rollback", a)]
+
+
+def test_models_show_without_a_champion_says_so(tmp_path):
+    done = histo("models", "show", "--store", str(tmp_path / "empty"))
+    assert done.returncode == 2 and "has no champion" in done.stderr
