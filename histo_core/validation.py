@@ -107,12 +107,10 @@ def _row_expectations(cfg: ValidationConfig) -> list[tuple[Any, str, str]]:
     ]
 
 
-def run_suite(rows: pd.DataFrame, cfg: ValidationConfig,
-              docs_dir: Path | None = None) -> list[tuple[str, str, list[int]]]:
-    """Run the GX suite; return (consequence, reason template, failing row numbers) per rule.
-
-    With ``docs_dir``, GX also renders its Data Docs (HTML) of this validation there.
-    """
+def _checkpoint(name: str, expectations: list[Any], rows: pd.DataFrame, docs_dir: Path | None,
+                index_columns: list[str]) -> Any:
+    """Run ``expectations`` over ``rows`` as one GX checkpoint (ephemeral context); with
+    ``docs_dir``, GX renders its Data Docs of the run there."""
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
@@ -120,12 +118,10 @@ def run_suite(rows: pd.DataFrame, cfg: ValidationConfig,
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     batch_def = (context.data_sources.add_pandas("manifest")
                  .add_dataframe_asset("rows").add_batch_definition_whole_dataframe("all"))
-    rules = _row_expectations(cfg)
-    suite = context.suites.add(gx.ExpectationSuite(name="histo_manifest"))
-    for expectation, _, _ in rules:
+    suite = context.suites.add(gx.ExpectationSuite(name=name))
+    for expectation in expectations:
         suite.add_expectation(expectation)
-    definition = context.validation_definitions.add(
-        gx.ValidationDefinition(name="histo_manifest", data=batch_def, suite=suite))
+    definition = context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch_def, suite=suite))
     actions = []
     if docs_dir is not None:
         context.add_data_docs_site(site_name="histo", site_config={
@@ -136,15 +132,59 @@ def run_suite(rows: pd.DataFrame, cfg: ValidationConfig,
             "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"}})
         actions.append(gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["histo"]))
     checkpoint = context.checkpoints.add(gx.Checkpoint(
-        name="histo_manifest", validation_definitions=[definition], actions=actions,
-        result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["row"]}))
-    result = next(iter(checkpoint.run(batch_parameters={"dataframe": rows}).run_results.values()))
+        name=name, validation_definitions=[definition], actions=actions,
+        result_format={"result_format": "COMPLETE", "unexpected_index_column_names": index_columns}))
+    return next(iter(checkpoint.run(batch_parameters={"dataframe": rows}).run_results.values()))
+
+
+def run_suite(rows: pd.DataFrame, cfg: ValidationConfig) -> list[tuple[str, str, list[int]]]:
+    """Run the row rules; return (consequence, reason template, failing row numbers) per rule."""
+    rules = _row_expectations(cfg)
+    result = _checkpoint("histo_rows", [e for e, _, _ in rules], rows, None, ["row"])
     # GX keeps the suite's order in its results; pair them back with our reasons.
     failing = []
     for (_, consequence, reason), outcome in zip(rules, result.results):
         index_list = outcome.result.get("unexpected_index_list") or []
         failing.append((consequence, reason, [int(item["row"]) for item in index_list]))
     return failing
+
+
+def _verdict_expectations(cfg: ValidationConfig, labelled_rows: int) -> list[Any]:
+    """The data set rules of ``_dataset_problems`` as GX expectations over the judged rows,
+    so the Data Docs give the verdict the command line gives. Warnings are listed (by id,
+    with their reason) and never fail; quarantined rows fail only beyond the limit."""
+    import great_expectations as gx
+
+    e = gx.expectations
+    allowed = int(Fraction(cfg.max_quarantine_fraction).limit_denominator(10**9) * labelled_rows)
+    return [
+        e.ExpectColumnValuesToNotBeInSet(
+            column="status", value_set=["quarantined"], mostly=1 - allowed / max(1, labelled_rows),
+            notes=f"Quarantined rows are left out of training; the run stops above "
+                  f"{cfg.max_quarantine_fraction:.2%} of the labelled rows ({allowed} of {labelled_rows})."),
+        e.ExpectColumnSumToBeBetween(column="usable", min_value=cfg.min_rows,
+                                     notes=f"At least {cfg.min_rows} usable rows to train on."),
+        e.ExpectColumnDistinctValuesToContainSet(column="usable_label", value_set=[0, 1],
+                                                 notes="Both classes among the usable rows."),
+        e.ExpectColumnMeanToBeBetween(column="usable_label", min_value=cfg.min_positive_fraction,
+                                      max_value=cfg.max_positive_fraction,
+                                      notes="Share of label 1 among the usable rows."),
+        e.ExpectColumnValuesToNotBeInSet(column="status", value_set=["warning"], mostly=0.0,
+                                         notes="Warnings (near-blank patches, images without a label row) "
+                                               "never stop the run; listed for review."),
+    ]
+
+
+def render_data_docs(rows: pd.DataFrame, cfg: ValidationConfig, docs_dir: Path) -> bool:
+    """GX Data Docs of the data set verdict over the judged ``rows``; returns GX's verdict
+    (the same as ``_dataset_problems`` finding none)."""
+    judged = rows[rows["labelled"]].copy()
+    judged["usable"] = (judged["status"] != "quarantined").astype(int)
+    judged["usable_label"] = pd.to_numeric(judged["label"], errors="coerce").where(judged["usable"] == 1)
+    judged["reason"] = judged["reason"].replace("", "-")
+    result = _checkpoint("histo_data_set", _verdict_expectations(cfg, len(judged)),
+                         judged[["id", "status", "reason", "usable", "usable_label"]], docs_dir, ["id", "reason"])
+    return bool(result.success)
 
 
 def colour_drift(rows: pd.DataFrame, threshold: float) -> dict[str, Any] | None:
@@ -199,7 +239,7 @@ def validate_manifest(manifest: pd.DataFrame, cfg: ValidationConfig = Validation
     rows["status"], rows["reason"] = "ok", ""
     labelled = rows[rows["labelled"]]
     if len(labelled):
-        for consequence, template, failing in run_suite(labelled, cfg, docs_dir):
+        for consequence, template, failing in run_suite(labelled, cfg):
             for i in failing:
                 if rows.at[i, "status"] == "quarantined":
                     continue  # the first, most basic reason is the one reported
@@ -208,6 +248,12 @@ def validate_manifest(manifest: pd.DataFrame, cfg: ValidationConfig = Validation
     rows.loc[~rows["labelled"], ["status", "reason"]] = ["warning", "image file has no label row; not used"]
     result = ValidationResult(rows.drop(columns=["row", "id_conflict", "near_blank"]))
     result.problems = _dataset_problems(result.rows, cfg)
+    if docs_dir is not None and len(labelled):
+        docs_passed = render_data_docs(result.rows, cfg, docs_dir)
+        if docs_passed != result.passed:  # two statements of one rule set: never publish both
+            raise AssertionError(f"the Data Docs' verdict ({docs_passed}) differs from the validation's "
+                                 f"({result.passed}: {result.problems}); please report this")
+        write_docs_index(Path(docs_dir), result)
     result.drift = colour_drift(result.rows, cfg.drift_threshold)
     if result.drift and result.drift["warning"]:
         log.warning("colour drift: batch %s is %.2f SD from the reference data (threshold %.2f)",
@@ -215,6 +261,37 @@ def validate_manifest(manifest: pd.DataFrame, cfg: ValidationConfig = Validation
     for _, row in result.rows[result.rows["status"] == "quarantined"].head(20).iterrows():
         log.warning("quarantined %s (%s): %s", row["id"], row["path"] or "no path", row["reason"])
     return result
+
+
+def write_docs_index(docs_dir: Path, result: ValidationResult) -> Path:
+    """An ``index.html`` that works offline: the verdict, the counts, every row that is not
+    ok (by id, with its reason) and links to GX's pages.
+
+    GX's own index builds its table with scripts from CDNs, so it is blank without a
+    network; it is kept as ``gx-index.html``. GX's validation pages render their content
+    in the HTML itself and stay readable offline (unstyled)."""
+    from html import escape
+
+    gx_index = docs_dir / "index.html"
+    if gx_index.is_file():
+        gx_index.replace(docs_dir / "gx-index.html")
+    pages = sorted(p.relative_to(docs_dir).as_posix() for p in (docs_dir / "validations").rglob("*.html"))
+    flagged = result.rows[result.rows["status"] != "ok"]
+    verdict = "passed" if result.passed else "stopped"
+    rows_html = "".join(f"<tr><td>{escape(str(r.id))}</td><td>{escape(r.status)}</td><td>{escape(str(r.reason))}"
+                        "</td></tr>" for r in flagged.itertuples())
+    body = (f"<h1>Data set validation: {verdict}</h1>"
+            + ("<ul>" + "".join(f"<li>{escape(p)}</li>" for p in result.problems) + "</ul>" if result.problems
+               else "<p>Every data set rule holds. Warnings never stop a run; quarantined rows are left out.</p>")
+            + f"<p>{escape(result.summary().split(' -- ')[0])}</p>"
+            + "<p>Great Expectations pages: " + ", ".join(f'<a href="{escape(p)}">{escape(p)}</a>' for p in pages)
+            + ' (<a href="gx-index.html">GX index</a>, needs a network)</p>'
+            + f"<h2>Rows that are not ok ({len(flagged)})</h2>"
+            + "<table border=1 cellpadding=4><tr><th>id</th><th>status</th><th>reason</th></tr>"
+            + rows_html + "</table>")
+    gx_index.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>Validation: {verdict}</title>"
+                        f"</head><body>{body}</body></html>\n")
+    return gx_index
 
 
 def require_passed(result: ValidationResult) -> None:

@@ -159,7 +159,7 @@ def test_data_docs_are_written(kaggle_root, tmp_path):
     validate_manifest(build_manifest(kaggle_root), docs_dir=tmp_path / "docs")
     assert (tmp_path / "docs" / "index.html").is_file()
     pages = list((tmp_path / "docs" / "validations").rglob("*.html"))
-    assert len(pages) == 1 and "histo_manifest" in pages[0].read_text()
+    assert len(pages) == 1 and "histo_data_set" in pages[0].read_text()
 
 
 def test_data_docs_go_to_a_relative_folder_too(kaggle_root, tmp_path, monkeypatch):
