@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from histo_cli.options import add_config_file_options, add_config_options, print_config, resolve_config
 from histo_cli.progress import EpochBars, ProgressBar
-from histo_core.config import RetrainConfig, StoreConfig, TrainConfig
+from histo_core.config import RetrainConfig, SplitConfig, StoreConfig, TrainConfig, ValidationConfig
 from histo_core.data.download import DownloadError
 from histo_core.storage.base import StoreError
 
@@ -47,14 +48,17 @@ def _run_retrain(config: RetrainConfig) -> dict[str, Any]:
     return retrain(config)
 
 
+# Short spellings of the options used most; the long ones (--store.uri) work too.
+STORE_ALIASES = {"store.uri": "--store", "store.endpoint_url": "--endpoint-url", "store.region": "--region"}
+RETRAIN_ALIASES = {**STORE_ALIASES, "train.epochs": "--epochs", "train.device": "--device"}
+
+
 def _store(args: argparse.Namespace) -> StoreConfig:
-    return StoreConfig(uri=args.store, endpoint_url=args.endpoint_url, region=args.region)
+    return resolve_config(StoreConfig, args, prefix="store.", section="store")
 
 
 def _add_store_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--store", default=StoreConfig().uri, help="folder, file:///path or s3://bucket/prefix")
-    parser.add_argument("--endpoint-url", help="S3-compatible endpoint (default: AWS or AWS_ENDPOINT_URL_S3)")
-    parser.add_argument("--region", help="S3 region (default: the AWS configuration chain)")
+    add_config_options(parser, StoreConfig, "store.", STORE_ALIASES)
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -136,8 +140,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         weights = args.checkpoint
         if weights is None:
-            version, weights = Registry(open_store(_store(args)), args.model_name).fetch_weights(tmp)
-            print(f"model: {args.model_name} {version} (champion of {args.store})")
+            store = open_store(_store(args))
+            registry_uri = store.uri
+            version, weights = Registry(store, args.model_name).fetch_weights(tmp)
+            print(f"model: {args.model_name} {version} (champion of {registry_uri})")
         try:
             result = predict_folder(weights, args.data, args.out, device=args.device, batch_size=args.batch_size,
                                     tta=args.tta, order=args.order, progress=lambda done: bar(done, total))
@@ -167,32 +173,36 @@ def cmd_train(args: argparse.Namespace) -> int:
     history.json, config.json); a second call with the same arguments resumes."""
     import json
 
+    cfg = resolve_config(TrainConfig, args, section="train")
+    validation = resolve_config(ValidationConfig, args, prefix="validation.", section="validation")
+    split_cfg = resolve_config(SplitConfig, args, prefix="split.", section="split")
+    if args.nproc > 1 and cfg.num_threads == 0:  # don't oversubscribe the CPU
+        cfg = cfg.model_copy(update={"num_threads": max(1, (os.cpu_count() or 1) // args.nproc)})
+    if args.print_config:
+        print_config({"train": cfg, "validation": validation, "split": split_cfg})
+        return OK
+    _check_before_writing(args.data, cfg)
     from histo_core import steps
-    from histo_core.config import SplitConfig, ValidationConfig
     from histo_core.layout import DatasetDir, ModelDir
 
-    given = {k: v for k, v in vars(args).items() if k in TrainConfig.model_fields and v is not None}
-    if args.nproc > 1 and "num_threads" not in given:
-        given["num_threads"] = max(1, (os.cpu_count() or 1) // args.nproc)  # don't oversubscribe the CPU
-    cfg = TrainConfig(**given)
-    _check_before_writing(args.data, cfg)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(cfg.model_dump(), indent=2) + "\n")
+    (out / "config.json").write_text(json.dumps({"train": cfg.model_dump(), "validation": validation.model_dump(),
+                                                 "split": split_cfg.model_dump()}, indent=2) + "\n")
     bar = ProgressBar("inspecting images")
     try:
-        dataset = steps.validate(args.data, DatasetDir(out / "data"), ValidationConfig(), out / "manifests",
-                                 progress=bar)
+        dataset = steps.validate(args.data, DatasetDir(out / "data"), validation, out / "manifests", progress=bar)
     finally:
         bar.close()
     print(f"data: {json.loads(dataset.validation.read_text())['counts']}")
-    split = steps.split(dataset, SplitConfig())
+    split = steps.split(dataset, split_cfg)
     model = ModelDir(out)
 
     if args.nproc > 1:
         import subprocess
 
         steps.load_partitions(split, out / "cache")  # decode once here, not in every rank
+        steps.record_split(model, split)
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
                    "-m", "histo_cli.ddp_worker", "--split", str(split.root), "--out", str(out),
                    "--cache", str(out / "cache"), "--config", cfg.model_dump_json()]
@@ -227,62 +237,148 @@ def _check_before_writing(data: str, cfg: TrainConfig) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    """Score every labelled image of DATA (any layout) with a checkpoint and print metrics."""
+    """Score the labelled images of DATA (any layout) with a checkpoint: metrics with
+    DeLong and bootstrap CIs, calibration, and with --out the predictions and plots.
+
+    With --split PART (a checkpoint written by histo train or a retrain, whose folder
+    records its split), only that partition's images are scored, and the temperature and
+    operating point are fitted on the validation images, as a retrain does."""
     import json
 
     import numpy as np
-
-    from histo_core.checkpoint import read_checkpoint
-    from histo_core.data.sources import DataSourceError, list_images
-    from histo_core.evaluate import binary_metrics, bootstrap_auc_ci
-    from histo_core.predict import score_files
 
     if args.checkpoint is None:
         raise ValueError("--checkpoint is required: the weights file to evaluate (best.pt, or a version's model.pt)")
     _require_file(args.checkpoint, "checkpoint")
     _require_dir(args.data, "data folder")
+    from histo_core import steps
+    from histo_core.checkpoint import read_checkpoint
+    from histo_core.data.sources import DataSourceError, list_images
+
     read_checkpoint(args.checkpoint)  # a bad file fails now, not after the scan
     table = list_images(args.data)
     table = table[table["labelled"] & table["label"].isin(["0", "1"]) & (table["path"] != "")]
     if table.empty:
         raise DataSourceError(f"{args.data}: no labelled images to evaluate on")
+    partition = _partitions(args, steps.training_split(args.checkpoint), table)
+    scored = table[partition.isin({args.split, "val"})] if args.split else table
     bar = ProgressBar("scoring")
     try:
-        probability, errors = score_files(args.checkpoint, table["path"].tolist(), args.device, tta=args.tta,
-                                          root=os.path.realpath(args.data),
-                                          progress=lambda done: bar(done, len(table)))
+        logits, errors = _score(args, scored, bar)
     finally:
         bar.close()
-    ok = ~np.isnan(probability)
+    ok = ~np.isnan(logits)
     if not ok.any():
-        raise DataSourceError(f"{args.data}: none of the {len(table)} images could be scored; the first: "
-                              f"{table['id'].iloc[0]}: {errors[0]}")
-    labels = table["label"].astype(int).to_numpy()[ok]
-    metrics = binary_metrics(labels, probability[ok])
-    metrics["auc_bootstrap_ci_low"], metrics["auc_bootstrap_ci_high"] = bootstrap_auc_ci(labels, probability[ok])
-    metrics.update(tta=args.tta, unreadable=int((~ok).sum()), data=str(args.data), checkpoint=str(args.checkpoint))
-    print(f"AUC {metrics['auc']:.4f} (95% CI {metrics['auc_ci_low']:.4f}-{metrics['auc_ci_high']:.4f})  "
-          f"accuracy {metrics['accuracy']:.4f}  sensitivity {metrics['sensitivity']:.4f}  "
-          f"specificity {metrics['specificity']:.4f}  on {metrics['n']} images{' with TTA' if args.tta else ''}"
-          + (f"; {metrics['unreadable']} unreadable (first: {errors[int(np.flatnonzero(~ok)[0])]})"
-             if metrics["unreadable"] else ""))
+        raise DataSourceError(f"{args.data}: none of the {len(scored)} images could be scored; the first: "
+                              f"{scored['id'].iloc[0]}: {errors[0]}")
+    metrics, probability, target = _evaluation_report(args, scored, partition, logits, ok)
+    first_error = next((e for e in errors if e), "")
+    print(f"AUC {metrics['auc']:.4f} (DeLong 95% CI {metrics['auc_ci_low']:.4f}-{metrics['auc_ci_high']:.4f}, "
+          f"bootstrap {metrics['auc_bootstrap_ci_low']:.4f}-{metrics['auc_bootstrap_ci_high']:.4f})  "
+          f"on {metrics['n']} images{' with TTA' if args.tta else ''}"
+          + (f"; {metrics['unreadable']} could not be scored (first: {first_error})" if metrics["unreadable"] else ""))
+    print(f"at p >= 0.5: accuracy {metrics['accuracy']:.4f}  sensitivity {metrics['sensitivity']:.4f}  "
+          f"specificity {metrics['specificity']:.4f};  calibration error (ECE) {metrics['ece']:.4f}")
+    if "operating_point" in metrics:
+        op = metrics["operating_point"]
+        print(f"operating point chosen on validation for sensitivity {op['target_sensitivity']}: p >= "
+              f"{op['threshold']:.3f}: sensitivity {op['sensitivity']:.4f}, specificity {op['specificity']:.4f}")
+    if args.out:
+        _write_evaluation(args.out, target, probability, metrics)
+        print(f"predictions, metrics and plots: {args.out}")
     if args.json:
-        args.json.write_text(json.dumps(metrics, indent=2) + "\n")
-    return 0
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+    return OK
+
+
+def _partitions(args: argparse.Namespace, split: Any, table: Any) -> Any:
+    """Each row's partition in the checkpoint's training split (None without one); warns
+    when rows it was trained on would be scored."""
+    import pandas as pd
+
+    if split is None:
+        if args.split:
+            raise ValueError(f"--split {args.split}: {args.checkpoint}'s folder records no split (only checkpoints "
+                             "written by histo train or a retrain do, with their data set folder still there)")
+        return None
+    from histo_core import steps
+
+    partition = table["id"].map(steps.read_split(split).set_index("id")["partition"])
+    trained_on = int((partition == "train").sum())
+    if not args.split and trained_on:
+        print(f"histo: warning: {trained_on} of the {len(table)} images were used to train this model "
+              f"(train partition of {split.csv}); its metrics on them are optimistic. "
+              "--split test scores only its held-out test images.", file=sys.stderr)
+    return pd.Series(partition, index=table.index)
+
+
+def _score(args: argparse.Namespace, table: Any, bar: ProgressBar) -> tuple[Any, list[str]]:
+    from histo_core.predict import score_paths
+
+    return score_paths(args.checkpoint, table["path"].tolist(), args.device, batch_size=args.batch_size,
+                       tta=args.tta, root=os.path.realpath(args.data), progress=lambda done: bar(done, len(table)))
+
+
+def _evaluation_report(args: argparse.Namespace, scored: Any, partition: Any, logits: Any,
+                       ok: Any) -> tuple[dict[str, Any], Any, Any]:
+    """Metrics of the scored rows (with --split: of that partition, calibrated on val)."""
+    from histo_core.config import EvalConfig
+    from histo_core.evaluate import (binary_metrics, bootstrap_auc_ci, expected_calibration_error, full_report,
+                                     sigmoid)
+
+    labels = scored["label"].astype(int).to_numpy()
+    cfg = EvalConfig()
+    if args.split and partition is not None:
+        part = partition[scored.index].to_numpy()
+        val, target = ok & (part == "val"), ok & (part == args.split)
+        metrics = full_report(labels[val], logits[val], labels[target], logits[target], cfg.target_sensitivity,
+                              cfg.bootstrap)
+        probability = sigmoid(logits[target] / metrics["temperature"])
+        unreadable = int((~ok & (part == args.split)).sum())
+    else:
+        target = ok
+        probability = sigmoid(logits[ok])
+        metrics = binary_metrics(labels[ok], probability)
+        metrics["auc_bootstrap_ci_low"], metrics["auc_bootstrap_ci_high"] = bootstrap_auc_ci(
+            labels[ok], probability, cfg.bootstrap)
+        metrics["ece"] = expected_calibration_error(labels[ok], probability)
+        unreadable = int((~ok).sum())
+    metrics.update(tta=args.tta, unreadable=unreadable, data=str(args.data), checkpoint=str(args.checkpoint),
+                   split=args.split)
+    return metrics, probability, scored[target]
+
+
+def _write_evaluation(out: Path, rows: Any, probability: Any, metrics: dict[str, Any]) -> None:
+    """predictions.csv (id, label, probability), metrics.json and the ROC, PR and reliability plots."""
+    import json
+
+    import pandas as pd
+
+    from histo_core.evaluate import plot_curves
+
+    out.mkdir(parents=True, exist_ok=True)
+    labels = rows["label"].astype(int).to_numpy()
+    pd.DataFrame({"id": rows["id"].to_numpy(), "label": labels, "probability": probability}).to_csv(
+        out / "predictions.csv", index=False)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+    threshold = metrics.get("operating_point", {}).get("threshold", 0.5)
+    plot_curves(labels, {"model": probability}, {n: out / f"{n}.png" for n in ("roc", "pr", "reliability")},
+                {"model": threshold})
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
-    if "://" not in args.data:  # fail in a second, before starting Prefect, on an obvious mistake
+    config = resolve_config(RetrainConfig, args)
+    if args.print_config:
+        print_config(config)
+        return OK
+    if "://" not in config.data:  # fail in a second, before starting Prefect, on an obvious mistake
         from histo_core.data.sources import detect_layout
 
-        if not Path(args.data).is_dir():
-            raise FileNotFoundError(f"{args.data}: no such data folder")
-        detect_layout(Path(args.data))
-    train = TrainConfig(epochs=args.epochs, device=args.device)
-    config = RetrainConfig(data=args.data, store=_store(args), workdir=args.workdir,
-                           model_name=args.model_name, train=train)
+        _require_dir(config.data, "data folder")
+        detect_layout(Path(config.data))
     result = _run_retrain(config)
-    return 0 if result["outcome"] in ("promoted", "rejected") else 1
+    return OK if result["outcome"] in ("promoted", "rejected") else REJECTED
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -311,13 +407,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    config = resolve_config(RetrainConfig, args)
+    if args.print_config:
+        print_config(config)
+        return OK
     _quiet_prefect_defaults()
     from histo_deployments.serve import serve_deployments
 
-    config = RetrainConfig(data=args.data, store=_store(args), workdir=args.workdir,
-                           model_name=args.model_name, train=TrainConfig(epochs=args.epochs))
     serve_deployments(config, cron=args.cron, timezone=args.timezone, watch_every=args.watch_every)
-    return 0
+    return OK
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -417,31 +515,27 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=int, default=DEMO_EPOCHS, help="per run (keeps the demo to minutes)")
     demo.set_defaults(func=cmd_demo)
 
-    retrain = sub.add_parser("retrain", help="validate, split, train, evaluate, promote, upload")
-    retrain.add_argument("--data", required=True, help="data root in any supported layout")
-    _add_store_arguments(retrain)
-    retrain.add_argument("--workdir", default=RetrainConfig.model_fields["workdir"].default)
-    retrain.add_argument("--model-name", default=RetrainConfig.model_fields["model_name"].default)
-    retrain.add_argument("--epochs", type=int, default=TrainConfig().epochs)
-    retrain.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    retrain = sub.add_parser("retrain", help="validate, split, train, evaluate, promote, upload",
+                             description="One retrain run. Every field of the run's config (RetrainConfig) is "
+                                         "an option; --epochs, --device, --store, --endpoint-url and --region "
+                                         "are short for --train.epochs, --train.device and --store.*.")
+    add_config_file_options(retrain)
+    add_config_options(retrain, RetrainConfig, aliases=RETRAIN_ALIASES)
     retrain.set_defaults(func=cmd_retrain)
 
-    train = sub.add_parser("train", help="validate, split and train a model into a folder (no Prefect)")
+    train = sub.add_parser("train", help="validate, split and train a model into a folder (no Prefect)",
+                           description="Validate, split and train DATA into OUT without an orchestrator. Every "
+                                       "training option is a field of TrainConfig; --config reads the same YAML "
+                                       "as retrain (its train, validation and split sections).")
     train.add_argument("--data", required=True, help="data root in any supported layout")
     train.add_argument("--out", required=True, type=Path, help="folder for best.pt, last.pt, history.json")
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--model", help="architecture (see histo_core.model.MODELS)")
-    train.add_argument("--lr", type=float)
-    train.add_argument("--batch-size", dest="batch_size", type=int)
-    train.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
-    train.add_argument("--num-workers", dest="num_workers", type=int)
-    train.add_argument("--augment-on", dest="augment_on", choices=["auto", "loader", "device"],
-                       help="augment in the loader or on the GPU (auto: the GPU from batch 128 up)")
-    train.add_argument("--deterministic", action="store_true", default=None,
-                       help="bit-reproducible CUDA runs (deterministic, possibly slower, convolutions)")
-    train.add_argument("--seed", type=int)
     train.add_argument("--nproc", type=int, default=1,
-                       help="processes for distributed data-parallel training (one per GPU; gloo on CPU)")
+                       help="processes for distributed data-parallel training (one per GPU; gloo on CPU; "
+                            "default: %(default)s)")
+    add_config_file_options(train)
+    add_config_options(train, TrainConfig)
+    add_config_options(train, ValidationConfig, "validation.")
+    add_config_options(train, SplitConfig, "split.")
     train.set_defaults(func=cmd_train)
 
     evaluate = sub.add_parser("evaluate", help="AUC and more of a checkpoint on a labelled data root")
@@ -449,7 +543,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model", dest="checkpoint", type=Path, help=argparse.SUPPRESS)  # its old name
     evaluate.add_argument("--data", required=True, help="labelled data root in any layout; every row is scored")
     evaluate.add_argument("--tta", action="store_true", help="average the 8 flips/rotations of each patch")
+    evaluate.add_argument("--split", choices=["train", "val", "test"],
+                          help="score only this partition of the checkpoint's training split (histo train and "
+                               "retrain record it); with test, calibrated on val as a retrain is")
+    evaluate.add_argument("--out", type=Path,
+                          help="folder for predictions.csv, metrics.json and the ROC, PR and reliability plots")
     evaluate.add_argument("--json", type=Path, help="also write the metrics here")
+    evaluate.add_argument("--batch-size", type=int, default=256, help="images per batch (default: %(default)s)")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
     evaluate.set_defaults(func=cmd_evaluate)
 
@@ -470,15 +570,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store_arguments(predict)
     predict.set_defaults(func=cmd_predict)
 
-    serve = sub.add_parser("serve", help="serve the retrain deployments (nightly and manual)")
-    serve.add_argument("--data", required=True, help="data root the deployments retrain on")
-    _add_store_arguments(serve)
-    serve.add_argument("--workdir", default=RetrainConfig.model_fields["workdir"].default)
-    serve.add_argument("--cron", default="0 2 * * *", help="nightly schedule (cron syntax)")
-    serve.add_argument("--timezone", default="UTC", help="IANA time zone of the cron schedule")
-    serve.add_argument("--watch-every", type=float, default=300, help="seconds between looks for new batches")
-    serve.add_argument("--model-name", default=RetrainConfig.model_fields["model_name"].default)
-    serve.add_argument("--epochs", type=int, default=TrainConfig().epochs)
+    serve = sub.add_parser("serve", help="serve the retrain deployments (nightly, on new data, and by hand)")
+    serve.add_argument("--cron", default="0 2 * * *", help="nightly schedule, cron syntax (default: %(default)s)")
+    serve.add_argument("--timezone", default="UTC", help="IANA time zone of the cron schedule (default: %(default)s)")
+    serve.add_argument("--watch-every", type=float, default=300,
+                       help="seconds between looks for new batches (default: %(default)s)")
+    add_config_file_options(serve)
+    add_config_options(serve, RetrainConfig, aliases=RETRAIN_ALIASES)
     serve.set_defaults(func=cmd_serve)
 
     models = sub.add_parser("models", help="list, show, promote or roll back model versions")

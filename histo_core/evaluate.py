@@ -8,10 +8,10 @@ and it accounts for the correlation between two models scored on the same images
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy.stats import norm, rankdata
-from sklearn.calibration import calibration_curve
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 
@@ -139,32 +139,55 @@ def full_report(val_labels: np.ndarray, val_logits: np.ndarray, test_labels: np.
     return report
 
 
-def plot_curves(labels: np.ndarray, curves: dict[str, np.ndarray], paths: dict[str, Path]) -> dict[str, Path]:
+def plot_curves(labels: np.ndarray, curves: dict[str, np.ndarray], paths: dict[str, Path],
+                thresholds: dict[str, float] | None = None) -> dict[str, Path]:
     """ROC, precision-recall and reliability plots of models on the same images, as PNG
-    files at ``paths["roc"]``, ``paths["pr"]`` and ``paths["reliability"]``."""
+    files at ``paths["roc"]``, ``paths["pr"]`` and ``paths["reliability"]``.
+
+    ``thresholds``: each model's operating point, marked on its ROC curve. The PR plot
+    shows the no-skill line (the prevalence); the reliability plot uses 10 equal-width
+    bins, labels each point with its image count, and gives each model's ECE."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never needs a display
     import matplotlib.pyplot as plt
 
+    labels = np.asarray(labels).astype(int)
     figures = {name: plt.subplots(figsize=(4.5, 4.5), dpi=120) for name in paths}
     for name, probs in curves.items():
         fpr, tpr, _ = roc_curve(labels, probs)
-        figures["roc"][1].plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(labels, probs):.3f})")
+        line, = figures["roc"][1].plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(labels, probs):.3f})")
+        if thresholds and name in thresholds:
+            at = binary_metrics(labels, probs, thresholds[name])
+            figures["roc"][1].plot(1 - at["specificity"], at["sensitivity"], "o", color=line.get_color(),
+                                   label=f"{name} operating point (p >= {thresholds[name]:.3f})")
         precision, recall, _ = precision_recall_curve(labels, probs)
         figures["pr"][1].plot(recall, precision, label=f"{name} (AP {average_precision_score(labels, probs):.3f})")
-        frac_pos, mean_pred = calibration_curve(labels, probs, n_bins=10, strategy="quantile")
-        figures["reliability"][1].plot(mean_pred, frac_pos, "o-", label=name)
+        _reliability(figures["reliability"][1], labels, probs, name)
     figures["roc"][1].plot([0, 1], [0, 1], ":", color="grey")
+    figures["pr"][1].axhline(labels.mean(), linestyle=":", color="grey", label=f"no skill ({labels.mean():.2f})")
     figures["reliability"][1].plot([0, 1], [0, 1], ":", color="grey")
     axes_labels = {"roc": ("false positive rate", "true positive rate", "ROC"),
                    "pr": ("recall (sensitivity)", "precision", "Precision-recall"),
                    "reliability": ("predicted probability", "observed tumour fraction", "Reliability")}
     for name, (fig, ax) in figures.items():
         xlabel, ylabel, title = axes_labels[name]
-        ax.set(xlabel=xlabel, ylabel=ylabel, title=f"{title} on {len(labels)} hold-out images")
-        ax.legend(loc="lower right" if name != "pr" else "lower left")
+        ax.set(xlabel=xlabel, ylabel=ylabel, title=f"{title} on {len(labels)} images")
+        ax.legend(loc="lower right" if name != "pr" else "lower left", fontsize="small")
         fig.tight_layout()
         fig.savefig(paths[name])
         plt.close(fig)
     return paths
+
+
+def _reliability(ax: Any, labels: np.ndarray, probs: np.ndarray, name: str, bins: int = 10) -> None:
+    """Observed tumour fraction against mean predicted probability per equal-width bin."""
+    which = np.clip(np.digitize(probs, np.linspace(0, 1, bins + 1)[1:-1]), 0, bins - 1)
+    used = [b for b in range(bins) if (which == b).any()]
+    mean_pred = [probs[which == b].mean() for b in used]
+    observed = [labels[which == b].mean() for b in used]
+    line, = ax.plot(mean_pred, observed, "o-",
+                    label=f"{name} (ECE {expected_calibration_error(labels, probs):.3f})")
+    for x, y, b in zip(mean_pred, observed, used):
+        ax.annotate(str(int((which == b).sum())), (x, y), textcoords="offset points", xytext=(4, -10),
+                    fontsize=6, color=line.get_color())

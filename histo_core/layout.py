@@ -6,7 +6,7 @@
         split-<key>/               SplitDir: one split config of that data set
           split.csv, split.source
       models/<key>/                ModelDir: one split + training config
-        best.pt, last.pt, history.json
+        best.pt, last.pt, history.json, training.json, split.json
       runs/<run-id>/               RunDir: one run's evaluation and decision
         config.json, evaluation.json, predictions.csv, roc.png, pr.png, reliability.png,
         metrics.json, version-config.json, model_card.md, decision.json, champion/model.pt
@@ -90,6 +90,17 @@ class ModelDir:
     def history(self) -> Path:
         return self.root / "history.json"
 
+    @property
+    def training(self) -> Path:
+        """Where and with what it was trained: device, library versions, wall time, best epoch."""
+        return self.root / "training.json"
+
+    @property
+    def split_ref(self) -> Path:
+        """Which split trained it (folder and split.csv's SHA-256), so that evaluating the
+        model later can tell its training images from its held-out ones."""
+        return self.root / "split.json"
+
 
 @dataclass(frozen=True)
 class RunDir:
@@ -122,7 +133,7 @@ class RunDir:
         """A registry version's files, by their name in the version."""
         return {"model.pt": model.best, "metrics.json": self.metrics, "config.json": self.version_config,
                 "roc.png": self.roc, "pr.png": self.pr, "reliability.png": self.reliability,
-                "history.json": model.history, "model_card.md": self.model_card}
+                "history.json": model.history, "training.json": model.training, "model_card.md": self.model_card}
 
 
 @dataclass(frozen=True)

@@ -16,17 +16,40 @@ def _metrics_line(name: str, m: dict[str, Any]) -> str:
             f"{m['accuracy']:.4f} | {m['sensitivity']:.4f} | {m['specificity']:.4f} | {at_op} | {ece} | {m['n']} |")
 
 
+INTENDED_USE = (
+    "Research use: ranking 96x96 H&E patches of lymph-node sections by the probability of metastatic "
+    "tumour in their centre 32x32 region, as in PatchCamelyon. Not a medical device; not for diagnosis.")
+LIMITATIONS = [
+    "The hold-out images come from the same slides as the training images (the split is by image "
+    "content; the data carry no slide ids), so the hold-out AUC is optimistic for slides, labs and "
+    "scanners the model has not seen.",
+    "Trained on patches at PCam's magnification (10x); other magnifications, "
+    "stains or tissue types are outside what it was trained on.",
+    "The probabilities are calibrated (temperature scaling) on the validation images of the same data.",
+]
+
+
 def render_model_card(*, model_name: str, version: str, code_version: str, data_hash: str,
                       split: pd.DataFrame, config: dict[str, Any], evaluation: dict[str, Any],
-                      decision: dict[str, Any]) -> str:
-    """Markdown for one version. ``split`` is the run's split table (batch, label, partition)."""
+                      decision: dict[str, Any], training: dict[str, Any] | None = None) -> str:
+    """Markdown for one version. ``split`` is the run's split table (batch, label, partition);
+    ``training`` the model folder's ``training.json``."""
+    import datetime as dt
+
+    training = training or {}
     counts = split.assign(batch=split["batch"].replace("", "(root)")) \
         .groupby(["batch", "partition", "label"]).size().unstack(["partition", "label"], fill_value=0)
     lines = [
         f"# {model_name} {version}", "",
         f"- outcome: **{decision['outcome']}** — " + "; ".join(decision["reasons"]),
+        f"- date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"- code version: {code_version}",
-        f"- data manifest hash: `{data_hash}`", "",
+        f"- data manifest hash: `{data_hash}`",
+        f"- trained on: {training.get('device', 'unknown')} in {training.get('seconds', 0) / 60:.1f} min, "
+        f"{training.get('epochs', '?')} epochs, best (lowest val loss) at epoch {training.get('best_epoch', '?')}; "
+        f"torch {training.get('torch', '?')}, torchvision {training.get('torchvision', '?')}", "",
+        "## Intended use", "", INTENDED_USE, "",
+        "## Limitations", "", *[f"- {item}" for item in LIMITATIONS], "",
         "## Data (images per batch, partition and label)", "",
         "```", counts.to_string(), "```", "",
         "## Hold-out metrics", "",

@@ -59,10 +59,10 @@ class _Decoded(Dataset):
             return torch.zeros(3, self.size, self.size, dtype=torch.uint8), f"unreadable image: {exc}"
 
 
-def score_files(checkpoint: Path | str, paths: list[str], device: str = "auto", batch_size: int = 256,
+def score_paths(checkpoint: Path | str, paths: list[str], device: str = "auto", batch_size: int = 256,
                 workers: int = 0, tta: bool = False, root: str | None = None,
                 progress: BatchProgress | None = None) -> tuple[np.ndarray, list[str]]:
-    """Tumour probabilities of the images at ``paths`` (NaN where unreadable) and errors.
+    """Logits of the images at ``paths`` (NaN where they could not be scored) and errors.
 
     ``root``: the folder the paths must stay inside once links are resolved."""
     torch_device = pick_device(device)
@@ -71,9 +71,16 @@ def score_files(checkpoint: Path | str, paths: list[str], device: str = "auto", 
                         pin_memory=torch_device.type == "cuda")
     logits, batch_errors = score(model, loader, torch_device, tta, progress)
     errors = [e for batch in batch_errors for e in batch]
-    probability = sigmoid(logits)
-    probability[np.array(errors, dtype=str) != ""] = np.nan
-    return probability, errors
+    logits[np.array(errors, dtype=str) != ""] = np.nan
+    return logits, errors
+
+
+def score_files(checkpoint: Path | str, paths: list[str], device: str = "auto", batch_size: int = 256,
+                workers: int = 0, tta: bool = False, root: str | None = None,
+                progress: BatchProgress | None = None) -> tuple[np.ndarray, list[str]]:
+    """Tumour probabilities of the images at ``paths`` (NaN where unreadable) and errors."""
+    logits, errors = score_paths(checkpoint, paths, device, batch_size, workers, tta, root, progress)
+    return sigmoid(logits), errors
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ orchestrator in a test or a notebook. The Prefect tasks in ``tasks/`` are thin w
 
     validate -> DatasetDir: manifest.csv, validation.json, data_docs/
     split    -> SplitDir (inside the DatasetDir): split.csv
-    train    -> ModelDir: best.pt, last.pt, history.json
+    train    -> ModelDir: best.pt, last.pt, history.json, training.json, split.json
     evaluate -> RunDir: evaluation.json, predictions.csv, roc/pr/reliability.png
                 (challenger and champion on the same test images)
     promote  -> RunDir: decision.json, model_card.md (+ a registry version; the
@@ -224,8 +224,38 @@ def train(split: SplitDir, model: ModelDir, cache_dir: Path, cfg: TrainConfig,
     from histo_core.train import fit, training_augmentation
 
     parts = load_partitions(split, cache_dir, training_augmentation(cfg))
-    fit(parts["train"], parts["val"], cfg, model.root, on_epoch, on_batch)
+    record_split(model, split)
+    result = fit(parts["train"], parts["val"], cfg, model.root, on_epoch, on_batch)
+    record_training(model, result.history, result.device)
     return model
+
+
+def record_training(model: ModelDir, history: list[dict[str, Any]], device: str) -> None:
+    """``training.json``: what the model card reports about how the model was made."""
+    from importlib.metadata import version
+
+    best = min(history, key=lambda r: r["val_loss"]) if history else {}
+    _write_json(model.training, {
+        "device": device, "torch": version("torch"), "torchvision": version("torchvision"),
+        "histo_retrain": __version__, "epochs": len(history), "best_epoch": best.get("epoch"),
+        "best_val_loss": best.get("val_loss"), "best_val_auc": best.get("val_auc"),
+        "seconds": sum(r.get("seconds", 0.0) for r in history)})
+
+
+def record_split(model: ModelDir, split: SplitDir) -> None:
+    model.root.mkdir(parents=True, exist_ok=True)
+    _write_json(model.split_ref, {"split": str(split.root.resolve()), "sha256": sha256_file(split.csv)})
+
+
+def training_split(checkpoint: Path) -> SplitDir | None:
+    """The split a checkpoint was trained on, if its folder records one that is still there
+    unchanged (``ModelDir.split_ref``)."""
+    ref = ModelDir(Path(checkpoint).parent).split_ref
+    if not ref.is_file():
+        return None
+    record = json.loads(ref.read_text())
+    split = SplitDir(Path(record["split"]))
+    return split if split.csv.is_file() and sha256_file(split.csv) == record["sha256"] else None
 
 
 def evaluate(split: SplitDir, model: ModelDir, run: RunDir, cache_dir: Path, store: StoreConfig,
@@ -321,9 +351,10 @@ def _publish(registry: Registry, version: str, decision: dict[str, Any], evaluat
     manifest_digest = data_hash(split.dataset)
     _write_json(run.metrics, evaluation)
     _write_json(run.version_config, {**config, "gate": gate.model_dump()})
+    training = json.loads(model.training.read_text()) if model.training.is_file() else {}
     run.model_card.write_text(render_model_card(
         model_name=registry.name, version=version, code_version=__version__, data_hash=manifest_digest,
-        split=read_split(split), config=config, evaluation=evaluation, decision=decision))
+        split=read_split(split), config=config, evaluation=evaluation, decision=decision, training=training))
     files = run.version_files(model)
     registry.publish_version(version, {k: v for k, v in files.items() if v.exists()}, {
         "metrics": evaluation["challenger"], "data_manifest_hash": manifest_digest,

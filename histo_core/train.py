@@ -45,6 +45,7 @@ class TrainResult:
     best_checkpoint: Path
     last_checkpoint: Path
     history: list[dict[str, float]]
+    device: str
 
 
 def build_model(cfg: TrainConfig) -> nn.Module:
@@ -260,6 +261,7 @@ def fit(train_set: PatchDataset, val_set: PatchDataset, cfg: TrainConfig, out_di
         if epoch > cfg.min_epochs and _stale_epochs(history) >= cfg.patience:
             log.info("early stop: val loss has not improved for %d epochs", cfg.patience)
             break
+        epoch_started = time.perf_counter()
         if isinstance(batches.sampler, DistributedWeightedSampler):
             batches.sampler.set_epoch(epoch)
         batch_progress = partial(on_batch, epoch) if on_batch and ctx.is_main else None
@@ -270,7 +272,8 @@ def fit(train_set: PatchDataset, val_set: PatchDataset, cfg: TrainConfig, out_di
         val_loss, val_auc, val_images = evaluate_loss_auc(model, val_loader, device, ctx)
         record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_auc": val_auc,
                   "lr": optimizer.param_groups[0]["lr"], "images_per_s": all_sum(images_per_s, ctx),
-                  "val_images": val_images, "improved": val_loss < best_loss}
+                  "val_images": val_images, "improved": val_loss < best_loss,
+                  "seconds": time.perf_counter() - epoch_started}
         history.append(record)
         improved, best_loss = val_loss < best_loss, min(best_loss, val_loss)
         if ctx.is_main:  # one writer; every rank holds the same history and decisions
@@ -286,7 +289,7 @@ def fit(train_set: PatchDataset, val_set: PatchDataset, cfg: TrainConfig, out_di
             if on_epoch:
                 on_epoch(record)
         barrier(ctx)
-    return TrainResult(best_path, last_path, history)
+    return TrainResult(best_path, last_path, history, str(device))
 
 
 def _same_run(saved: dict[str, object], cfg: TrainConfig) -> bool:

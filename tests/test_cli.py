@@ -28,7 +28,7 @@ def test_bad_data_root_is_a_clear_error_not_a_traceback(tmp_path, capsys):
 
 def test_invalid_arguments_exit_non_zero():
     with pytest.raises(SystemExit) as exc:
-        main(["retrain"])
+        main(["train", "--out", "x"])  # --data missing
     assert exc.value.code == 2
 
 
@@ -113,16 +113,32 @@ def test_train_then_evaluate_from_the_command_line(kaggle_root, tmp_path, capsys
     out = tmp_path / "run"
     assert main(["train", "--data", str(kaggle_root), "--out", str(out), "--epochs", "1", "--batch-size", "32",
                  "--augment-on", "device"]) == 0
-    assert json.loads((out / "config.json").read_text())["augment_on"] == "device"
+    assert json.loads((out / "config.json").read_text())["train"]["augment_on"] == "device"
     captured = capsys.readouterr()
     assert "epoch 1/1" in captured.out and "best model:" in captured.out
     assert "epoch 1/1: 100%" in captured.err and "batch" in captured.err  # the in-epoch progress bar
-    assert {p.name for p in out.iterdir()} >= {"best.pt", "last.pt", "history.json", "config.json"}
+    assert {p.name for p in out.iterdir()} >= {"best.pt", "last.pt", "history.json", "config.json", "split.json"}
     assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--data", str(kaggle_root), "--tta",
                  "--json", str(tmp_path / "m.json")]) == 0
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["n"] == 300 and metrics["tta"] is True and 0 <= metrics["auc"] <= 1
-    assert "with TTA" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "with TTA" in captured.out
+    split = pd.read_csv(next(out.glob("data/split-*/split.csv")), dtype={"id": str})
+    counts = split["partition"].value_counts()
+    assert f"warning: {counts['train']} of the 300 images were used to train this model" in captured.err
+
+    # Only the held-out test images, calibrated and with the operating point chosen on val, as a retrain does.
+    assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--data", str(kaggle_root), "--split", "test",
+                 "--out", str(tmp_path / "eval")]) == 0
+    captured = capsys.readouterr()
+    assert "were used to train" not in captured.err and "operating point chosen on validation" in captured.out
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["n"] == counts["test"] and metrics["split"] == "test" and "temperature" in metrics
+    predictions = pd.read_csv(tmp_path / "eval" / "predictions.csv", dtype={"id": str})
+    assert list(predictions.columns) == ["id", "label", "probability"]
+    assert set(predictions["id"]) == set(split.loc[split["partition"] == "test", "id"])
+    assert all((tmp_path / "eval" / f"{n}.png").stat().st_size > 5000 for n in ("roc", "pr", "reliability"))
 
 
 def _evaluate(checkpoint, data) -> list[str]:

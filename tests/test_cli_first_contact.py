@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from PIL import Image
 
 from histo_core.checkpoint import model_record, write_checkpoint
@@ -118,3 +117,86 @@ def test_models_list_and_events_as_json(tmp_path):
 def test_models_show_without_a_champion_says_so(tmp_path):
     done = histo("models", "show", "--store", str(tmp_path / "empty"))
     assert done.returncode == 2 and "has no champion" in done.stderr
+
+
+def test_every_config_field_is_an_option_with_its_default_in_the_help():
+    from histo_cli.main import build_parser
+    from histo_core.config import RetrainConfig, TrainConfig
+
+    def dests(command: str) -> set[str]:
+        sub = next(a for a in build_parser()._actions if a.dest == "command").choices[command]
+        return {a.dest for a in sub._actions}
+
+    assert set(TrainConfig.model_fields) <= dests("train")
+    nested = {f"{name}.{sub}" for name, field in RetrainConfig.model_fields.items()
+              if hasattr(field.annotation, "model_fields") for sub in field.annotation.model_fields}
+    assert nested <= dests("retrain") and nested <= dests("serve")
+    text = histo("train", "--help").stdout
+    assert "--weight-decay" in text and "(default: 0.0001)" in text and "{auto,loader,device}" in text
+
+
+def test_a_config_file_with_options_on_top_and_the_resolved_config_printed(tmp_path):
+    import yaml
+
+    config = tmp_path / "run.yaml"
+    config.write_text("data: /data/pcam\ntrain:\n  epochs: 7\n  lr: 0.0005\ngate:\n  auc_floor: 0.9\n")
+    done = histo("retrain", "--config", str(config), "--epochs", "3", "--store", "s3://b/p", "--print-config")
+    assert done.returncode == 0, done.stderr
+    resolved = yaml.safe_load(done.stdout)
+    assert resolved["data"] == "/data/pcam" and resolved["train"]["epochs"] == 3  # the option wins
+    assert resolved["train"]["lr"] == 0.0005 and resolved["gate"]["auc_floor"] == 0.9
+    assert resolved["store"]["uri"] == "s3://b/p" and resolved["train"]["batch_size"] == 64  # defaults kept
+    # The same file drives histo train: its train, validation and split sections.
+    done = histo("train", "--config", str(config), "--data", "x", "--out", "y", "--print-config")
+    assert yaml.safe_load(done.stdout)["train"]["epochs"] == 7
+
+
+def test_a_bad_value_names_the_option_and_the_rule_and_writes_nothing(kaggle_root, tmp_path):
+    done = histo("train", "--data", str(kaggle_root), "--out", str(tmp_path / "out"), "--lr", "-1")
+    assert done.returncode == 2
+    assert "--lr: Input should be greater than 0 (got '-1')" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()
+    done = histo("retrain", "--epochs", "3")
+    assert done.returncode == 2 and "--data: Field required" in done.stderr
+
+
+def test_download_with_no_network_is_an_environment_error_that_says_what_to_do(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on: the connection is refused, as offline
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    done = histo("data", "download", "pcam", str(tmp_path / "pcam"), "--splits", "valid",
+                 "--url", f"http://127.0.0.1:{port}/{{name}}")
+    assert done.returncode == 3
+    assert "could not download from 127.0.0.1" in done.stderr and "check the network" in done.stderr
+    assert "resume from 0 bytes" not in done.stderr
+
+
+def _docs_status(docs: Path) -> str:
+    """The status GX's own validation page states."""
+    import re
+
+    [page] = (docs / "validations").rglob("*.html")
+    return re.search(r"Status:\s*(?:<[^>]+>\s*)*(\w+)", page.read_text()).group(1)
+
+
+@pytest.mark.parametrize("one_class", [False, True])
+def test_the_command_line_the_report_and_the_data_docs_give_one_verdict(tmp_path, one_class):
+    from histo_core.data.synthetic import SyntheticSpec, write_kaggle_layout
+
+    data = write_kaggle_layout(tmp_path / "data", SyntheticSpec(count=60, seed=2))
+    files = sorted((data / "train").iterdir())
+    Image.fromarray(np.full((96, 96, 3), 250, np.uint8)).save(files[0])  # near-blank: a warning
+    files[1].write_bytes(b"not an image")  # quarantined: 1 of 60, under the 5% limit
+    if one_class:
+        labels = pd.read_csv(data / "train_labels.csv", dtype={"id": str})
+        labels.assign(label=1).to_csv(data / "train_labels.csv", index=False)
+    done = histo("data", "validate", str(data), "--report", str(tmp_path / "r.json"), "--docs", str(tmp_path / "d"))
+    report = json.loads((tmp_path / "r.json").read_text())
+    index = (tmp_path / "d" / "index.html").read_text()
+    expected = ("stopped", 1, "Failed") if one_class else ("passed", 0, "Succeeded")
+    assert (report["verdict"], done.returncode, _docs_status(tmp_path / "d")) == expected
+    assert f"Data set validation: {expected[0]}" in index
+    assert files[0].stem in index and "near-blank" in index and files[1].stem in index  # rows named by id
+    assert "http://" not in index and "https://" not in index  # readable offline

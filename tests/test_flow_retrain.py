@@ -49,7 +49,10 @@ def test_two_runs_promote_then_gate_against_the_champion(prefect_api, tmp_path):
                                                       "evaluation.json", "decision.json")} <= set(keys)
         version = store.get_json(f"models/pcam-cnn/versions/{run['version']}/version.json")
         assert set(version["files"]) == {"model.pt", "metrics.json", "config.json", "roc.png", "pr.png",
-                                         "reliability.png", "history.json", "model_card.md"}
+                                         "reliability.png", "history.json", "training.json", "model_card.md"}
+        card = (tmp_path / "store" / f"models/pcam-cnn/versions/{run['version']}/model_card.md").read_text()
+        assert "## Intended use" in card and "same slides as the training images" in card
+        assert "trained on: cpu in " in card and "best (lowest val loss) at epoch 1" in card
     events = store.list("models/pcam-cnn/events")
     assert [e.split("-")[1] for e in (Path(k).name for k in events)] == ["promoted", "rejected"]
     assert store.get_json(f"runs/{second['run_id']}/validation.json")["counts"] == {"ok": 480}

@@ -37,7 +37,7 @@ def test_evaluate_and_predict_give_the_same_probabilities(kaggle_root, checkpoin
     logits, _ = score_dataset(load_model(checkpoint, device), test, device, tta)
     evaluated = pd.Series(sigmoid(logits), index=steps.read_split(split)["id"].to_numpy()[test.indices])
 
-    predicted = pd.read_csv(predict_folder(checkpoint, kaggle_root, tmp_path / "p.csv", device="cpu", tta=tta),
+    predicted = pd.read_csv(predict_folder(checkpoint, kaggle_root, tmp_path / "p.csv", device="cpu", tta=tta).csv,
                             dtype={"id": str}).set_index("id")["label"]
     assert len(evaluated) > 20 and evaluated.std() > 1e-4, "an untrained model still scores images apart"
     # Different batch compositions may change the last float bits of a convolution, no more.

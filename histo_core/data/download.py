@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,8 +85,13 @@ def _fetch(url: str, target: Path, name: str, progress: Progress | None, timeout
             return
         raise DownloadError(f"{name}: HTTP {exc.code} {exc.reason} from {url}") from exc
     except (urllib.error.URLError, OSError) as exc:
-        raise DownloadError(f"{name}: download interrupted ({exc}); run the command again to resume "
-                            f"from {target.stat().st_size if target.exists() else 0} bytes") from exc
+        kept = target.stat().st_size if target.exists() else 0
+        if not kept:
+            host = urllib.parse.urlsplit(url).hostname
+            raise DownloadError(f"{name}: could not download from {host} ({getattr(exc, 'reason', exc)}); "
+                                "check the network, or pass --url with a mirror") from exc
+        raise DownloadError(f"{name}: download interrupted after {kept} bytes ({exc}); run the command "
+                            "again to resume from there") from exc
 
 
 def download(resources: list[Resource], dest: Path | str, progress: Progress | None = None,
