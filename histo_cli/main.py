@@ -163,6 +163,15 @@ def _require_dir(path: str | Path, what: str) -> None:
         raise FileNotFoundError(f"{path}: no such {what}")
 
 
+def _require_store(store: StoreConfig, model_name: str) -> None:
+    """Reach the store once before any work: an unreachable endpoint or a missing bucket
+    fails in seconds (exit 3), not after an hour of training."""
+    from histo_core.registry import Registry
+    from histo_core.storage import open_store
+
+    Registry(open_store(store), model_name).versions()
+
+
 def _require_file(path: Path, what: str) -> None:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such {what} file")
@@ -377,6 +386,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
         _require_dir(config.data, "data folder")
         detect_layout(Path(config.data))
+    _require_store(config.store, config.model_name)
     result = _run_retrain(config)
     return OK if result["outcome"] in ("promoted", "rejected") else REJECTED
 
@@ -411,6 +421,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.print_config:
         print_config(config)
         return OK
+    _require_store(config.store, config.model_name)
     _quiet_prefect_defaults()
     from histo_deployments.serve import serve_deployments
 

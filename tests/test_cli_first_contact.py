@@ -200,3 +200,15 @@ def test_the_command_line_the_report_and_the_data_docs_give_one_verdict(tmp_path
     assert f"Data set validation: {expected[0]}" in index
     assert files[0].stem in index and "near-blank" in index and files[1].stem in index  # rows named by id
     assert "http://" not in index and "https://" not in index  # readable offline
+
+
+def test_retrain_with_an_unreachable_store_fails_in_seconds_before_any_work(kaggle_root, tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    done = histo("retrain", "--data", str(kaggle_root), "--store", "s3://bucket/p", "--endpoint-url",
+                 f"http://127.0.0.1:{port}", "--region", "us-east-1", "--workdir", str(tmp_path / "work"))
+    assert done.returncode == 3 and "histo: error (environment" in done.stderr
+    assert not (tmp_path / "work").exists(), "nothing was validated or trained"
