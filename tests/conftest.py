@@ -20,6 +20,17 @@ from histo_core.data.synthetic import SyntheticSpec, write_kaggle_layout
 PCAM_REAL = Path(os.environ.get("HISTO_PCAM_REAL", Path(__file__).resolve().parents[2] / "shared/data/pcam_real"))
 
 
+# The modules that take minutes (real servers, workers, bench scripts) start first, so the
+# test processes (pytest-xdist, one module per process at a time) end together.
+SLOW_FIRST = ("test_worker_e2e.py", "test_deployments_e2e.py", "test_benches.py", "test_flow_retrain.py",
+              "test_train.py", "test_wheel.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FIRST)))
+
+
 @pytest.fixture(autouse=True)
 def _seeded() -> None:
     random.seed(0)
