@@ -195,16 +195,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     from histo_core.layout import DatasetDir, ModelDir
 
     out = Path(args.out)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps({"train": cfg.model_dump(), "validation": validation.model_dump(),
                                                  "split": split_cfg.model_dump()}, indent=2) + "\n")
     bar = ProgressBar("inspecting images")
     try:
         dataset = steps.validate(args.data, DatasetDir(out / "data"), validation, out / "manifests", progress=bar)
+        split = steps.split(dataset, split_cfg)
+    except Exception:
+        if created:  # a rejected data set leaves no half-made folder; the error says why
+            import shutil
+
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     finally:
         bar.close()
     print(f"data: {json.loads(dataset.validation.read_text())['counts']}")
-    split = steps.split(dataset, split_cfg)
     model = ModelDir(out)
 
     if args.nproc > 1:

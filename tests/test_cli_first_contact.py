@@ -212,3 +212,14 @@ def test_retrain_with_an_unreachable_store_fails_in_seconds_before_any_work(kagg
                  f"http://127.0.0.1:{port}", "--region", "us-east-1", "--workdir", str(tmp_path / "work"))
     assert done.returncode == 3 and "histo: error (environment" in done.stderr
     assert not (tmp_path / "work").exists(), "nothing was validated or trained"
+
+
+def test_train_on_a_rejected_data_set_exits_1_and_leaves_no_folder(tmp_path):
+    from histo_core.data.synthetic import SyntheticSpec, write_kaggle_layout
+
+    data = write_kaggle_layout(tmp_path / "data", SyntheticSpec(count=40, seed=3))
+    labels = pd.read_csv(data / "train_labels.csv", dtype={"id": str})
+    labels.assign(label=0).to_csv(data / "train_labels.csv", index=False)
+    done = histo("train", "--data", str(data), "--out", str(tmp_path / "out"))
+    assert done.returncode == 1 and "only label ['0'] present" in done.stderr
+    assert not (tmp_path / "out").exists()
