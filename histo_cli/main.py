@@ -135,7 +135,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from histo_core.registry import Registry
     from histo_core.storage import open_store
 
-    total = len(list_patches(args.data))
+    patches = list_patches(args.data)
+    _check_image_size(patches["path"], args.data)
+    total = len(patches)
     bar = ProgressBar("scoring")
     with tempfile.TemporaryDirectory() as tmp:
         weights = args.checkpoint
@@ -161,6 +163,26 @@ def _require_dir(path: str | Path, what: str) -> None:
     """Fail in a second, before heavy imports or scans, on a path that is not there."""
     if "://" not in str(path) and not Path(path).is_dir():
         raise FileNotFoundError(f"{path}: no such {what}")
+
+
+def _check_image_size(paths: Any, data: str, size: int = 96, sample: int = 8) -> None:
+    """Before loading the model and scanning everything: when the first ``sample`` readable
+    images all have another size, the data is not for this model (a mix is scored, and
+    the odd ones reported per image)."""
+    from histo_core.data.images import open_image
+    from histo_core.data.sources import DataSourceError
+
+    sizes = []
+    for path in list(paths)[:sample]:
+        try:
+            with open_image(path) as img:
+                sizes.append(img.size)
+        except Exception:  # noqa: BLE001 - unreadable files are reported per image later
+            continue
+    if sizes and all(s != (size, size) for s in sizes):
+        width, height = sizes[0]
+        raise DataSourceError(f"{data}: the images are {width}x{height} (the first {len(sizes)} checked); the "
+                              f"model scores {size}x{size} patches: crop or resize them first")
 
 
 def _require_store(store: StoreConfig, model_name: str) -> None:
@@ -276,6 +298,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     table = table[table["labelled"] & table["label"].isin(["0", "1"]) & (table["path"] != "")]
     if table.empty:
         raise DataSourceError(f"{args.data}: no labelled images to evaluate on")
+    _check_image_size(table["path"], args.data)
     partition = _partitions(args, steps.training_split(args.checkpoint), table)
     scored = table[partition.isin({args.split, "val"})] if args.split else table
     bar = ProgressBar("scoring")

@@ -60,11 +60,18 @@ def test_predict_writes_exactly_what_kaggle_accepts_in_the_sample_order(checkpoi
 def test_predict_on_wrong_size_images_fails_and_says_why(checkpoint, tmp_path):
     data = _images(tmp_path / "test", 128)
     done = histo("predict", "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(tmp_path / "p.csv"))
-    assert done.returncode == 1
-    assert "4 of 4 images could not be scored" in done.stderr
+    assert done.returncode == 1 and "the images are 128x128" in done.stderr and "96x96" in done.stderr
+    assert not (tmp_path / "p.csv").exists(), "refused before scoring anything"
+    # One odd image among right-sized ones is scored around and reported on its own.
+    Image.fromarray(np.full((96, 96, 3), 90, np.uint8)).save(data / "a-ok.tif")
+    Image.fromarray(np.full((96, 96, 3), 90, np.uint8)).save(data / "b-ok.tif")
+    for old in data.glob("p[123].tif"):
+        old.unlink()
+    done = histo("predict", "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(tmp_path / "p.csv"))
+    assert done.returncode == 1 and "1 of 3 images could not be scored" in done.stderr
     errors = pd.read_csv(tmp_path / "p.errors.csv")
-    assert len(errors) == 4 and errors["error"].str.contains("size 128x128, expected 96x96").all()
-    assert pd.read_csv(tmp_path / "p.csv").empty
+    assert errors["id"].tolist() == ["p0"] and "size 128x128, expected 96x96" in errors["error"][0]
+    assert len(pd.read_csv(tmp_path / "p.csv")) == 2
 
 
 def test_evaluate_on_wrong_size_images_names_the_size(checkpoint, tmp_path):
@@ -72,7 +79,7 @@ def test_evaluate_on_wrong_size_images_names_the_size(checkpoint, tmp_path):
     (data / "labels.csv").write_text("id,label\n" + "".join(f"p{i},{i % 2}\n" for i in range(4)))
     done = histo("evaluate", "--checkpoint", str(checkpoint), "--data", str(data))
     assert done.returncode == 1
-    assert "none of the 4 images could be scored" in done.stderr and "size 128x128, expected 96x96" in done.stderr
+    assert "the images are 128x128" in done.stderr and "scores 96x96 patches" in done.stderr
 
 
 @pytest.mark.parametrize("args, phrase", [
