@@ -169,12 +169,13 @@ def _check_image_size(paths: Any, data: str, size: int = 96, sample: int = 8) ->
     """Before loading the model and scanning everything: when the first ``sample`` readable
     images all have another size, the data is not for this model (a mix is scored, and
     the odd ones reported per image)."""
-    from histo_core.data.images import open_image
+    from histo_core.data.images import checked_stat, open_image
     from histo_core.data.sources import DataSourceError
 
-    sizes = []
+    root, sizes = os.path.realpath(data), []
     for path in list(paths)[:sample]:
         try:
+            checked_stat(path, root)  # no link out of the folder, no pipe that would block
             with open_image(path) as img:
                 sizes.append(img.size)
         except Exception:  # noqa: BLE001 - unreadable files are reported per image later
