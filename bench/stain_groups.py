@@ -78,12 +78,18 @@ def load_pixels(data: Path | None) -> np.ndarray:
     return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def pixels_from_command_line(description: str) -> np.ndarray:
+    """The patches a stain bench looks at: ``[DATA]`` (default: the shared real patches),
+    or 64 generated ones with ``--smoke``."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("data", type=Path, nargs="?", default=DEFAULT_DATA)
     parser.add_argument("--smoke", action="store_true", help="seconds: 64 generated patches")
     args = parser.parse_args()
-    pixels = load_pixels(None if args.smoke else args.data)
+    return load_pixels(None if args.smoke else args.data)
+
+
+def main() -> None:
+    pixels = pixels_from_command_line(__doc__.split("\n\n")[0])
     print(f"{len(pixels)} patches: {describe(pixels, stain_groups(pixels))}")
 
 

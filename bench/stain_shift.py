@@ -61,16 +61,9 @@ def restained(dataset: PatchDataset) -> PatchDataset:
 
 
 def main() -> None:
-    import argparse
-    from pathlib import Path
+    from stain_groups import pixels_from_command_line, tissue_od_direction
 
-    from stain_groups import DEFAULT_DATA, load_pixels, tissue_od_direction
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("data", type=Path, nargs="?", default=DEFAULT_DATA)
-    parser.add_argument("--smoke", action="store_true", help="seconds: 64 generated patches")
-    args = parser.parse_args()
-    pixels = load_pixels(None if args.smoke else args.data)
+    pixels = pixels_from_command_line(__doc__.split("\n\n")[0])
     before, after = tissue_od_direction(pixels), tissue_od_direction(stain_shifted(pixels))
     turned = np.degrees(np.arccos(np.clip(np.nansum(before * after, axis=1), -1, 1)))
     print(f"{len(pixels)} patches re-stained as 8 labs: mean tissue OD direction turned by "
