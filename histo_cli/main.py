@@ -522,16 +522,16 @@ def _list_versions(registry: Any, champion: Any, as_json: bool) -> None:
 
     from histo_core.storage import CorruptObjectError
 
-    rows = []
-    statuses = registry.statuses(champion)
-    for version in registry.versions():
+    records, errors = {}, {}
+    for version in registry.versions():  # each version.json read once
         try:
-            record = registry.version(version)
+            records[version] = registry.version(version)
         except CorruptObjectError as exc:
-            rows.append({"version": version, "status": "unreadable", "error": str(exc)})
-            continue
-        rows.append({"version": version, "created": _when(version), "auc": record.get("metrics", {}).get("auc"),
-                     "status": statuses[version], "champion": bool(champion and champion.version == version)})
+            records[version], errors[version] = None, str(exc)
+    statuses = registry.statuses(champion, records)
+    rows = [{"version": v, "status": "unreadable", "error": errors[v]} if r is None else
+            {"version": v, "created": _when(v), "auc": r.get("metrics", {}).get("auc"), "status": statuses[v],
+             "champion": bool(champion and champion.version == v)} for v, r in records.items()]
     if as_json:
         print(json.dumps(rows, indent=2))
         return

@@ -150,13 +150,14 @@ class Registry:
         keys = self.store.list(f"{self.prefix}/events")
         return [{"time": Path(key).name.split("-", 1)[0], **(self.store.get_json(key) or {})} for key in sorted(keys)]
 
-    def statuses(self, champion: Champion | None) -> dict[str, str]:
-        """Each version's status now: champion, rolled back, superseded (was champion, or
-        promoted and since replaced), or its run's outcome (rejected, conflict)."""
+    def statuses(self, champion: Champion | None, records: dict[str, dict[str, Any] | None]) -> dict[str, str]:
+        """Each version's status now, from its record (None: unreadable): champion, rolled
+        back, superseded (was champion, or promoted and since replaced), or its run's
+        outcome (rejected, conflict)."""
         rolled_back = {e.get("rolled_back_from") for e in self.events() if e.get("kind") == "rollback"}
         former = set(champion.record.get("history", [])) if champion else set()
         statuses = {}
-        for version in self.versions():
+        for version, record in records.items():
             if champion and version == champion.version:
                 statuses[version] = "champion"
             elif version in rolled_back:
@@ -164,10 +165,7 @@ class Registry:
             elif version in former:
                 statuses[version] = "superseded"
             else:
-                try:
-                    outcome = self.version(version).get("decision", {}).get("outcome", "filed")
-                except StoreError:  # unreadable: the listing says so on its own line
-                    outcome = "unreadable"
+                outcome = "unreadable" if record is None else record.get("decision", {}).get("outcome", "filed")
                 statuses[version] = "superseded" if outcome == "promoted" else outcome
         return statuses
 
