@@ -17,7 +17,8 @@ from typing import Any, Sequence
 
 from histo_cli.options import add_config_file_options, add_config_options, print_config, resolve_config
 from histo_cli.progress import EpochBars, ProgressBar
-from histo_core.config import RetrainConfig, SplitConfig, StoreConfig, TrainConfig, ValidationConfig
+from histo_core.config import (EvalConfig, PredictConfig, RetrainConfig, SplitConfig, StoreConfig, TrainConfig,
+                                ValidationConfig)
 from histo_core.data.download import DownloadError
 from histo_core.storage.base import StoreError
 
@@ -122,33 +123,30 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    """Score DATA with a checkpoint file, or with the champion of a store; exit 1 when any
-    image could not be scored (they are listed in OUT.errors.csv)."""
+    """Score DATA with a checkpoint file, or a version (default: the champion) of a store;
+    exit 1 when any image could not be scored (they are listed in OUT.errors.csv)."""
     import tempfile
 
-    _require_dir(args.data, "data folder")
-    if args.checkpoint is not None:
-        _require_file(args.checkpoint, "checkpoint")
-    if args.order is not None:
-        _require_file(args.order, "sample submission")
-    from histo_core.predict import list_patches, predict_folder
-    from histo_core.registry import Registry
-    from histo_core.storage import open_store
+    config = resolve_config(PredictConfig, args)
+    if args.print_config:
+        print_config(config)
+        return OK
+    _require_dir(config.data, "data folder")
+    if config.checkpoint is not None:
+        _require_file(Path(config.checkpoint), "checkpoint")
+    if config.order is not None:
+        _require_file(Path(config.order), "sample submission")
+    from histo_core.predict import list_patches, predict_folder, weights_for
 
-    patches = list_patches(args.data)
-    _check_image_size(patches["path"], args.data)
-    total = len(patches)
+    patches = list_patches(config.data)
+    _check_image_size(patches["path"], config.data)
     bar = ProgressBar("scoring")
     with tempfile.TemporaryDirectory() as tmp:
-        weights = args.checkpoint
-        if weights is None:
-            store = open_store(_store(args))
-            registry_uri = store.uri
-            version, weights = Registry(store, args.model_name).fetch_weights(tmp)
-            print(f"model: {args.model_name} {version} (champion of {registry_uri})")
+        weights, which = weights_for(config, tmp)
+        print(f"model: {which}")
         try:
-            result = predict_folder(weights, args.data, args.out, device=args.device, batch_size=args.batch_size,
-                                    tta=args.tta, order=args.order, progress=lambda done: bar(done, total))
+            result = predict_folder(weights, config.data, config.out, config.device, config.batch_size,
+                                    tta=config.tta, order=config.order, progress=lambda done: bar(done, len(patches)))
         finally:
             bar.close()
     print(f"wrote {result.csv} ({result.scored} rows: id,label)")
@@ -281,11 +279,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     With --split PART (a checkpoint written by histo train or a retrain, whose folder
     records its split), only that partition's images are scored, and the temperature and
-    operating point are fitted on the validation images, as a retrain does."""
+    operating point are fitted on the validation images, as a retrain does. Without it they
+    are fitted by cross-fitting on the scored images."""
     import json
 
     import numpy as np
 
+    cfg = resolve_config(EvalConfig, args, section="evaluation")
+    if args.print_config:
+        print_config({"evaluation": cfg})
+        return OK
     if args.checkpoint is None:
         raise ValueError("--checkpoint is required: the weights file to evaluate (best.pt, or a version's model.pt)")
     _require_file(args.checkpoint, "checkpoint")
@@ -304,25 +307,28 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     scored = table[partition.isin({args.split, "val"})] if args.split else table
     bar = ProgressBar("scoring")
     try:
-        logits, errors = _score(args, scored, bar)
+        logits, errors = _score(args, cfg, scored, bar)
     finally:
         bar.close()
     ok = ~np.isnan(logits)
     if not ok.any():
         raise DataSourceError(f"{args.data}: none of the {len(scored)} images could be scored; the first: "
                               f"{scored['id'].iloc[0]}: {errors[0]}")
-    metrics, probability, target = _evaluation_report(args, scored, partition, logits, ok)
+    metrics, probability, target = _evaluation_report(args, cfg, scored, partition, logits, ok)
     first_error = next((e for e in errors if e), "")
     print(f"AUC {metrics['auc']:.4f} (DeLong 95% CI {metrics['auc_ci_low']:.4f}-{metrics['auc_ci_high']:.4f}, "
           f"bootstrap {metrics['auc_bootstrap_ci_low']:.4f}-{metrics['auc_bootstrap_ci_high']:.4f})  "
-          f"on {metrics['n']} images{' with TTA' if args.tta else ''}"
+          f"on {metrics['n']} images{' with TTA' if cfg.tta else ''}"
           + (f"; {metrics['unreadable']} could not be scored (first: {first_error})" if metrics["unreadable"] else ""))
-    print(f"at p >= 0.5: accuracy {metrics['accuracy']:.4f}  sensitivity {metrics['sensitivity']:.4f}  "
-          f"specificity {metrics['specificity']:.4f};  calibration error (ECE) {metrics['ece']:.4f}")
-    if "operating_point" in metrics:
-        op = metrics["operating_point"]
-        print(f"operating point chosen on validation for sensitivity {op['target_sensitivity']}: p >= "
-              f"{op['threshold']:.3f}: sensitivity {op['sensitivity']:.4f}, specificity {op['specificity']:.4f}")
+    where = "the validation images" if metrics["operating_point"]["fitted_on"] == "validation" else \
+        f"these images by {metrics['operating_point']['fitted_on']}"
+    print(f"calibrated on {where}: temperature {metrics['temperature']:.3f}, calibration error (ECE) "
+          f"{metrics['ece_uncalibrated']:.4f} as scored, {metrics['ece']:.4f} calibrated")
+    print(f"at p >= 0.5 (calibrated): accuracy {metrics['accuracy']:.4f}  sensitivity {metrics['sensitivity']:.4f}  "
+          f"specificity {metrics['specificity']:.4f}")
+    op = metrics["operating_point"]
+    print(f"operating point for sensitivity {op['target_sensitivity']}, chosen on {where}: calibrated p >= "
+          f"{op['threshold']:.3f}: sensitivity {op['sensitivity']:.4f}, specificity {op['specificity']:.4f}")
     if args.out:
         _write_evaluation(args.out, target, probability, metrics)
         print(f"predictions, metrics and plots: {args.out}")
@@ -353,22 +359,20 @@ def _partitions(args: argparse.Namespace, split: Any, table: Any) -> Any:
     return pd.Series(partition, index=table.index)
 
 
-def _score(args: argparse.Namespace, table: Any, bar: ProgressBar) -> tuple[Any, list[str]]:
+def _score(args: argparse.Namespace, cfg: EvalConfig, table: Any, bar: ProgressBar) -> tuple[Any, list[str]]:
     from histo_core.predict import score_paths
 
-    return score_paths(args.checkpoint, table["path"].tolist(), args.device, batch_size=args.batch_size,
-                       tta=args.tta, root=os.path.realpath(args.data), progress=lambda done: bar(done, len(table)))
+    return score_paths(args.checkpoint, table["path"].tolist(), args.device, batch_size=cfg.batch_size,
+                       tta=cfg.tta, root=os.path.realpath(args.data), progress=lambda done: bar(done, len(table)))
 
 
-def _evaluation_report(args: argparse.Namespace, scored: Any, partition: Any, logits: Any,
+def _evaluation_report(args: argparse.Namespace, cfg: EvalConfig, scored: Any, partition: Any, logits: Any,
                        ok: Any) -> tuple[dict[str, Any], Any, Any]:
-    """Metrics of the scored rows (with --split: of that partition, calibrated on val)."""
-    from histo_core.config import EvalConfig
-    from histo_core.evaluate import (binary_metrics, bootstrap_auc_ci, expected_calibration_error, full_report,
-                                     sigmoid)
+    """Metrics of the scored rows, their temperature and operating point fitted on the
+    validation images (with --split) or by cross-fitting on the scored images themselves."""
+    from histo_core.evaluate import cross_fitted_report, full_report, sigmoid
 
     labels = scored["label"].astype(int).to_numpy()
-    cfg = EvalConfig()
     if args.split and partition is not None:
         part = partition[scored.index].to_numpy()
         val, target = ok & (part == "val"), ok & (part == args.split)
@@ -378,13 +382,9 @@ def _evaluation_report(args: argparse.Namespace, scored: Any, partition: Any, lo
         unreadable = int((~ok & (part == args.split)).sum())
     else:
         target = ok
-        probability = sigmoid(logits[ok])
-        metrics = binary_metrics(labels[ok], probability)
-        metrics["auc_bootstrap_ci_low"], metrics["auc_bootstrap_ci_high"] = bootstrap_auc_ci(
-            labels[ok], probability, cfg.bootstrap)
-        metrics["ece"] = expected_calibration_error(labels[ok], probability)
+        metrics, probability = cross_fitted_report(labels[ok], logits[ok], cfg.target_sensitivity, cfg.bootstrap)
         unreadable = int((~ok).sum())
-    metrics.update(tta=args.tta, unreadable=unreadable, data=str(args.data), checkpoint=str(args.checkpoint),
+    metrics.update(tta=cfg.tta, unreadable=unreadable, data=str(args.data), checkpoint=str(args.checkpoint),
                    split=args.split)
     return metrics, probability, scored[target]
 
@@ -580,36 +580,36 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(train, SplitConfig, "split.")
     train.set_defaults(func=cmd_train)
 
-    evaluate = sub.add_parser("evaluate", help="AUC and more of a checkpoint on a labelled data root")
+    evaluate = sub.add_parser(
+        "evaluate", help="AUC and more of a checkpoint on a labelled data root",
+        description="Score the labelled images of DATA with a checkpoint, as a retrain scores its hold-out: AUC "
+                    "with DeLong and bootstrap CIs, calibration, the operating point, and with --out the "
+                    "predictions and plots. The evaluation options are EvalConfig's (TTA is on by default, as in "
+                    "a retrain); --config reads a retrain YAML's evaluation section.")
     evaluate.add_argument("--checkpoint", type=Path, help="weights file (best.pt, or a version's model.pt)")
     evaluate.add_argument("--model", dest="checkpoint", type=Path, help=argparse.SUPPRESS)  # its old name
     evaluate.add_argument("--data", required=True, help="labelled data root in any layout; every row is scored")
-    evaluate.add_argument("--tta", action="store_true", help="average the 8 flips/rotations of each patch")
     evaluate.add_argument("--split", choices=["train", "val", "test"],
                           help="score only this partition of the checkpoint's training split (histo train and "
-                               "retrain record it); with test, calibrated on val as a retrain is")
+                               "retrain record it); calibrated on its val images as a retrain is. Without it, "
+                               "calibration and operating point are cross-fitted on the scored images")
     evaluate.add_argument("--out", type=Path,
                           help="folder for predictions.csv, metrics.json and the ROC, PR and reliability plots")
     evaluate.add_argument("--json", type=Path, help="also write the metrics here")
-    evaluate.add_argument("--batch-size", type=int, default=256, help="images per batch (default: %(default)s)")
-    evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
+    evaluate.add_argument("--device", default=TrainConfig.model_fields["device"].default,
+                          help=f"{TrainConfig.model_fields['device'].description} (default: %(default)s)")
+    add_config_file_options(evaluate)
+    add_config_options(evaluate, EvalConfig)
     evaluate.set_defaults(func=cmd_evaluate)
 
-    predict = sub.add_parser("predict", help="score patches: id,label (tumour probability) CSV")
-    predict.add_argument("--data", required=True, help="folder of patches (any layout, or just image files)")
-    predict.add_argument("--out", required=True, type=Path,
-                         help="CSV to write: exactly id,label; images that could not be scored go to OUT.errors.csv")
-    predict.add_argument("--checkpoint", type=Path, help="weights file (default: the store's champion)")
-    predict.add_argument("--model", dest="checkpoint", type=Path, help=argparse.SUPPRESS)  # its old name
-    predict.add_argument("--model-name", default=RetrainConfig.model_fields["model_name"].default,
-                         help="registry model whose champion scores (default: %(default)s)")
-    predict.add_argument("--name", dest="model_name", help=argparse.SUPPRESS)  # its old name
-    predict.add_argument("--order", type=Path, metavar="SAMPLE_SUBMISSION_CSV",
-                         help="write rows in the order of this CSV's id column (Kaggle's sample_submission.csv)")
-    predict.add_argument("--batch-size", type=int, default=256, help="images per batch (default: %(default)s)")
-    predict.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
-    predict.add_argument("--tta", action="store_true", help="average the 8 flips/rotations of each patch")
-    _add_store_arguments(predict)
+    predict = sub.add_parser("predict", help="score patches: id,label (tumour probability) CSV",
+                             description="Score a folder of patches with the store's champion, a named --version, "
+                                         "or a --checkpoint file. Every field of PredictConfig (shared with the "
+                                         "predict deployment) is an option; --config reads the same fields.")
+    add_config_file_options(predict)
+    add_config_options(predict, PredictConfig, aliases=STORE_ALIASES)
+    predict.add_argument("--model", dest="checkpoint", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # old name
+    predict.add_argument("--name", dest="model_name", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # old name
     predict.set_defaults(func=cmd_predict)
 
     serve = sub.add_parser("serve", help="serve the retrain deployments (nightly, on new data, and by hand)")

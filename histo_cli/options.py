@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import typing
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -98,10 +99,18 @@ def resolve_config(model: type[BaseModel], args: argparse.Namespace, prefix: str
     try:
         return model.model_validate(tree)
     except ValidationError as exc:
-        problems = "; ".join(f"--{prefix}{'.'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}"
-                             + (f" (got {e['input']!r})" if e["type"] != "missing" else "") for e in exc.errors())
+        problems = "; ".join(map(partial(_problem, prefix), exc.errors()))
         raise ConfigError(f"invalid options: {problems}" + (f" (with {config_file})" if config_file else "")) \
             from None
+
+
+def _problem(prefix: str, error: Any) -> str:
+    """``--lr: Input should be greater than 0 (got '-1')``; a rule over several fields
+    (a model validator) has no option to name and no single value to show."""
+    if not error["loc"]:
+        return error["msg"].removeprefix("Value error, ")
+    option = f"--{prefix}{'.'.join(map(str, error['loc'])).replace('_', '-')}"
+    return f"{option}: {error['msg']}" + (f" (got {error['input']!r})" if error["type"] != "missing" else "")
 
 
 def _read_yaml(path: Path, section: str) -> dict[str, Any]:

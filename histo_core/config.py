@@ -85,12 +85,14 @@ class TrainConfig(_Frozen):
 
 
 class EvalConfig(_Frozen):
-    """How challenger and champion are scored on the hold-out."""
+    """How a model is scored: the retrain's challenger and champion on the hold-out, and ``histo evaluate``."""
 
     tta: bool = Field(True, description="Average each patch's 8 flips/rotations (8x the inference time).")
-    target_sensitivity: float = Field(0.95, gt=0, le=1,
-                                      description="The operating point is chosen on validation to reach this.")
+    target_sensitivity: float = Field(0.95, gt=0, le=1, description=(
+        "The operating point is chosen on validation (or cross-fitted) to reach this sensitivity."))
     bootstrap: int = Field(1000, ge=100, description="Resamples for the AUC's bootstrap CI.")
+    batch_size: int = Field(256, ge=1, description="Images per inference batch (no gradients: larger than "
+                                                   "training's fits in the same memory).")
 
 
 class GateConfig(_Frozen):
@@ -143,11 +145,27 @@ class WatchConfig(_Frozen):
 
 
 class PredictConfig(_Frozen):
-    """Score a folder or prefix of patches with the champion (or a named version)."""
+    """Score a folder or prefix of patches with the champion, a named version, or a
+    weights file; shared by ``histo predict`` and the predict deployment."""
 
     data: str = Field(..., description="Folder of patches (any supported layout, or just image files).")
-    out: str = Field("predictions.csv", description="Local CSV to write: id,label (tumour probability),error.")
+    out: str = Field("predictions.csv", description=(
+        "CSV to write: exactly id,label (tumour probability); images that could not be scored go to "
+        "OUT.errors.csv (id,error)."))
     store: StoreConfig = StoreConfig()
-    model_name: str = "pcam-cnn"
-    version: str | None = Field(None, description="Version to use; default: the current champion.")
-    device: str = "auto"
+    model_name: str = Field("pcam-cnn", description="Registry model whose version scores.")
+    version: str | None = Field(None, description="Registry version to use; default: the current champion.")
+    checkpoint: str | None = Field(None, description=(
+        "A local weights file (best.pt, or a version's model.pt) to use instead of the registry."))
+    order: str | None = Field(None, description=(
+        "A CSV with an id column (Kaggle's sample_submission.csv) that sets the order of the rows."))
+    tta: bool = Field(False, description=(
+        "Average each patch's 8 flips/rotations: 8x the time, a slightly better AUC on unseen slides."))
+    batch_size: int = Field(256, ge=1, description="Images per inference batch.")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
+
+    @model_validator(mode="after")
+    def _one_model(self) -> "PredictConfig":
+        if self.checkpoint is not None and self.version is not None:
+            raise ValueError("give either checkpoint (a weights file) or version (from the registry), not both")
+        return self

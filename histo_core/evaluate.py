@@ -134,9 +134,50 @@ def full_report(val_labels: np.ndarray, val_logits: np.ndarray, test_labels: np.
         "ece_uncalibrated": expected_calibration_error(test_labels, sigmoid(test_logits)),
         "ece": expected_calibration_error(test_labels, test_probs),
         "operating_point": {"target_sensitivity": target_sensitivity, "threshold": threshold,
-                            **{k: at_op[k] for k in ("accuracy", "sensitivity", "specificity")}},
+                            **{k: at_op[k] for k in ("accuracy", "sensitivity", "specificity")},
+                            "fitted_on": "validation"},
     })
     return report
+
+
+def cross_fitted_report(labels: np.ndarray, logits: np.ndarray, target_sensitivity: float = 0.95,
+                        bootstrap: int = 1000, folds: int = 5, seed: int = 0) -> tuple[dict[str, Any], np.ndarray]:
+    """``full_report`` for images with no validation set of their own (``histo evaluate``
+    on any labelled folder): each fold's temperature and operating point are fitted on the
+    other folds, so the calibration and the sensitivity/specificity at the operating point
+    are never measured on the images that chose them. The AUC needs no fitting and uses
+    every image. The temperature and threshold reported are those fitted on all images:
+    the values to deploy. Also returns each image's cross-fitted calibrated probability."""
+    from sklearn.model_selection import StratifiedKFold
+
+    labels, logits = np.asarray(labels).astype(int), np.asarray(logits, dtype=float)
+    folds = min(folds, int(np.bincount(labels, minlength=2).min()))
+    if folds < 2:
+        raise ValueError("an operating point needs at least 2 images of each class")
+    probability, chosen = np.empty(len(labels)), np.empty(len(labels), dtype=bool)
+    for fit, held in StratifiedKFold(folds, shuffle=True, random_state=seed).split(logits, labels):
+        temperature = fit_temperature(labels[fit], logits[fit])
+        threshold = threshold_for_sensitivity(labels[fit], sigmoid(logits[fit] / temperature), target_sensitivity)
+        probability[held] = sigmoid(logits[held] / temperature)
+        chosen[held] = probability[held] >= threshold
+    temperature = fit_temperature(labels, logits)
+    positives, negatives = labels == 1, labels == 0
+    report: dict[str, Any] = binary_metrics(labels, sigmoid(logits))
+    at_half = binary_metrics(labels, probability)
+    low, high = bootstrap_auc_ci(labels, sigmoid(logits), bootstrap)
+    report.update({k: at_half[k] for k in ("accuracy", "sensitivity", "specificity")})
+    report.update({
+        "auc_bootstrap_ci_low": low, "auc_bootstrap_ci_high": high,
+        "temperature": temperature,
+        "ece_uncalibrated": expected_calibration_error(labels, sigmoid(logits)),
+        "ece": expected_calibration_error(labels, probability),
+        "operating_point": {
+            "target_sensitivity": target_sensitivity,
+            "threshold": threshold_for_sensitivity(labels, sigmoid(logits / temperature), target_sensitivity),
+            "accuracy": float((chosen == positives).mean()), "sensitivity": float(chosen[positives].mean()),
+            "specificity": float((~chosen[negatives]).mean()), "fitted_on": f"{folds}-fold cross-fitting"},
+    })
+    return report, probability
 
 
 def plot_curves(labels: np.ndarray, curves: dict[str, np.ndarray], paths: dict[str, Path],

@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from histo_core.config import PredictConfig
 from histo_core.data.images import checked_stat, open_image
 from histo_core.data.sources import IMAGE_SUFFIXES, DataSourceError, list_images
 from histo_core.evaluate import sigmoid
@@ -128,3 +129,17 @@ def predict_folder(checkpoint: Path | str, data: Path | str, out_csv: Path | str
         errors_csv.unlink(missing_ok=True)  # a stale list from an earlier run would mislead
     log.info("scored %d patches (%d could not be scored) -> %s", len(scored) - len(failed), len(failed), out_csv)
     return Predictions(out_csv, errors_csv if len(failed) else None, len(scored) - len(failed), len(failed))
+
+
+def weights_for(config: PredictConfig, folder: Path | str) -> tuple[Path, str]:
+    """The weights ``config`` names and a line saying which they are: its checkpoint file,
+    or the registry's named version or champion, fetched (checksum-verified) into ``folder``."""
+    if config.checkpoint is not None:
+        return Path(config.checkpoint), f"checkpoint {config.checkpoint}"
+    from histo_core.registry import Registry
+    from histo_core.storage import open_store
+
+    registry = Registry(open_store(config.store), config.model_name)
+    version, weights = registry.fetch_weights(Path(folder), config.version)
+    role = "champion" if config.version is None else "version"
+    return weights, f"{config.model_name} {version} ({role} of {registry.store.uri})"

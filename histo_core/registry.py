@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from histo_core.storage import ChecksumError, ConflictError, CorruptObjectError, Store, StoreError, sha256_file
+from histo_core.storage import ChecksumError, ConflictError, CorruptObjectError, Store, sha256_file
 
 WEIGHTS = "model.pt"
 
@@ -73,7 +73,8 @@ class Registry:
     def version(self, version: str) -> dict[str, Any]:
         record = self.store.get_json(f"{self.prefix}/versions/{version}/version.json")
         if record is None:
-            raise StoreError(f"{self.name}: no complete version {version!r}")
+            raise RegistryStateError(f"{self.name} has no complete version {version!r} in {self.store.uri}; "
+                                     "histo models list shows the versions")
         return record
 
     def versions(self) -> list[str]:

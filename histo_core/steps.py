@@ -276,8 +276,8 @@ def evaluate(split: SplitDir, model: ModelDir, run: RunDir, cache_dir: Path, sto
 
     def assess(weights: Path) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
         net = load_model(weights, torch_device)
-        val_logits, val_labels = score_dataset(net, parts["val"], torch_device, cfg.tta)
-        test_logits, test_labels = score_dataset(net, parts["test"], torch_device, cfg.tta)
+        val_logits, val_labels = score_dataset(net, parts["val"], torch_device, cfg.tta, cfg.batch_size)
+        test_logits, test_labels = score_dataset(net, parts["test"], torch_device, cfg.tta, cfg.batch_size)
         report = full_report(val_labels, val_logits, test_labels, test_logits, cfg.target_sensitivity,
                              cfg.bootstrap)
         return report, sigmoid(test_logits / report["temperature"]), test_labels

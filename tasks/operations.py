@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -10,7 +10,7 @@ from prefect.events import emit_event
 from prefect.tasks import exponential_backoff
 
 from histo_core.config import PredictConfig, StoreConfig
-from histo_core.predict import predict_folder
+from histo_core.predict import predict_folder, weights_for
 from histo_core.registry import Registry
 from histo_core.storage import open_store
 from histo_core.watch import batch_uri, claim_new_batches
@@ -34,15 +34,15 @@ def announce(data: str, batches: list[str]) -> None:
 
 
 @task(name="score-patches", retries=2, retry_delay_seconds=exponential_backoff(5), cache_policy=NO_CACHE)
-def score_patches(config: PredictConfig, workdir: str) -> str:
-    registry = Registry(open_store(config.store), config.model_name)
-    version, weights = registry.fetch_weights(Path(workdir) / (config.version or "champion"), config.version)
-    get_run_logger().info("scoring %s with %s %s", config.data, config.model_name, version)
-    result = predict_folder(weights, config.data, config.out, config.device)
-    if result.failed:
-        raise RuntimeError(f"{result.failed} of {result.scored + result.failed} images could not be scored; "
-                           f"see {result.errors_csv}")
-    return str(result.csv)
+def score_patches(config: PredictConfig, workdir: str) -> dict[str, Any]:
+    """Write the predictions CSV; images that could not be scored are counted and listed
+    in its errors CSV, not retried (a retry would fail on them again)."""
+    weights, which = weights_for(config, workdir)
+    get_run_logger().info("scoring %s with %s", config.data, which)
+    result = predict_folder(weights, config.data, config.out, config.device, config.batch_size, tta=config.tta,
+                            order=config.order)
+    return {"csv": str(result.csv), "errors_csv": result.errors_csv and str(result.errors_csv),
+            "scored": result.scored, "failed": result.failed, "model": which}
 
 
 @task(name="roll-back-champion", retries=2, retry_delay_seconds=exponential_backoff(2), cache_policy=NO_CACHE)

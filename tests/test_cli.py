@@ -122,8 +122,10 @@ def test_train_then_evaluate_from_the_command_line(kaggle_root, tmp_path, capsys
                  "--json", str(tmp_path / "m.json")]) == 0
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["n"] == 300 and metrics["tta"] is True and 0 <= metrics["auc"] <= 1
+    # No validation images of its own: calibration and operating point are cross-fitted.
+    assert metrics["operating_point"]["fitted_on"] == "5-fold cross-fitting" and metrics["temperature"] > 0
     captured = capsys.readouterr()
-    assert "with TTA" in captured.out
+    assert "with TTA" in captured.out and "chosen on these images by 5-fold cross-fitting" in captured.out
     split = pd.read_csv(next(out.glob("data/split-*/split.csv")), dtype={"id": str})
     counts = split["partition"].value_counts()
     assert f"warning: {counts['train']} of the 300 images were used to train this model" in captured.err
@@ -132,7 +134,7 @@ def test_train_then_evaluate_from_the_command_line(kaggle_root, tmp_path, capsys
     assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--data", str(kaggle_root), "--split", "test",
                  "--out", str(tmp_path / "eval")]) == 0
     captured = capsys.readouterr()
-    assert "were used to train" not in captured.err and "operating point chosen on validation" in captured.out
+    assert "were used to train" not in captured.err and "chosen on the validation images" in captured.out
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["n"] == counts["test"] and metrics["split"] == "test" and "temperature" in metrics
     predictions = pd.read_csv(tmp_path / "eval" / "predictions.csv", dtype={"id": str})

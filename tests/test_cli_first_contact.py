@@ -57,6 +57,63 @@ def test_predict_writes_exactly_what_kaggle_accepts_in_the_sample_order(checkpoi
     assert "img/s" in done.stderr  # the progress bar's rate
 
 
+def test_predict_with_a_named_registry_version_and_the_options_of_its_config(checkpoint, tmp_path):
+    """--version scores with that version, not the champion; PredictConfig's fields are the
+    options, a YAML file gives them too, and a contradiction is refused before any work."""
+    import yaml
+
+    from histo_core.registry import Registry
+    from histo_core.storage import LocalStore
+
+    data = _images(tmp_path / "test", 96)
+    registry = Registry(LocalStore(tmp_path / "store"), "pcam-cnn")
+    other = tmp_path / "other.pt"
+    torch_model = create_model("simple_cnn")
+    for parameter in torch_model.parameters():  # a different model: different scores
+        parameter.data.normal_(0, 0.1)
+    write_checkpoint(other, model_record(torch_model, TrainConfig()))
+    named = registry.new_version_id()
+    registry.publish_version(named, {"model.pt": checkpoint}, {})
+    champion = registry.new_version_id()
+    registry.publish_version(champion, {"model.pt": other}, {})
+    registry.set_champion(champion, None)
+
+    config = tmp_path / "predict.yaml"
+    config.write_text(f"data: {data}\nstore:\n  uri: {tmp_path / 'store'}\nbatch_size: 2\ndevice: cpu\n")
+    done = histo("predict", "--config", str(config), "--version", named, "--out", str(tmp_path / "v.csv"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"model: pcam-cnn {named} (version of file://" in done.stdout
+    by_version = pd.read_csv(tmp_path / "v.csv")
+    done = histo("predict", "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(tmp_path / "c.csv"))
+    assert done.returncode == 0 and f"model: checkpoint {checkpoint}" in done.stdout
+    assert by_version.equals(pd.read_csv(tmp_path / "c.csv"))
+    done = histo("predict", "--config", str(config), "--out", str(tmp_path / "h.csv"))
+    assert done.returncode == 0 and f"{champion} (champion of" in done.stdout
+    assert not np.allclose(pd.read_csv(tmp_path / "h.csv")["label"], by_version["label"])
+
+    printed = histo("predict", "--config", str(config), "--tta", "--print-config")
+    resolved = yaml.safe_load(printed.stdout)
+    assert resolved["tta"] is True and resolved["batch_size"] == 2 and resolved["version"] is None
+    done = histo("predict", "--config", str(config), "--version", "v-nope")
+    assert done.returncode == 2 and "no complete version 'v-nope'" in done.stderr and "models list" in done.stderr
+    done = histo("predict", "--config", str(config), "--version", named, "--checkpoint", str(checkpoint))
+    assert done.returncode == 2 and "either checkpoint (a weights file) or version" in done.stderr
+    assert not (tmp_path / "predictions.csv").exists()
+
+
+def test_evaluate_takes_its_evaluation_options_from_the_config(tmp_path):
+    import yaml
+
+    config = tmp_path / "run.yaml"
+    config.write_text("data: x\nevaluation:\n  target_sensitivity: 0.8\n  bootstrap: 200\n")
+    done = histo("evaluate", "--config", str(config), "--data", "x", "--no-tta", "--print-config")
+    assert done.returncode == 0, done.stderr
+    assert yaml.safe_load(done.stdout)["evaluation"] == {"tta": False, "target_sensitivity": 0.8, "bootstrap": 200,
+                                                         "batch_size": 256}
+    done = histo("evaluate", "--data", "x", "--target-sensitivity", "1.5")
+    assert done.returncode == 2 and "--target-sensitivity: Input should be less than or equal to 1" in done.stderr
+
+
 def test_predict_on_wrong_size_images_fails_and_says_why(checkpoint, tmp_path):
     data = _images(tmp_path / "test", 128)
     done = histo("predict", "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(tmp_path / "p.csv"))

@@ -162,3 +162,47 @@ def test_full_report_and_plots(tmp_path):
     paths = plot_curves(test_labels, {"model": sigmoid(test_logits)},
                         {name: tmp_path / f"{name}.png" for name in ("roc", "pr", "reliability")})
     assert all(p.stat().st_size > 5000 and p.read_bytes()[:4] == b"\x89PNG" for p in paths.values())
+
+
+def test_cross_fitting_never_scores_the_operating_point_on_the_images_that_chose_it():
+    """Target sensitivity 1.0: fitted on all images the threshold is the lowest tumour
+    score, so an in-sample report would always say 1.0. Cross-fitted, the lowest-scored
+    tumour patch is judged by a threshold chosen without it, which it never reaches."""
+    from histo_core.evaluate import cross_fitted_report, sigmoid, threshold_for_sensitivity
+
+    rng = np.random.default_rng(7)
+    labels = np.r_[np.ones(20), np.zeros(200)].astype(int)
+    logits = rng.normal(size=220)
+    report, _ = cross_fitted_report(labels, logits, target_sensitivity=1.0, bootstrap=100)
+    op = report["operating_point"]
+    assert op["sensitivity"] <= 19 / 20
+    assert op["fitted_on"] == "5-fold cross-fitting"
+    # The threshold to deploy is the one fitted on every image.
+    assert op["threshold"] == pytest.approx(
+        threshold_for_sensitivity(labels, sigmoid(logits / report["temperature"]), 1.0))
+
+
+def test_cross_fitted_calibration_recovers_an_overconfident_models_temperature():
+    from histo_core.evaluate import cross_fitted_report, sigmoid
+
+    rng = np.random.default_rng(8)
+    true_logits = rng.normal(0, 2, 6000)
+    labels = (rng.random(6000) < sigmoid(true_logits)).astype(int)
+    report, calibrated = cross_fitted_report(labels, 5 * true_logits, target_sensitivity=0.9, bootstrap=100)
+    assert report["temperature"] == pytest.approx(5, rel=0.1)
+    assert report["ece"] < 0.03 < report["ece_uncalibrated"]
+    assert report["operating_point"]["sensitivity"] == pytest.approx(0.9, abs=0.02)
+    assert calibrated.shape == labels.shape and np.corrcoef(calibrated, sigmoid(true_logits))[0, 1] > 0.99
+
+
+def test_cross_fitting_uses_fewer_folds_for_a_rare_class_and_refuses_one_image():
+    from histo_core.evaluate import cross_fitted_report
+
+    logits = np.linspace(-2, 2, 40)
+    labels = np.zeros(40, dtype=int)
+    labels[[5, 20, 39]] = 1
+    report, _ = cross_fitted_report(labels, logits, bootstrap=100)
+    assert report["operating_point"]["fitted_on"] == "3-fold cross-fitting"
+    labels[[5, 20]] = 0
+    with pytest.raises(ValueError, match="at least 2 images of each class"):
+        cross_fitted_report(labels, logits, bootstrap=100)

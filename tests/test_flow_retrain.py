@@ -5,6 +5,7 @@ import asyncio
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from prefect.testing.utilities import prefect_test_harness
 
@@ -151,6 +152,18 @@ def test_predict_and_rollback_flows(prefect_api, tmp_path, kaggle_root):
     out = predict(PredictConfig(data=str(kaggle_root), out=str(tmp_path / "p.csv"), store=store_cfg))
     table = pd.read_csv(out)
     assert len(table) == 300 and table["label"].between(0, 1).all()
+    # A named version, and images that cannot be scored: the CSV is written, the run fails.
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for image in sorted((kaggle_root / "train").iterdir())[:2]:
+        (folder / image.name).write_bytes(image.read_bytes())
+    (folder / "broken.tif").write_bytes(b"not an image")
+    with pytest.raises(RuntimeError, match="1 of 3 images could not be scored"):
+        predict(PredictConfig(data=str(folder), out=str(tmp_path / "m.csv"), store=store_cfg, version=versions[0]))
+    by_version = pd.read_csv(tmp_path / "m.csv")
+    assert len(by_version) == 2 and pd.read_csv(tmp_path / "m.errors.csv")["id"].tolist() == ["broken"]
+    older = table.set_index("id").loc[by_version["id"], "label"].to_numpy()  # scored by the champion
+    assert not np.allclose(by_version["label"], older), "the named version, not the champion, scored"
 
     assert rollback(store=store_cfg, model_name="pcam-cnn") == {"from": versions[1], "to": versions[0]}
     assert registry.champion().version == versions[0]

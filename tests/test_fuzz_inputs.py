@@ -216,7 +216,7 @@ def test_evaluate_scores_the_readable_rows_and_counts_the_rest(tmp_path):
     before = tree_fingerprint(data)
 
     done = subprocess.run([sys.executable, "-m", "histo_cli.main", "evaluate", "--checkpoint", str(checkpoint),
-                           "--data", str(data), "--device", "cpu", "--json", str(tmp_path / "m.json")],
+                           "--data", str(data), "--device", "cpu", "--no-tta", "--json", str(tmp_path / "m.json")],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((tmp_path / "m.json").read_text())

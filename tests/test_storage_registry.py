@@ -5,7 +5,7 @@ import pytest
 
 from conftest import publish_version
 
-from histo_core.registry import ChecksumError, Registry
+from histo_core.registry import ChecksumError, Registry, RegistryStateError
 from histo_core.storage import ConflictError, LocalStore, StoreError, open_store, sha256_file
 
 
@@ -72,7 +72,7 @@ def test_only_one_of_two_concurrent_promotions_wins(store, tmp_path):
 
 def test_incomplete_versions_cannot_become_champion(store):
     registry = Registry(store, "m")
-    with pytest.raises(StoreError, match="no complete version"):
+    with pytest.raises(RegistryStateError, match="no complete version 'v-missing'"):
         registry.set_champion("v-missing", None)
 
 
