@@ -26,6 +26,7 @@ from typing import Any
 import pandas as pd
 
 from histo_core.config import ValidationConfig
+from histo_core.data_docs import write_site_index
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +254,7 @@ def validate_manifest(manifest: pd.DataFrame, cfg: ValidationConfig = Validation
         if docs_passed != result.passed:  # two statements of one rule set: never publish both
             raise AssertionError(f"the Data Docs' verdict ({docs_passed}) differs from the validation's "
                                  f"({result.passed}: {result.problems}); please report this")
-        write_docs_index(Path(docs_dir), result)
+        write_site_index(Path(docs_dir), result)
     result.drift = colour_drift(result.rows, cfg.drift_threshold)
     if result.drift and result.drift["warning"]:
         log.warning("colour drift: batch %s is %.2f SD from the reference data (threshold %.2f)",
@@ -261,37 +262,6 @@ def validate_manifest(manifest: pd.DataFrame, cfg: ValidationConfig = Validation
     for _, row in result.rows[result.rows["status"] == "quarantined"].head(20).iterrows():
         log.warning("quarantined %s (%s): %s", row["id"], row["path"] or "no path", row["reason"])
     return result
-
-
-def write_docs_index(docs_dir: Path, result: ValidationResult) -> Path:
-    """An ``index.html`` that works offline: the verdict, the counts, every row that is not
-    ok (by id, with its reason) and links to GX's pages.
-
-    GX's own index builds its table with scripts from CDNs, so it is blank without a
-    network; it is kept as ``gx-index.html``. GX's validation pages render their content
-    in the HTML itself and stay readable offline (unstyled)."""
-    from html import escape
-
-    gx_index = docs_dir / "index.html"
-    if gx_index.is_file():
-        gx_index.replace(docs_dir / "gx-index.html")
-    pages = sorted(p.relative_to(docs_dir).as_posix() for p in (docs_dir / "validations").rglob("*.html"))
-    flagged = result.rows[result.rows["status"] != "ok"]
-    verdict = "passed" if result.passed else "stopped"
-    rows_html = "".join(f"<tr><td>{escape(str(r.id))}</td><td>{escape(r.status)}</td><td>{escape(str(r.reason))}"
-                        "</td></tr>" for r in flagged.itertuples())
-    body = (f"<h1>Data set validation: {verdict}</h1>"
-            + ("<ul>" + "".join(f"<li>{escape(p)}</li>" for p in result.problems) + "</ul>" if result.problems
-               else "<p>Every data set rule holds. Warnings never stop a run; quarantined rows are left out.</p>")
-            + f"<p>{escape(result.summary().split(' -- ')[0])}</p>"
-            + "<p>Great Expectations pages: " + ", ".join(f'<a href="{escape(p)}">{escape(p)}</a>' for p in pages)
-            + ' (<a href="gx-index.html">GX index</a>, needs a network)</p>'
-            + f"<h2>Rows that are not ok ({len(flagged)})</h2>"
-            + "<table border=1 cellpadding=4><tr><th>id</th><th>status</th><th>reason</th></tr>"
-            + rows_html + "</table>")
-    gx_index.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>Validation: {verdict}</title>"
-                        f"</head><body>{body}</body></html>\n")
-    return gx_index
 
 
 def require_passed(result: ValidationResult) -> None:

@@ -4,6 +4,7 @@ files written (and not written), and messages that say what was wrong."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -239,8 +240,6 @@ def test_download_with_no_network_is_an_environment_error_that_says_what_to_do(t
 
 def _docs_status(docs: Path) -> str:
     """The status GX's own validation page states."""
-    import re
-
     [page] = (docs / "validations").rglob("*.html")
     return re.search(r"Status:\s*(?:<[^>]+>\s*)*(\w+)", page.read_text()).group(1)
 
@@ -264,6 +263,28 @@ def test_the_command_line_the_report_and_the_data_docs_give_one_verdict(tmp_path
     assert f"Data set validation: {expected[0]}" in index
     assert files[0].stem in index and "near-blank" in index and files[1].stem in index  # rows named by id
     assert "http://" not in index and "https://" not in index  # readable offline
+    pages = list((tmp_path / "d").rglob("*.html"))
+    assert len(pages) == 3 and not any(_remote_resources(p) for p in pages), "every page loads nothing remote"
+    [page] = (tmp_path / "d" / "validations").rglob("*.html")
+    logo = re.search(r'<img[^>]*src="([^"]+logo[^"]+)"', page.read_text()).group(1)
+    assert (page.parent / logo).resolve().is_file(), "the logo comes from the site's own static/ folder"
+
+
+def _remote_resources(page: Path) -> list[str]:
+    """What opening ``page`` would fetch from another host (links to follow do not count)."""
+    from html.parser import HTMLParser
+
+    found: list[str] = []
+
+    class Loads(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            url = dict(attrs).get("href" if tag == "link" else "src") or ""
+            if tag in ("link", "script", "img", "iframe") and url.startswith(("http:", "https:", "//")):
+                found.append(url)
+
+    text = page.read_text()
+    Loads().feed(text)
+    return found + re.findall(r"url\(\s*['\"]?(?:https?:)?//[^)]*\)", text)
 
 
 def test_retrain_with_an_unreachable_store_fails_in_seconds_before_any_work(kaggle_root, tmp_path):
