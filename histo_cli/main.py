@@ -75,7 +75,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     """Exit 0 when the data set passes (quarantined rows allowed), 1 when it is stopped."""
     import json
 
-    from histo_core.config import ValidationConfig
+    cfg = resolve_config(ValidationConfig, args, section="validation")
+    if args.print_config:
+        print_config({"validation": cfg})
+        return OK
+    if "://" not in args.data:
+        _require_dir(args.data, "data folder")
     from histo_core.data.manifest import build_manifest
     from histo_core.validation import validate_manifest
 
@@ -84,7 +89,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         manifest = build_manifest(args.data, progress=bar)
     finally:
         bar.close()
-    result = validate_manifest(manifest, ValidationConfig(), docs_dir=args.docs)
+    result = validate_manifest(manifest, cfg, docs_dir=args.docs)
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
         args.report.write_text(json.dumps(result.report(), indent=2) + "\n")
@@ -646,11 +651,16 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(func=cmd_synth)
 
-    check = data.add_parser("validate", help="validate a data root (exit 0: passed, 1: rejected)")
+    check = data.add_parser("validate", help="validate a data root (exit 0: passed, 1: rejected)",
+                            description="Validate a data root as a retrain does. The rules are ValidationConfig's "
+                                        "fields; --config reads a retrain YAML's validation section.")
     check.add_argument("data", help="data root in any supported layout")
     check.add_argument("--report", type=Path, help="write the JSON report (every row, the verdict) here")
     check.add_argument("--docs", type=Path, help="write Great Expectations Data Docs (HTML) into this folder")
-    check.add_argument("--show", type=int, default=20, help="print at most this many problem rows")
+    check.add_argument("--show", type=int, default=20, help="print at most this many problem rows "
+                                                             "(default: %(default)s)")
+    add_config_file_options(check)
+    add_config_options(check, ValidationConfig)
     check.set_defaults(func=cmd_validate)
 
     fetch = data.add_parser("download", help="download a public data set (resumable, checksum-verified)")

@@ -73,6 +73,9 @@ def test_data_validate_reports_every_row_and_exits_by_verdict(kaggle_root, tmp_p
     assert data["verdict"] == "passed" and len(data["rows"]) == 300
     assert set(data["rows"][0]) == {"id", "status", "reason"}
     assert (tmp_path / "d" / "index.html").exists()
+    # The rules are the validation config's: the same data fails a stricter one.
+    assert main(["data", "validate", str(kaggle_root), "--min-rows", "301"]) == 1
+    assert "only 300 usable rows, fewer than the minimum of 301" in capsys.readouterr().err
     one_class = tmp_path / "one"
     main(["data", "synth", str(one_class), "--count", "30"])
     labels = one_class / "train_labels.csv"

@@ -185,17 +185,26 @@ def test_models_show_without_a_champion_says_so(tmp_path):
 
 
 def test_every_config_field_is_an_option_with_its_default_in_the_help():
+    import argparse
+
     from histo_cli.main import build_parser
-    from histo_core.config import RetrainConfig, TrainConfig
+    from histo_core.config import EvalConfig, PredictConfig, RetrainConfig, TrainConfig, ValidationConfig
 
-    def dests(command: str) -> set[str]:
-        sub = next(a for a in build_parser()._actions if a.dest == "command").choices[command]
-        return {a.dest for a in sub._actions}
+    def dests(*command: str) -> set[str]:
+        parser = build_parser()
+        for name in command:
+            parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+        return {a.dest for a in parser._actions}
 
-    assert set(TrainConfig.model_fields) <= dests("train")
-    nested = {f"{name}.{sub}" for name, field in RetrainConfig.model_fields.items()
-              if hasattr(field.annotation, "model_fields") for sub in field.annotation.model_fields}
-    assert nested <= dests("retrain") and nested <= dests("serve")
+    def paths(model) -> set[str]:
+        return {f"{name}.{sub}" if hasattr(field.annotation, "model_fields") else name
+                for name, field in model.model_fields.items()
+                for sub in getattr(field.annotation, "model_fields", [None])}
+
+    assert paths(TrainConfig) <= dests("train")
+    assert paths(RetrainConfig) <= dests("retrain") and paths(RetrainConfig) <= dests("serve")
+    assert paths(PredictConfig) <= dests("predict") and paths(EvalConfig) <= dests("evaluate")
+    assert paths(ValidationConfig) <= dests("data", "validate")
     text = histo("train", "--help").stdout
     assert "--weight-decay" in text and "(default: 0.0001)" in text and "{auto,loader,device}" in text
 
