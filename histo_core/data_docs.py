@@ -31,6 +31,7 @@ _REMOTE_CSS_URL = re.compile(r"url\(\s*['\"]?https?://[^)]*\)", re.IGNORECASE)
 REMOTE_RESOURCE = re.compile(r"<(?:link|script|img)\b[^>]*\b(?:href|src)=[\"']https?://|url\(\s*['\"]?https?://",
                              re.IGNORECASE)
 
+_MARK = "<!-- histo-retrain: made offline -->"
 OFFLINE_CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Arial,sans-serif;color:#212529;line-height:1.5;margin:0}
 a{color:#0062cc}.lead{font-size:1.15rem}.h6{font-size:1rem}.rounded{border-radius:.25rem}
@@ -61,12 +62,15 @@ background:#f7f7f7;border-bottom:1px solid #dee2e6}.card-body{padding:.5rem 1rem
 
 def offline_page(page: str, static: str) -> str:
     """``page`` (a GX page's HTML) with no resource from another host; ``static`` is the
-    relative URL of the site's ``static/`` folder from the page."""
+    relative URL of the site's ``static/`` folder from the page. Idempotent: a docs folder
+    used again holds pages rewritten before."""
+    if _MARK in page:
+        return page
     page = _REMOTE_STYLESHEET.sub("", page)
     page = _REMOTE_SCRIPT.sub("", page)
     page = _REMOTE_IMAGE.sub(lambda m: f'{m.group(1)}"{static}/images/{m.group(2)}"', page)
     page = _REMOTE_CSS_URL.sub("none", page)
-    return page.replace("</head>", f"<style>{OFFLINE_CSS}</style>\n</head>", 1)
+    return page.replace("</head>", f"{_MARK}<style>{OFFLINE_CSS}</style>\n</head>", 1)
 
 
 def make_site_offline(docs_dir: Path) -> list[Path]:

@@ -211,3 +211,22 @@ def test_a_rejected_data_set_is_rejected_again_without_revalidating(tmp_path):
                            tmp_path / "m")
         written.append((tmp_path / "dataset" / "validation.json").stat().st_mtime_ns)
     assert written[0] == written[1]
+
+
+def test_a_gx_page_made_offline_fetches_nothing_and_stays_the_same_when_made_offline_again():
+    from histo_core.data_docs import offline_page
+
+    page = ("<html><head><link rel='stylesheet' href='https://unpkg.com/bootstrap-table.min.css'>\n"
+            '<link rel="shortcut icon" href="../static/images/favicon.ico"/>\n'
+            "<style>.x{background:url('https://assets.example/full_logo_dark.png') 0 0}</style></head><body>"
+            '<script src="https://code.jquery.com/jquery.min.js"></script>\n'
+            '<script src="https://cdn.example/popper.min.js" integrity="sha384-x"\n crossorigin="anonymous"></script>'
+            '<img class="NO-CACHE" src="https://assets.example/logo-long.png?d=20261126T1" alt="GX"/>'
+            "<script>var kept = 1;</script><a href='https://greatexpectations.io/newsletter'>Subscribe</a>"
+            "</body></html>")
+    offline = offline_page(page, "../static")
+    assert "unpkg.com" not in offline and "jquery" not in offline and "popper" not in offline
+    assert "assets.example" not in offline and 'src="../static/images/logo-long.png"' in offline
+    assert "favicon.ico" in offline and "var kept = 1" in offline  # local links and inline scripts stay
+    assert "greatexpectations.io/newsletter" in offline  # a link to follow fetches nothing
+    assert offline.count("<style>") == 2 and offline_page(offline, "../static") == offline
