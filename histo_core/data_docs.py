@@ -28,8 +28,6 @@ _REMOTE_SCRIPT = re.compile(r"<script\b[^>]*\bsrc=[\"']https?://.*?</script>\s*"
 _REMOTE_IMAGE = re.compile(r"(<img\b[^>]*\bsrc=)[\"']https?://[^\"']*?([\w-]+\.(?:png|svg|gif))[^\"']*[\"']",
                            re.IGNORECASE)
 _REMOTE_CSS_URL = re.compile(r"url\(\s*['\"]?https?://[^)]*\)", re.IGNORECASE)
-REMOTE_RESOURCE = re.compile(r"<(?:link|script|img)\b[^>]*\b(?:href|src)=[\"']https?://|url\(\s*['\"]?https?://",
-                             re.IGNORECASE)
 
 _MARK = "<!-- histo-retrain: made offline -->"
 OFFLINE_CSS = """
