@@ -5,7 +5,8 @@
 #     cuDNN autotuning, loader workers) at the default batch (64) and at 256, augmenting
 #     in the loader workers and on the GPU (the default from batch 128 up);
 #   * the trainer's tests that need CUDA: checkpoints and history, GPU augmentation
-#     against the CPU's, and a killed run that resumes bit-identically.
+#     against the CPU's, and a killed run that resumes bit-identically;
+#   * evaluation (decoded cache) and predict (image files) agreeing on CUDA.
 #
 #   PYTHON=.venv/bin/python bash bench/cuda_check.sh [--compile]   (default PYTHON: python3)
 # Each step has its own time limit, so a hang in one still lets the others report.
@@ -35,5 +36,7 @@ throughput --batches 150 --batch-size 256 --augment-on loader --no-compile
 
 step "trainer tests that need CUDA"
 timeout 150 "$py" -m pytest -q -p no:cacheprovider tests/test_train.py -k "cuda or gpu or fit_writes"
+step "evaluation and predict give the same probability on CUDA (bf16 autocast)"
+timeout 120 "$py" -m pytest -q -s -p no:cacheprovider -o addopts="" tests/test_inference.py -k cuda
 
 step "done"
