@@ -141,6 +141,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         _require_file(Path(config.checkpoint), "checkpoint")
     if config.order is not None:
         _require_file(Path(config.order), "sample submission")
+    _require_device(config.device)
     from histo_core.predict import list_patches, predict_folder, weights_for
 
     patches = list_patches(config.data)
@@ -187,6 +188,14 @@ def _check_image_size(paths: Any, data: str, size: int = 96, sample: int = 8) ->
         width, height = sizes[0]
         raise DataSourceError(f"{data}: the images are {width}x{height} (the first {len(sizes)} checked); the "
                               f"model scores {size}x{size} patches: crop or resize them first")
+
+
+def _require_device(name: str) -> None:
+    """A device the machine lacks (``cuda`` without a GPU) fails now (exit 3), before the
+    data is read, not at the first batch."""
+    from histo_core.inference import pick_device
+
+    pick_device(name)
 
 
 def _require_store(store: StoreConfig, model_name: str) -> None:
@@ -271,6 +280,7 @@ def _check_before_writing(data: str, cfg: TrainConfig) -> None:
 
     if cfg.model not in MODELS:
         raise ValueError(f"--model {cfg.model!r}: no such architecture; choose one of {', '.join(sorted(MODELS))}")
+    _require_device(cfg.device)
     if "://" not in data:
         from histo_core.data.sources import detect_layout
 
@@ -298,6 +308,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise ValueError("--checkpoint is required: the weights file to evaluate (best.pt, or a version's model.pt)")
     _require_file(args.checkpoint, "checkpoint")
     _require_dir(args.data, "data folder")
+    _require_device(args.device)
     from histo_core import steps
     from histo_core.checkpoint import read_checkpoint
     from histo_core.data.sources import DataSourceError, list_images
@@ -422,6 +433,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
         _require_dir(config.data, "data folder")
         detect_layout(Path(config.data))
+    _require_device(config.train.device)
     _require_store(config.store, config.model_name)
     result = _run_retrain(config)
     return OK if result["outcome"] in ("promoted", "rejected") else REJECTED
@@ -675,15 +687,15 @@ def build_parser() -> argparse.ArgumentParser:
 def exit_code(exc: BaseException) -> tuple[int, str] | None:
     """The exit code and kind of one of our errors; None for a bug (shown as a traceback)."""
     from histo_core.data.sources import DataSourceError
-    from histo_core.errors import CheckpointError
+    from histo_core.errors import CheckpointError, DeviceUnavailableError
     from histo_core.registry import RegistryStateError
     from histo_core.split import SplitError
     from histo_core.validation import DataValidationError
 
     if isinstance(exc, (DataValidationError, DataSourceError, SplitError, CheckpointError)):
         return REJECTED, "the data or model was rejected"
-    if isinstance(exc, (StoreError, DownloadError, ConnectionError, TimeoutError)):
-        return ENVIRONMENT, "environment (store, network)"
+    if isinstance(exc, (StoreError, DownloadError, ConnectionError, TimeoutError, DeviceUnavailableError)):
+        return ENVIRONMENT, "environment (store, network, device)"
     if isinstance(exc, (ValueError, FileExistsError, FileNotFoundError, RegistryStateError)):
         return USAGE, "usage"
     return None

@@ -6,3 +6,8 @@ from __future__ import annotations
 
 class CheckpointError(ValueError):
     """A file that is not a checkpoint this project wrote: missing, truncated, or unsafe."""
+
+
+class DeviceUnavailableError(RuntimeError):
+    """A device named in the config that this machine does not have (no CUDA GPU, fewer
+    GPUs than the index, no MPS): an environment problem, not a wrong argument."""

@@ -15,20 +15,39 @@ from torch.utils.data import DataLoader, Dataset
 
 from histo_core.checkpoint import read_checkpoint
 from histo_core.data.dataset import dihedral_views, to_model_input
+from histo_core.errors import DeviceUnavailableError
 from histo_core.model import create_model
 
 BatchProgress = Callable[[int], None]  # called with the number of images scored so far
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """CUDA, then Apple MPS, then CPU, unless a device is named."""
+    """CUDA, then Apple MPS, then CPU, unless a device is named. A named device this
+    machine lacks fails here, with what it has, not at the first tensor moved there."""
     if name != "auto":
-        return torch.device(name)
+        return _named_device(name)
     if torch.cuda.is_available():
         return torch.device("cuda")
     if torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def _named_device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device {name!r}: not a device name; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            has = f"{count} CUDA GPU(s)" if count else "no CUDA GPU this torch can use"
+            raise DeviceUnavailableError(
+                f"device {name!r}: this machine has {has} (torch {torch.__version__}, built for CUDA "
+                f"{torch.version.cuda or 'none'}); use device auto or cpu, or install the torch build for its driver")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceUnavailableError(f"device {name!r}: Apple's MPS is not available here; use device auto or cpu")
+    return device
 
 
 def amp_dtype(device: torch.device) -> torch.dtype | None:

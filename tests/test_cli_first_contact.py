@@ -143,12 +143,24 @@ def test_evaluate_on_wrong_size_images_names_the_size(checkpoint, tmp_path):
 @pytest.mark.parametrize("args, phrase", [
     (["--data", "{tmp}/nope"], "no such data folder"),
     (["--data", "{tmp}/data", "--model", "resnet19"], "no such architecture; choose one of"),
+    (["--data", "{tmp}/data", "--device", "gpu"], "device 'gpu': not a device name; use auto, cpu, cuda"),
 ])
 def test_train_mistakes_fail_at_once_and_leave_nothing(kaggle_root, tmp_path, args, phrase):
     (tmp_path / "data").symlink_to(kaggle_root)
     done = histo("train", *[a.format(tmp=tmp_path) for a in args], "--out", str(tmp_path / "out"))
     assert done.returncode == 2 and phrase in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_a_gpu_the_machine_lacks_is_an_environment_error_before_any_work(kaggle_root, checkpoint, tmp_path):
+    done = histo("train", "--data", str(kaggle_root), "--out", str(tmp_path / "out"), "--device", "cuda")
+    assert done.returncode == 3 and "device 'cuda': this machine has no CUDA GPU" in done.stderr
+    assert "use device auto or cpu" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()
+    done = histo("predict", "--checkpoint", str(checkpoint), "--data", str(kaggle_root / "train"),
+                 "--out", str(tmp_path / "p.csv"), "--device", "cuda:1")
+    assert done.returncode == 3 and "device 'cuda:1'" in done.stderr and not (tmp_path / "p.csv").exists()
 
 
 def test_evaluate_with_a_missing_checkpoint_fails_before_any_scan(tmp_path, kaggle_root):
