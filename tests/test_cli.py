@@ -195,4 +195,4 @@ def test_exit_codes_tell_rejected_data_usage_and_environment_apart(tmp_path, cap
     assert "(usage)" in capsys.readouterr().err
     # A store that does not answer: an environment fault, said so.
     assert main(["models", "list", "--store", "s3://bucket/p", "--endpoint-url", "http://127.0.0.1:9"]) == ENVIRONMENT
-    assert "(environment (store, network))" in capsys.readouterr().err
+    assert "(environment (store, network, device))" in capsys.readouterr().err
