@@ -570,8 +570,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="generate sample data and run two retrains (no cloud account)")
-    demo.add_argument("--workdir", default="histo-demo", help="folder for data, store and scratch")
-    demo.add_argument("--epochs", type=int, default=DEMO_EPOCHS, help="per run (keeps the demo to minutes)")
+    demo.add_argument("--workdir", default="histo-demo",
+                      help="folder for data, store and scratch, one sub-folder per demo (default: %(default)s)")
+    demo.add_argument("--epochs", type=int, default=DEMO_EPOCHS,
+                      help="training epochs per run; few keep the demo to minutes (default: %(default)s)")
     demo.set_defaults(func=cmd_demo)
 
     retrain = sub.add_parser("retrain", help="validate, split, train, evaluate, promote, upload",
@@ -647,7 +649,9 @@ def build_parser() -> argparse.ArgumentParser:
                        ("rollback", "re-point the champion to the one before it")]:
         p = models_sub.add_parser(name, help=text)
         if name in ("show", "promote"):
-            p.add_argument("version", nargs="?" if name == "show" else None)
+            p.add_argument("version", nargs="?" if name == "show" else None,
+                           help="a version id, as histo models list prints it"
+                                + (" (default: the champion)" if name == "show" else ""))
         if name in ("list", "events"):
             p.add_argument("--json", action="store_true", help="print JSON instead of a table")
         p.add_argument("--model-name", default=RetrainConfig.model_fields["model_name"].default,
@@ -658,9 +662,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="data utilities").add_subparsers(dest="data_command", required=True)
     synth = data.add_parser("synth", help="write generated H&E-like patches in the Kaggle layout")
-    synth.add_argument("dest", type=Path)
-    synth.add_argument("--count", type=int, default=2000)
-    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("dest", type=Path, help="folder to write train/ and train_labels.csv into")
+    synth.add_argument("--count", type=int, default=2000, help="patches to write (default: %(default)s)")
+    synth.add_argument("--seed", type=int, default=0,
+                       help="the same seed writes the same patches (default: %(default)s)")
     synth.set_defaults(func=cmd_synth)
 
     check = data.add_parser("validate", help="validate a data root (exit 0: passed, 1: rejected)",
@@ -676,9 +681,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_validate)
 
     fetch = data.add_parser("download", help="download a public data set (resumable, checksum-verified)")
-    fetch.add_argument("dataset", choices=["pcam"])
-    fetch.add_argument("dest", type=Path)
-    fetch.add_argument("--splits", nargs="+", default=["train", "valid", "test"], choices=["train", "valid", "test"])
+    fetch.add_argument("dataset", choices=["pcam"], help="pcam: PatchCamelyon's HDF5 files from its Zenodo record")
+    fetch.add_argument("dest", type=Path, help="folder to download into (an interrupted download resumes there)")
+    fetch.add_argument("--splits", nargs="+", default=["train", "valid", "test"], choices=["train", "valid", "test"],
+                       help="which splits to fetch (default: all three)")
     fetch.add_argument("--url", help="URL template with {name} (default: the Zenodo record); for mirrors")
     fetch.set_defaults(func=cmd_download)
     return parser

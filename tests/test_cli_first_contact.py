@@ -221,6 +221,25 @@ def test_every_config_field_is_an_option_with_its_default_in_the_help():
     assert "--weight-decay" in text and "(default: 0.0001)" in text and "{auto,loader,device}" in text
 
 
+def test_every_option_and_argument_of_every_command_says_what_it_is():
+    import argparse
+
+    from histo_cli.main import build_parser
+
+    def commands(parser, path=()):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from commands(sub, (*path, name))
+        yield path, parser
+
+    missing = [f"histo {' '.join(path)} {action.option_strings or action.dest}"
+               for path, parser in commands(build_parser()) for action in parser._actions
+               if not isinstance(action, (argparse._HelpAction, argparse._SubParsersAction))
+               and action.help != argparse.SUPPRESS and not (action.help or "").strip()]
+    assert not missing, missing
+
+
 def test_a_config_file_with_options_on_top_and_the_resolved_config_printed(tmp_path):
     import yaml
 
