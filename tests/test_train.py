@@ -35,6 +35,12 @@ def parts(split, tmp_path_factory):
     return load_partitions(split, tmp_path_factory.mktemp("cache"), build_augmentation())
 
 
+def _first(dataset: PatchDataset, count: int) -> PatchDataset:
+    """The first ``count`` patches of ``dataset``: for tests of what the trainer decides,
+    not of what it learns."""
+    return PatchDataset(dataset.pixels, dataset.labels, dataset.indices[:count], dataset.transform)
+
+
 def test_random_dihedral_reaches_all_8_views_and_only_moves_pixels():
     image = torch.arange(3 * 4 * 4, dtype=torch.uint8).view(1, 3, 4, 4)
     seen = {tuple(RandomDihedral()(image).flatten().tolist()) for _ in range(60)}
@@ -156,18 +162,19 @@ def test_training_stops_early_when_val_loss_stops_improving(parts, tmp_path, mon
     # A val loss that never improves cannot be produced on demand by real training, so
     # the evaluation is pinned to a constant: epoch 1 improves on infinity, 2 and 3 don't.
     monkeypatch.setattr(trainer, "evaluate_loss_auc", lambda *a, **k: (0.5, 0.5, len(parts["val"])))
-    result = fit(parts["train"], parts["val"], TrainConfig(epochs=6, patience=2, min_epochs=1, batch_size=32),
-                 tmp_path)
+    small = _first(parts["train"], 64)  # what is counted is epochs, not what they learn
+    result = fit(small, parts["val"], TrainConfig(epochs=6, patience=2, min_epochs=1, batch_size=32), tmp_path)
     assert [r["improved"] for r in result.history] == [True, False, False]
     # ... but never before min_epochs, however long the val loss has been flat
-    later = fit(parts["train"], parts["val"], TrainConfig(epochs=6, patience=2, min_epochs=4, batch_size=32),
+    later = fit(small, parts["val"], TrainConfig(epochs=6, patience=2, min_epochs=4, batch_size=32),
                 tmp_path / "later")
     assert len(later.history) == 4
 
 
 def test_checkpoint_from_another_config_is_not_resumed(parts, tmp_path):
-    fit(parts["train"], parts["val"], TrainConfig(epochs=1, batch_size=32), tmp_path)
-    result = fit(parts["train"], parts["val"], TrainConfig(epochs=1, batch_size=32, lr=5e-4), tmp_path)
+    small = _first(parts["train"], 64)
+    fit(small, parts["val"], TrainConfig(epochs=1, batch_size=32), tmp_path)
+    result = fit(small, parts["val"], TrainConfig(epochs=1, batch_size=32, lr=5e-4), tmp_path)
     assert [r["epoch"] for r in result.history] == [1]
 
 
