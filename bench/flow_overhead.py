@@ -41,7 +41,8 @@ def _direct(config: RetrainConfig, root: Path) -> None:
     dataset = steps.validate(config.data, DatasetDir(root / "dataset"), config.validation, root / "manifests")
     split = steps.split(dataset, config.split)
     model = steps.train(split, ModelDir(root / "model"), root / "cache", config.train)
-    steps.evaluate(split, model, run, root / "cache", config.store, config.model_name)
+    steps.evaluate(split, model, run, root / "cache", config.store, config.model_name, config.evaluation,
+                   config.train.device)
     steps.promote(run, model, split, config.store, config.model_name, config.gate)
     steps.upload(run, split, model, config.store, "direct")
 
