@@ -79,8 +79,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if args.print_config:
         print_config({"validation": cfg})
         return OK
-    if "://" not in args.data:
-        _require_dir(args.data, "data folder")
+    _require_dir(args.data, "data folder")
     from histo_core.data.manifest import build_manifest
     from histo_core.validation import validate_manifest
 
@@ -167,6 +166,16 @@ def _require_dir(path: str | Path, what: str) -> None:
     """Fail in a second, before heavy imports or scans, on a path that is not there."""
     if "://" not in str(path) and not Path(path).is_dir():
         raise FileNotFoundError(f"{path}: no such {what}")
+
+
+def _require_data_root(data: str) -> None:
+    """A local data root that is missing or in no supported layout fails at once (an
+    s3:// root is checked when it is mirrored)."""
+    if "://" not in data:
+        from histo_core.data.sources import detect_layout
+
+        _require_dir(data, "data folder")
+        detect_layout(Path(data))
 
 
 def _check_image_size(paths: Any, data: str, size: int = 96, sample: int = 8) -> None:
@@ -281,11 +290,7 @@ def _check_before_writing(data: str, cfg: TrainConfig) -> None:
     if cfg.model not in MODELS:
         raise ValueError(f"--model {cfg.model!r}: no such architecture; choose one of {', '.join(sorted(MODELS))}")
     _require_device(cfg.device)
-    if "://" not in data:
-        from histo_core.data.sources import detect_layout
-
-        _require_dir(data, "data folder")
-        detect_layout(Path(data))
+    _require_data_root(data)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -428,11 +433,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     if args.print_config:
         print_config(config)
         return OK
-    if "://" not in config.data:  # fail in a second, before starting Prefect, on an obvious mistake
-        from histo_core.data.sources import detect_layout
-
-        _require_dir(config.data, "data folder")
-        detect_layout(Path(config.data))
+    _require_data_root(config.data)  # fail in a second, before starting Prefect, on an obvious mistake
     _require_device(config.train.device)
     _require_store(config.store, config.model_name)
     result = _run_retrain(config)

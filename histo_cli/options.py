@@ -39,17 +39,15 @@ def _default_text(field: Any) -> str:
 
 
 def add_config_options(parser: argparse.ArgumentParser, model: type[BaseModel], prefix: str = "",
-                       aliases: dict[str, str] | None = None, skip: tuple[str, ...] = ()) -> None:
+                       aliases: dict[str, str] | None = None) -> None:
     """One option per field of ``model`` (recursively), in a help group per model."""
     aliases = aliases or {}
     title = f"{prefix.rstrip('.') or model.__name__} options"
     group = parser.add_argument_group(title, (model.__doc__ or "").strip().split("\n\n")[0].replace("\n", " "))
     for name, field in model.model_fields.items():
         path = f"{prefix}{name}"
-        if path in skip:
-            continue
         if _is_model(field.annotation):
-            add_config_options(parser, field.annotation, f"{path}.", aliases, skip)
+            add_config_options(parser, field.annotation, f"{path}.", aliases)
             continue
         flags = [f"--{path.replace('_', '-')}"] + ([aliases[path]] if path in aliases else [])
         text = f"{field.description or ''} (default: {_default_text(field)})".strip()

@@ -71,13 +71,11 @@ def offline_page(page: str, static: str) -> str:
     return page.replace("</head>", f"{_MARK}<style>{OFFLINE_CSS}</style>\n</head>", 1)
 
 
-def make_site_offline(docs_dir: Path) -> list[Path]:
-    """Rewrite every HTML page under ``docs_dir`` with ``offline_page``; returns them."""
-    pages = sorted(Path(docs_dir).rglob("*.html"))
-    for page in pages:
+def make_site_offline(docs_dir: Path) -> None:
+    """Rewrite every HTML page under ``docs_dir`` with ``offline_page``."""
+    for page in Path(docs_dir).rglob("*.html"):
         static = Path(os.path.relpath(Path(docs_dir) / "static", page.parent)).as_posix()
         page.write_text(offline_page(page.read_text(encoding="utf-8"), static), encoding="utf-8")
-    return pages
 
 
 def write_site_index(docs_dir: Path, result: ValidationResult) -> Path:

@@ -160,16 +160,16 @@ def cross_fitted_report(labels: np.ndarray, logits: np.ndarray, target_sensitivi
         threshold = threshold_for_sensitivity(labels[fit], sigmoid(logits[fit] / temperature), target_sensitivity)
         probability[held] = sigmoid(logits[held] / temperature)
         chosen[held] = probability[held] >= threshold
-    temperature = fit_temperature(labels, logits)
+    temperature, as_scored = fit_temperature(labels, logits), sigmoid(logits)
     positives, negatives = labels == 1, labels == 0
-    report: dict[str, Any] = binary_metrics(labels, sigmoid(logits))
+    report: dict[str, Any] = binary_metrics(labels, as_scored)
     at_half = binary_metrics(labels, probability)
-    low, high = bootstrap_auc_ci(labels, sigmoid(logits), bootstrap)
+    low, high = bootstrap_auc_ci(labels, as_scored, bootstrap)
     report.update({k: at_half[k] for k in ("accuracy", "sensitivity", "specificity")})
     report.update({
         "auc_bootstrap_ci_low": low, "auc_bootstrap_ci_high": high,
         "temperature": temperature,
-        "ece_uncalibrated": expected_calibration_error(labels, sigmoid(logits)),
+        "ece_uncalibrated": expected_calibration_error(labels, as_scored),
         "ece": expected_calibration_error(labels, probability),
         "operating_point": {
             "target_sensitivity": target_sensitivity,
