@@ -44,6 +44,21 @@ def kaggle_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_kaggle_layout(tmp_path_factory.mktemp("kaggle"), SyntheticSpec(count=300, seed=7))
 
 
+@pytest.fixture(scope="session")
+def kaggle_split(kaggle_root: Path, tmp_path_factory: pytest.TempPathFactory):
+    """``kaggle_root``'s split as a retrain makes it, without the validation step (GX), for
+    tests of what comes after it: training, scoring."""
+    from histo_core.data.manifest import build_manifest
+    from histo_core.layout import SplitDir
+    from histo_core.split import assign_partitions
+
+    rows = build_manifest(kaggle_root)
+    rows["label"] = rows["label"].astype(int)
+    split = SplitDir(tmp_path_factory.mktemp("split"))
+    assign_partitions(rows).to_csv(split.csv, index=False)
+    return split
+
+
 @pytest.fixture
 def pcam_real() -> Path:
     if not (PCAM_REAL / "labels.csv").is_file():

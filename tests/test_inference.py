@@ -11,13 +11,10 @@ import torch
 from histo_core import steps
 from histo_core.checkpoint import model_record, write_checkpoint
 from histo_core.config import TrainConfig
-from histo_core.data.manifest import build_manifest
 from histo_core.evaluate import sigmoid
 from histo_core.inference import load_model, pick_device, score_dataset
-from histo_core.layout import SplitDir
 from histo_core.model import create_model
 from histo_core.predict import predict_folder
-from histo_core.split import assign_partitions
 
 
 @pytest.fixture(scope="module")
@@ -36,19 +33,11 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 TOLERANCE = {"cpu": 1e-6, "cuda": 5e-3}
 
 
-@pytest.fixture(scope="module")
-def split(kaggle_root, tmp_path_factory) -> SplitDir:
-    """The retrain's split of the data, without the validation step (not what is tested)."""
-    rows = build_manifest(kaggle_root)
-    rows["label"] = rows["label"].astype(int)
-    split = SplitDir(tmp_path_factory.mktemp("split"))
-    assign_partitions(rows).to_csv(split.csv, index=False)
-    return split
-
-
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
 @pytest.mark.parametrize("tta", [False, True])
-def test_evaluate_and_predict_give_the_same_probabilities(kaggle_root, checkpoint, split, tmp_path, tta, device):
+def test_evaluate_and_predict_give_the_same_probabilities(kaggle_root, checkpoint, kaggle_split, tmp_path, tta,
+                                                          device):
+    split = kaggle_split
     test = steps.load_partitions(split, tmp_path / "cache")["test"]
     torch_device = pick_device(device)
     logits, _ = score_dataset(load_model(checkpoint, torch_device), test, torch_device, tta)

@@ -11,8 +11,6 @@ import torch
 from histo_core.config import TrainConfig
 from histo_core.data.dataset import (PatchDataset, RandomDihedral, build_augmentation, dihedral_each,
                                      dihedral_gathered)
-from histo_core.data.manifest import build_manifest
-from histo_core.split import assign_partitions
 from histo_core.steps import load_partitions
 from histo_core.inference import load_model
 from histo_core.layout import SplitDir
@@ -22,17 +20,8 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 
 
 @pytest.fixture(scope="module")
-def split(kaggle_root, tmp_path_factory) -> SplitDir:
-    rows = build_manifest(kaggle_root)
-    rows["label"] = rows["label"].astype(int)
-    split = SplitDir(tmp_path_factory.mktemp("split"))
-    assign_partitions(rows).to_csv(split.csv, index=False)
-    return split
-
-
-@pytest.fixture(scope="module")
-def parts(split, tmp_path_factory):
-    return load_partitions(split, tmp_path_factory.mktemp("cache"), build_augmentation())
+def parts(kaggle_split, tmp_path_factory):
+    return load_partitions(kaggle_split, tmp_path_factory.mktemp("cache"), build_augmentation())
 
 
 def _first(dataset: PatchDataset, count: int) -> PatchDataset:
@@ -87,7 +76,8 @@ def _train_then_die_after_epoch_1(split: str, cache: str, out: str, cfg_json: st
 
 
 @pytest.mark.parametrize("device, workers", [("cpu", 0), ("cpu", 2), pytest.param("cuda", 2, marks=CUDA)])
-def test_a_killed_run_resumes_and_ends_where_an_uninterrupted_run_would(split, tmp_path, device, workers):
+def test_a_killed_run_resumes_and_ends_where_an_uninterrupted_run_would(kaggle_split, tmp_path, device, workers):
+    split = kaggle_split
     # On CUDA two runs agree only with deterministic convolutions: two from-scratch runs
     # with cuDNN's timed choices already differed by 18% in val loss after one epoch.
     cfg = TrainConfig(epochs=3, batch_size=32, seed=3, num_workers=0, device=device, deterministic=device == "cuda")
