@@ -13,7 +13,7 @@ from prefect.runtime import flow_run
 
 from histo_core import steps
 from histo_core.config import RetrainConfig
-from histo_core.layout import DatasetDir, ModelDir, SplitDir, Workdir
+from histo_core.layout import Workdir
 from histo_tasks.retrain import (evaluate_models, promote_model, split_data, train_model, upload_artifacts,
                            validate_data)
 
@@ -24,9 +24,10 @@ def _run_id() -> str:
     return f"{stamp}-{flow_run.get_name() or 'local'}"
 
 
-def _fresh_unless(task: Task, output: Path | None) -> Task:
-    """The task, told to recompute (and re-cache) if the output its cache points to is gone."""
-    return task.with_options(refresh_cache=output is None or not output.exists())
+def _fresh_unless(task: Task, done: Path) -> Task:
+    """The task, told to recompute (and re-cache) when its output folder's completion file
+    is missing: a cache record never outlives the files it stands for."""
+    return task.with_options(refresh_cache=not done.is_file())
 
 
 def _summary(validation: dict[str, Any], history: list[dict[str, Any]], decision: dict[str, Any],
@@ -64,13 +65,13 @@ def retrain(config: RetrainConfig) -> dict[str, Any]:
     logger.info("run %s: data %s -> store %s", run_id, config.data, config.store.uri)
     steps.record_config(run, config)
 
-    expected = steps.dataset_dir(work, config.data, config.validation)
-    dataset = DatasetDir(Path(_fresh_unless(validate_data, expected and expected.validation)(
-        config.data, str(work.root), config.validation, config.store, run_id)))
-    split = SplitDir(Path(_fresh_unless(split_data, steps.split_dir(dataset, config.split).csv)(
-        str(dataset.root), config.split)))
-    model = ModelDir(Path(_fresh_unless(train_model, steps.model_dir(work, split, config.train).best)(
-        str(split.root), str(work.root), config.train)))
+    # Each step's output folder is computed once, here, and is the step's cache key (tasks.retrain).
+    dataset = steps.dataset_dir(work, config.data, config.validation) or work.dataset(f"remote-{run_id}")
+    validate_data(config.data, str(dataset.root), str(work.root), config.validation, config.store, run_id)
+    split = steps.split_dir(dataset, config.split)
+    _fresh_unless(split_data, split.csv)(str(dataset.root), str(split.root), config.split)
+    model = steps.model_dir(work, split, config.train)
+    _fresh_unless(train_model, model.training)(str(split.root), str(model.root), str(work.root), config.train)
     evaluate_models(str(split.root), str(model.root), str(run.root), str(work.root), config.store,
                     config.model_name, config.evaluation, config.train.device)
     promote_model(str(run.root), str(model.root), str(split.root), config.store, config.model_name, config.gate)

@@ -1,10 +1,17 @@
 """One Prefect task per retrain step, in run order. Each passes file paths, not data,
 so Prefect can retry a step, show its inputs, and a re-run can pick up the files.
 
-Validation, split and training are cached on content: the key of each is a hash of what
-it reads (the data files' sizes and mtimes, the manifest, the split) and its config, and
-their outputs live in folders named by that key. A re-run on unchanged data therefore
-skips them, and a run that failed later (say, in evaluation) re-runs from there.
+Split and training are cached by their **output folder**: the flow computes that folder
+once (``steps.split_dir``, ``steps.model_dir``: the workdir plus a hash of the inputs'
+content and the config) and passes it as ``out``; the cache key is a hash of its
+absolute path. A cached result can therefore only ever name this workdir's folder for
+these inputs, and the flow refreshes the cache whenever that folder's completion file is
+missing, so a deleted or moved workdir costs a recomputation, never an error.
+
+Validation is not cached by Prefect: its verdict also depends on the batch verdicts
+kept in the store, which an operator can change without touching the data. The step
+reuses its own earlier report when the manifest, thresholds and verdicts are unchanged,
+which costs one ``stat`` per file.
 """
 
 from __future__ import annotations
@@ -23,7 +30,6 @@ from histo_core import steps
 from histo_core.config import EvalConfig, GateConfig, SplitConfig, StoreConfig, TrainConfig, ValidationConfig
 from histo_core.data.sources import DataSourceError
 from histo_core.layout import DatasetDir, ModelDir, RunDir, SplitDir, Workdir
-from histo_core.storage import sha256_file
 from histo_core.validation import DataValidationError
 
 CACHE_FOR = timedelta(days=30)
@@ -40,24 +46,17 @@ def _worth_retrying(task: object, task_run: object, state: State) -> bool:
     return False
 
 
-def _validate_key(context: Any, p: dict[str, Any]) -> str | None:
-    folder = steps.dataset_dir(Workdir(Path(p["workdir"])), p["data"], p["cfg"])
-    return f"dataset-{folder.root.name}" if folder else None  # remote data: not cached
-
-
-def _split_key(context: Any, p: dict[str, Any]) -> str:
-    manifest = DatasetDir(Path(p["dataset"])).manifest
-    return f"split-dir-{steps.content_key(sha256_file(manifest), p['cfg'].model_dump())}"
-
-
-def _train_key(context: Any, p: dict[str, Any]) -> str:
-    return f"model-{steps.model_dir(Workdir(Path(p['workdir'])), SplitDir(Path(p['split'])), p['cfg']).root.name}"
+def output_folder_key(context: Any, parameters: dict[str, Any]) -> str:
+    """The cache key of a step that writes into ``parameters["out"]``: the task's name and
+    a hash of that folder's absolute path (workdir + content key of the inputs)."""
+    folder = str(Path(parameters["out"]).expanduser().resolve())
+    return f"{context.task.name}-{steps.content_key(folder)}"
 
 
 @task(name="validate-data", retries=2, retry_delay_seconds=exponential_backoff(5),
-      retry_condition_fn=_worth_retrying, cache_key_fn=_validate_key, cache_expiration=CACHE_FOR,
-      persist_result=True)
-def validate_data(data: str, workdir: str, cfg: ValidationConfig, store: StoreConfig, run_id: str) -> str:
+      retry_condition_fn=_worth_retrying, cache_policy=NO_CACHE)
+def validate_data(data: str, out: str, workdir: str, cfg: ValidationConfig, store: StoreConfig,
+                  run_id: str) -> str:
     """Manifest + GX validation into a data set folder; fails the run with the data set's
     problems if it is rejected.
 
@@ -65,8 +64,7 @@ def validate_data(data: str, workdir: str, cfg: ValidationConfig, store: StoreCo
     rejected data set fails the same way every time and is not retried.
     """
     logger = get_run_logger()
-    work = Workdir(Path(workdir))
-    dataset = steps.dataset_dir(work, data, cfg) or work.dataset(f"remote-{run_id}")
+    work, dataset = Workdir(Path(workdir)), DatasetDir(Path(out))
     try:
         return str(steps.validate(data, dataset, cfg, work.manifests, store=store).root)
     finally:
@@ -79,21 +77,26 @@ def validate_data(data: str, workdir: str, cfg: ValidationConfig, store: StoreCo
                 logger.warning("quarantined %s: %s", row["id"], row["reason"])
 
 
-@task(name="split-data", cache_key_fn=_split_key, cache_expiration=CACHE_FOR, persist_result=True)
-def split_data(dataset: str, cfg: SplitConfig) -> str:
-    return str(steps.split(DatasetDir(Path(dataset)), cfg).root)
+@task(name="split-data", cache_key_fn=output_folder_key, cache_expiration=CACHE_FOR, persist_result=True)
+def split_data(dataset: str, out: str, cfg: SplitConfig) -> str:
+    """Writes ``out`` (``steps.split_dir`` of the data set and config)."""
+    written = steps.split(DatasetDir(Path(dataset)), cfg).root
+    if written.resolve() != Path(out).resolve():
+        raise ValueError(f"split wrote {written}, not the folder the flow expected ({out})")
+    return out
 
 
 # A retry (or a re-run of a failed flow) resumes from last.pt in the same model folder.
-@task(name="train-model", retries=1, cache_key_fn=_train_key, cache_expiration=CACHE_FOR, persist_result=True)
-def train_model(split: str, workdir: str, cfg: TrainConfig) -> str:
+@task(name="train-model", retries=1, cache_key_fn=output_folder_key, cache_expiration=CACHE_FOR,
+      persist_result=True)
+def train_model(split: str, out: str, workdir: str, cfg: TrainConfig) -> str:
+    """Trains into ``out`` (``steps.model_dir`` of the split and config)."""
     from histo_core.train import format_epoch
 
     logger = get_run_logger()
-    work, split_dir = Workdir(Path(workdir)), SplitDir(Path(split))
-    model = steps.model_dir(work, split_dir, cfg)
-    steps.train(split_dir, model, work.cache, cfg, lambda r: logger.info(format_epoch(r, cfg.epochs)))
-    return str(model.root)
+    steps.train(SplitDir(Path(split)), ModelDir(Path(out)), Workdir(Path(workdir)).cache, cfg,
+                lambda r: logger.info(format_epoch(r, cfg.epochs)))
+    return out
 
 
 @task(name="evaluate-models", retries=2, retry_delay_seconds=exponential_backoff(5), cache_policy=NO_CACHE)
