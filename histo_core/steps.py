@@ -33,10 +33,11 @@ import pandas as pd
 from pydantic import BaseModel
 
 from histo_core import __version__
+from histo_core.batch_verdicts import VerdictStore
 from histo_core.config import EvalConfig, GateConfig, SplitConfig, StoreConfig, TrainConfig, ValidationConfig
 from histo_core.data.cache import build_cache, open_cache
 from histo_core.data.manifest import NUMERIC_COLUMNS, build_manifest, manifest_hash
-from histo_core.data.sources import mirror_s3
+from histo_core.data.mirror import mirror_s3
 from histo_core.gate import decide
 from histo_core.layout import DatasetDir, ModelDir, RunDir, SplitDir, Workdir
 from histo_core.model_card import render_model_card
@@ -114,42 +115,57 @@ def validate(data: str, dataset: DatasetDir, cfg: ValidationConfig, manifest_cac
              progress: Callable[[int, int], None] | None = None, store: StoreConfig | None = None) -> DatasetDir:
     """Build the manifest of ``data`` and validate it; raises if the data set is rejected.
 
-    Writes ``manifest.csv``, ``validation.json`` and GX Data Docs (``data_docs/``) before
-    raising, so a rejected run still leaves its reasons. ``manifest_cache`` (a folder of
-    ours, never the data root) keeps the last manifest of each data root, so unchanged
-    files are not opened again. An ``s3://`` data root is first mirrored into
-    ``manifest_cache/../mirror`` through ``store``'s endpoint.
+    Writes ``manifest.csv`` (the rows of the data set: those of rejected batches are left
+    out), ``validation.json`` (every row's status, every batch's verdict) and GX Data
+    Docs (``data_docs/``) before raising, so a rejected run still leaves its reasons.
+    ``manifest_cache`` (a folder of ours, never the data root) keeps the last manifest of
+    each data root, so unchanged files are not opened again. An ``s3://`` data root is
+    first mirrored into ``manifest_cache/../mirror`` through ``store``'s endpoint. With
+    ``store``, batch verdicts are read from and recorded in it (``batch_verdicts``).
     """
     dataset.root.mkdir(parents=True, exist_ok=True)
+    source, faults, refused = data, {}, {}
     if data.startswith("s3://"):
-        mirror_root = (manifest_cache or dataset.root).parent / "mirror"
-        data = str(mirror_s3(data, mirror_root, store))
+        mirrored = mirror_s3(data, (manifest_cache or dataset.root).parent / "mirror", store)
+        data, refused = str(mirrored.root), mirrored.refused
+        faults.update(mirrored.refused_batches())
     cached = manifest_cache / f"{hashlib.sha256(str(Path(data).resolve()).encode()).hexdigest()[:16]}.csv" \
         if manifest_cache else None
     previous = read_manifest(cached) if cached and cached.exists() else None
-    manifest = build_manifest(data, progress=progress, previous=previous)
-    key = _validation_key(manifest, cfg)
-    if (reused := _earlier_validation(dataset, key)) is not None:
-        log.info("validation: the manifest and thresholds are unchanged since %s; its verdict stands (%s)",
-                 dataset.validation, reused["verdict"])
+    manifest = build_manifest(data, progress=progress, previous=previous, faults=faults)
+    verdicts = VerdictStore(open_store(store), source) if store is not None else None
+    known = verdicts.all() if verdicts and (faults or (manifest["batch"] != "").any()) else {}
+    if (reused := _earlier_validation(dataset, _validation_key(manifest, cfg, faults, known))) is not None:
+        log.info("validation: the manifest, thresholds and batch verdicts are unchanged since %s; its verdict "
+                 "stands (%s)", dataset.validation, reused["verdict"])
         if reused["verdict"] != "passed":
             raise DataValidationError("data set rejected: " + "; ".join(reused["problems"]))
         return dataset
-    result = validate_manifest(manifest, cfg, docs_dir=dataset.data_docs)
+    result = validate_manifest(manifest, cfg, docs_dir=dataset.data_docs, batch_faults=faults, known_verdicts=known)
+    if verdicts:
+        for verdict in result.batches.values():
+            if verdict["new"]:
+                verdicts.record(verdict)
+        known = {**known, **{b: {k: x for k, x in v.items() if k != "new"} | {"data": source}
+                             for b, v in result.batches.items() if v["new"]}}
     _write_csv(dataset.manifest, result.rows)
     if cached:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        _write_csv(cached, result.rows)
-    _write_json(dataset.validation, {**result.report(), "validation_key": key})
+        _write_csv(cached, manifest)  # every row, rejected batches' too: their files need no second look
+    _write_json(dataset.validation, {**result.report(), "refused_keys": refused,
+                                     "validation_key": _validation_key(manifest, cfg, faults, known)})
     log.info("validation: %s", result.summary())
     require_passed(result)
     return dataset
 
 
-def _validation_key(manifest: pd.DataFrame, cfg: ValidationConfig) -> str:
-    """Hash of every manifest cell and the thresholds: equal keys, equal verdicts."""
+def _validation_key(manifest: pd.DataFrame, cfg: ValidationConfig, faults: dict[str, list[str]],
+                    verdicts: dict[str, dict[str, Any]]) -> str:
+    """Hash of every manifest cell, the thresholds, the batch faults and the recorded
+    verdicts (an operator's re-admission changes the data set): equal keys, equal verdicts."""
     cells = pd.util.hash_pandas_object(manifest.astype(str), index=False).to_numpy().tobytes()
-    return content_key(hashlib.sha256(cells).hexdigest(), cfg.model_dump())
+    standing = {b: (v.get("verdict"), v.get("content"), v.get("faults")) for b, v in verdicts.items()}
+    return content_key(hashlib.sha256(cells).hexdigest(), cfg.model_dump(), faults, standing)
 
 
 def _earlier_validation(dataset: DatasetDir, key: str) -> dict[str, Any] | None:

@@ -25,6 +25,7 @@ from typing import Any
 
 import pandas as pd
 
+from histo_core.batch_verdicts import USABLE, judge
 from histo_core.config import ValidationConfig
 from histo_core.data_docs import write_site_index
 
@@ -44,6 +45,11 @@ class ValidationResult:
     rows: pd.DataFrame
     problems: list[str] = field(default_factory=list)
     drift: dict[str, Any] | None = None
+    batches: dict[str, dict[str, Any]] = field(default_factory=dict)  # batch id -> verdict (batch_verdicts)
+
+    def left_out(self) -> dict[str, dict[str, Any]]:
+        """The batches whose rows are not in this data set, with their verdicts."""
+        return {b: v for b, v in self.batches.items() if v["verdict"] not in USABLE}
 
     @property
     def passed(self) -> bool:
@@ -60,6 +66,7 @@ class ValidationResult:
             "problems": self.problems,
             "drift": self.drift,
             "counts": self.counts(),
+            "batches": self.batches,
             "labels": {str(k): int(v) for k, v in usable["label"].value_counts().sort_index().items()},
             "rows": self.rows[["id", "status", "reason"]].to_dict(orient="records"),
         }
@@ -68,6 +75,8 @@ class ValidationResult:
         c = self.counts()
         line = (f"{len(self.rows)} rows: {c.get('ok', 0)} ok, {c.get('warning', 0)} with warnings, "
                 f"{c.get('quarantined', 0)} quarantined")
+        if self.left_out():
+            line += f"; batches left out: {', '.join(self.left_out())}"
         return line + ("" if self.passed else " -- STOPPED: " + "; ".join(self.problems))
 
 
@@ -188,23 +197,32 @@ def render_data_docs(rows: pd.DataFrame, cfg: ValidationConfig, docs_dir: Path) 
     return bool(result.success)
 
 
-def colour_drift(rows: pd.DataFrame, threshold: float) -> dict[str, Any] | None:
+def newest_batch(batches: dict[str, dict[str, Any]]) -> str | None:
+    """The batch that arrived last: first judged last (its verdict's time), ties broken by
+    id. Arrival, not the alphabet: ``g3`` may land after ``h1``."""
+    usable = {b: v for b, v in batches.items() if v["verdict"] in USABLE}
+    return max(usable, key=lambda b: (usable[b].get("decided") or "", b)) if usable else None
+
+
+def colour_drift(rows: pd.DataFrame, threshold: float, newest_id: str | None = None) -> dict[str, Any] | None:
     """Compare the newest batch's mean colour with the other batches' (reference) images.
 
     The score is the largest per-channel shift of the batch mean, in units of the
     reference's per-image standard deviation; a new scanner or stain batch shows up here
-    long before it shows up in the model's AUC.
+    long before it shows up in the model's AUC. ``newest_id`` is the batch that arrived
+    last (``newest_batch``); without it, the last by name.
     """
     usable = rows[(rows["status"] != "quarantined") & rows["labelled"]]
     batches = sorted(b for b in usable["batch"].unique() if b)
     if len(batches) < 2:
         return None
-    newest = usable["batch"] == batches[-1]
+    newest_id = newest_id if newest_id in batches else batches[-1]
+    newest = usable["batch"] == newest_id
     channels = ["mean_r", "mean_g", "mean_b"]
     new, ref = usable.loc[newest, channels].astype(float), usable.loc[~newest, channels].astype(float)
     shift = (new.mean() - ref.mean()) / ref.std().clip(lower=1e-6)
     score = float(shift.abs().max())
-    return {"batch": batches[-1], "reference_images": int(len(ref)), "batch_images": int(len(new)),
+    return {"batch": newest_id, "reference_images": int(len(ref)), "batch_images": int(len(new)),
             "shift_in_sd": {c[-1]: round(float(v), 3) for c, v in shift.items()},
             "score": round(score, 3), "threshold": threshold, "warning": score > threshold}
 
@@ -234,8 +252,13 @@ def _dataset_problems(rows: pd.DataFrame, cfg: ValidationConfig) -> list[str]:
 
 
 def validate_manifest(manifest: pd.DataFrame, cfg: ValidationConfig = ValidationConfig(),
-                      docs_dir: Path | None = None) -> ValidationResult:
-    """Check every row and the data set; never raises for bad rows, only marks them."""
+                      docs_dir: Path | None = None, batch_faults: dict[str, list[str]] | None = None,
+                      known_verdicts: dict[str, dict[str, Any]] | None = None) -> ValidationResult:
+    """Check every row, then each batch (``batch_verdicts``), then the data set of the
+    accepted batches; never raises for bad rows or batches, only marks or leaves them out.
+
+    ``batch_faults``: problems of whole batches found before their rows (an unreadable
+    labels file, a refused S3 key); ``known_verdicts``: the verdicts recorded earlier."""
     rows = _helper_columns(manifest)
     rows["status"], rows["reason"] = "ok", ""
     labelled = rows[rows["labelled"]]
@@ -248,14 +271,21 @@ def validate_manifest(manifest: pd.DataFrame, cfg: ValidationConfig = Validation
                 rows.at[i, "reason"] = template.format(**rows.loc[i].to_dict())
     rows.loc[~rows["labelled"], ["status", "reason"]] = ["warning", "image file has no label row; not used"]
     result = ValidationResult(rows.drop(columns=["row", "id_conflict", "near_blank"]))
+    if batch_faults or (result.rows["batch"] != "").any():
+        result.batches = judge(result.rows, batch_faults or {}, known_verdicts or {}, cfg)
+        for batch, verdict in result.left_out().items():
+            log.warning("batch %s %s, left out of the data set: %s", batch, verdict["verdict"],
+                        "; ".join(verdict["reasons"]))
+        kept = ~result.rows["batch"].isin(list(result.left_out()))
+        result.rows = result.rows[kept].reset_index(drop=True)
     result.problems = _dataset_problems(result.rows, cfg)
-    if docs_dir is not None and len(labelled):
+    if docs_dir is not None and result.rows["labelled"].any():
         docs_passed = render_data_docs(result.rows, cfg, docs_dir)
         if docs_passed != result.passed:  # two statements of one rule set: never publish both
             raise AssertionError(f"the Data Docs' verdict ({docs_passed}) differs from the validation's "
                                  f"({result.passed}: {result.problems}); please report this")
         write_site_index(Path(docs_dir), result)
-    result.drift = colour_drift(result.rows, cfg.drift_threshold)
+    result.drift = colour_drift(result.rows, cfg.drift_threshold, newest_batch(result.batches))
     if result.drift and result.drift["warning"]:
         log.warning("colour drift: batch %s is %.2f SD from the reference data (threshold %.2f)",
                     result.drift["batch"], result.drift["score"], cfg.drift_threshold)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import threading
 
@@ -229,3 +230,56 @@ def test_an_endpoint_that_never_answers_fails_in_seconds_with_the_reason(monkeyp
         for conn in held:
             conn.close()
         server.close()
+
+
+def test_the_mirror_follows_the_s3_data_model(store, endpoint, tmp_path, caplog):
+    """Folder markers, keys that escape or alias, over-long names: each refused key costs
+    only its batch, nothing is created outside the mirror, and the mirror follows S3."""
+    from histo_core import steps
+    from histo_core.config import StoreConfig, ValidationConfig
+    from histo_core.data.mirror import mirror_s3
+    from histo_core.data.synthetic import SyntheticSpec, write_kaggle_layout
+    from histo_core.layout import DatasetDir
+
+    kaggle_root = write_kaggle_layout(tmp_path / "batch", SyntheticSpec(count=30, seed=4))
+    client, base = endpoint.client(), f"{store.prefix}/data"
+    files = [kaggle_root / "train_labels.csv", *sorted((kaggle_root / "train").iterdir())]
+    for batch in ("b1", "b2", "b3"):
+        for path in files:
+            store.put_file(path, f"data/batches/{batch}/{path.relative_to(kaggle_root)}")
+    escape = tmp_path / "escaped"
+    odd = {f"{base}/batches/": b"", f"{base}/batches/b1/": b"",  # the console's "Create folder" markers
+           f"{base}/{escape}/y.tif".replace("/data/", "/data//"): b"x",  # prefix//tmp/...: absolute after the prefix
+           f"{base}/batches/b2/train_labels.csv/.": b"id,label\nattacker,1\n",  # aliases the real labels file
+           f"{base}/batches/b3/{'n' * 300}.tif": b"x"}  # longer than a file name may be
+    for key, body in odd.items():
+        client.put_object(Bucket=store.bucket, Key=key, Body=body)
+    cfg = StoreConfig(uri=store.uri, endpoint_url=endpoint.url, region="us-east-1")
+    dataset = DatasetDir(tmp_path / "dataset")
+    steps.validate(f"{store.uri}/data", dataset, ValidationConfig(), tmp_path / "manifests",
+                   store=cfg)
+    report = json.loads(dataset.validation.read_text())
+    assert report["verdict"] == "passed"
+    assert {b: v["verdict"] for b, v in report["batches"].items()} == {
+        "b1": "accepted", "b2": "rejected", "b3": "rejected"}
+    assert "would alias another key" in report["batches"]["b2"]["reasons"][0]
+    assert "a file name holds at most 255" in report["batches"]["b3"]["reasons"][0]
+    assert len(report["refused_keys"]) == 3 and not escape.exists()
+    mirrored = tmp_path / "mirror" / store.bucket / base
+    assert (mirrored / "batches/b2/train_labels.csv").read_bytes() == files[0].read_bytes()
+
+    # The mirror follows S3: a deleted object goes, a changed one is fetched again, debris is cleared.
+    gone, changed = sorted((mirrored / "batches/b1/train").iterdir())[:2]
+    client.delete_object(Bucket=store.bucket, Key=f"{base}/batches/b1/train/{gone.name}")
+    store.put_file(kaggle_root / "train_labels.csv", f"data/batches/b1/train/{changed.name}")
+    for key in odd:
+        client.delete_object(Bucket=store.bucket, Key=key)
+    (mirrored / "debris.txt").write_text("left by an older mirror")
+    with caplog.at_level(logging.INFO, logger="histo_core.data.mirror"):
+        result = mirror_s3(f"{store.uri}/data", tmp_path / "mirror", cfg)
+    assert result.refused == {} and result.changed == [f"batches/b1/train/{changed.name}"]
+    assert f"batches/b1/train/{gone.name}" in result.removed and "debris.txt" in result.removed
+    assert not gone.exists() and changed.read_bytes() == files[0].read_bytes()
+    assert f"removed batches/b1/train/{gone.name}: no longer in S3" in caplog.text
+    assert "changed in S3" in caplog.text
+    assert mirror_s3(f"{store.uri}/data", tmp_path / "mirror", cfg).fetched == 0  # unchanged: nothing fetched

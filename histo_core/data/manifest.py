@@ -148,13 +148,15 @@ def build_manifest(
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     previous: pd.DataFrame | None = None,
+    faults: dict[str, list[str]] | None = None,
 ) -> pd.DataFrame:
     """Describe every image under ``root`` (see ``MANIFEST_COLUMNS``).
 
     Rows of ``previous`` (an earlier manifest) are reused for files whose path, size and
-    mtime are unchanged, so only new or changed files are opened again.
+    mtime are unchanged, so only new or changed files are opened again. ``faults``: see
+    ``sources.list_images`` (batches that cannot be listed, by id).
     """
-    table = list_images(root).reset_index(drop=True)
+    table = list_images(root, faults).reset_index(drop=True)
     table["bytes"], table["mtime_ns"] = _file_stats(table["path"].tolist())
     info = pd.DataFrame(index=table.index, columns=IMAGE_COLUMNS, dtype=object)
     todo = table["labelled"].to_numpy().copy()

@@ -19,18 +19,14 @@ nothing outside the root is ever opened.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
-from urllib.parse import urlparse
 
 import os
 
 import numpy as np
 import pandas as pd
 
+from histo_core.batch_verdicts import safe_batch_id
 from histo_core.data.images import H5_SEP
-
-if TYPE_CHECKING:
-    from histo_core.config import StoreConfig
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 COLUMNS = ["id", "label", "path", "batch", "labelled"]
@@ -171,36 +167,13 @@ def detect_layout(root: Path) -> str:
 _READERS = {"kaggle": _kaggle, "labels_csv": _labels_csv, "class_folders": _class_folders, "pcam_h5": _pcam_h5}
 
 
-def mirror_s3(uri: str, local_root: Path, store: "StoreConfig | None" = None,
-              progress: Callable[[int, int], None] | None = None) -> Path:
-    """Copy the objects under an ``s3://`` data root that are not here yet into ``local_root``.
-
-    Data roots are append-only (new batches, never edited files), so objects already
-    mirrored are not fetched again; each download is verified against the object's
-    recorded SHA-256 when it has one. Goes through the store interface, with ``store``'s
-    endpoint, region and timeouts: one S3 client.
-    """
-    from histo_core.config import StoreConfig
-    from histo_core.storage import open_store
-
-    source = open_store((store or StoreConfig()).model_copy(update={"uri": uri}))
-    target = local_root / urlparse(uri).netloc / urlparse(uri).path.strip("/")
-    keys = source.list()
-    missing = [k for k in keys if not (target / k).is_file()]
-    for i, key in enumerate(missing, 1):
-        source.get_file(key, target / key)
-        if progress:
-            progress(i, len(missing))
-    if not keys:
-        raise DataSourceError(f"{uri}: no objects under this prefix")
-    return target
-
-
-def list_images(root: Path | str) -> pd.DataFrame:
+def list_images(root: Path | str, faults: dict[str, list[str]] | None = None) -> pd.DataFrame:
     """All images under ``root`` as ``id, label, path, batch, labelled`` (paths absolute).
 
     ``labelled`` is False for image files that no label row names: validation warns about
-    them and they are never trained on.
+    them and they are never trained on. With ``faults`` (a dict to fill), a batch that
+    cannot be read (no layout, an unreadable labels file, an unsafe id) is recorded there
+    with its reason and the other batches are listed; without it, it raises.
     """
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
@@ -215,7 +188,17 @@ def list_images(root: Path | str) -> pd.DataFrame:
         raise DataSourceError(f"{root / 'batches'}: holds no batch folders")
     parts = []
     for batch in batches:
-        table = _READERS[detect_layout(batch)](batch)
+        try:
+            if not safe_batch_id(batch.name):
+                raise DataSourceError(f"{batch}: a batch id is letters, digits and '._=+-' (at most 128)")
+            table = _READERS[detect_layout(batch)](batch)
+        except DataSourceError as exc:
+            if faults is None:
+                raise
+            faults.setdefault(batch.name, []).append(str(exc))
+            continue
         table["batch"] = batch.name
         parts.append(table)
+    if not parts:  # every batch unreadable: no rows, each batch's reason in ``faults``
+        return pd.DataFrame({c: pd.Series(dtype=bool if c == "labelled" else str) for c in COLUMNS})
     return pd.concat(parts, ignore_index=True)[COLUMNS]

@@ -109,11 +109,20 @@ class LocalStore:
         return self._path(key).is_file()
 
     def list(self, prefix: str = "") -> list[str]:
+        return [key for key, _, _ in self.list_objects(prefix)]
+
+    def list_objects(self, prefix: str = "") -> list[tuple[str, int, str]]:
+        """(key, size, ETag) of every object under ``prefix``; the ETag here is size and
+        mtime (cheap), which changes whenever the object is replaced."""
         base = self._path(prefix) if prefix else self.root
         if not base.exists():
             return []
-        return sorted(str(p.relative_to(self.root)) for p in base.rglob("*")
-                      if p.is_file() and not p.name.startswith(".") and not p.name.endswith(".lock"))
+        objects = []
+        for p in base.rglob("*"):
+            if p.is_file() and not p.name.startswith(".") and not p.name.endswith(".lock"):
+                st = p.stat()
+                objects.append((p.relative_to(self.root).as_posix(), st.st_size, f"{st.st_size}-{st.st_mtime_ns}"))
+        return sorted(objects)
 
 
 _HOST = socket.gethostname().replace(".", "_")

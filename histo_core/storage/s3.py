@@ -124,14 +124,14 @@ class S3Store:
 
     def get_file(self, key: str, local: Path | str) -> Path:
         """Download ``key`` to ``local`` and verify it against its recorded SHA-256."""
-        local = Path(local)
+        local, remote = Path(local), self._key(key)  # the key is checked before anything is created
         local.parent.mkdir(parents=True, exist_ok=True)
         partial = local.with_name(local.name + ".part")
         try:
-            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            head = self.client.head_object(Bucket=self.bucket, Key=remote)
             callback = _Progress(f"download {key}", head["ContentLength"]) \
                 if head["ContentLength"] >= PROGRESS_FROM_BYTES else None
-            self.client.download_file(self.bucket, self._key(key), str(partial), Config=TRANSFER, Callback=callback)
+            self.client.download_file(self.bucket, remote, str(partial), Config=TRANSFER, Callback=callback)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 raise StoreError(f"{self.uri}/{key}: no such object") from exc
@@ -212,12 +212,17 @@ class S3Store:
             raise self._fail("lookup of", key, exc) from exc
 
     def list(self, prefix: str = "") -> list[str]:
+        return sorted(k for k, _, _ in self.list_objects(prefix) if not k.endswith(".lease"))
+
+    def list_objects(self, prefix: str = "") -> list[tuple[str, int, str]]:
+        """Every object under ``prefix`` as (key relative to the store, size, ETag), keys as
+        S3 has them: folder markers and odd keys included (``data.mirror`` judges them)."""
         base = self._key(prefix.rstrip("/")) + "/" if prefix else (self.prefix + "/" if self.prefix else "")
         strip = len(self.prefix) + 1 if self.prefix else 0
-        keys = []
+        objects = []
         try:
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base):
-                keys += [o["Key"][strip:] for o in page.get("Contents", [])]
+                objects += [(o["Key"][strip:], int(o["Size"]), o["ETag"]) for o in page.get("Contents", [])]
         except (ClientError, BotoCoreError) as exc:
             raise self._fail("listing of", prefix, exc) from exc
-        return sorted(k for k in keys if not k.endswith(".lease"))
+        return sorted(objects)
