@@ -83,16 +83,18 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from histo_core.data.manifest import build_manifest
     from histo_core.validation import validate_manifest
 
-    bar = ProgressBar("inspecting images")
+    bar, faults = ProgressBar("inspecting images"), {}
     try:
-        manifest = build_manifest(args.data, progress=bar)
+        manifest = build_manifest(args.data, progress=bar, faults=faults)
     finally:
         bar.close()
-    result = validate_manifest(manifest, cfg, docs_dir=args.docs)
+    result = validate_manifest(manifest, cfg, docs_dir=args.docs, batch_faults=faults)
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
         args.report.write_text(json.dumps(result.report(), indent=2) + "\n")
     print(result.summary().split(" -- ")[0])
+    for batch, verdict in result.left_out().items():
+        print(f"  batch {batch} {verdict['verdict']}: {'; '.join(verdict['reasons'])}")
     for row in result.rows[result.rows["status"] != "ok"].head(args.show).itertuples():
         print(f"  {row.status:<11} {row.id}: {row.reason}")
     if result.drift:
@@ -482,10 +484,10 @@ def cmd_models(args: argparse.Namespace) -> int:
     """List, inspect, promote or roll back versions; every pointer move is a conditional write."""
     import json
 
-    from histo_core.registry import Registry, RegistryStateError
-    from histo_core.storage import CorruptObjectError, open_store
+    from histo_core.registry import RegistryStateError, open_registry
+    from histo_core.storage import CorruptObjectError
 
-    registry = Registry(open_store(_store(args)), args.model_name)
+    registry = open_registry(_store(args), args.model_name)
     try:
         champion, corrupt = registry.champion(), None
     except CorruptObjectError as exc:  # promote can replace it; nothing else can trust it
@@ -498,6 +500,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.models_command == "list":
         _list_versions(registry, champion, args.json)
         return ENVIRONMENT if corrupt else OK
+    if args.models_command == "verify":
+        return _verify_versions(registry, champion)
     if args.models_command == "events":
         events = registry.events()
         if args.json:
@@ -520,11 +524,53 @@ def cmd_models(args: argparse.Namespace) -> int:
             print(f"{args.version} is already the champion of {args.model_name}; nothing changed")
             return OK
         registry.set_champion(args.version, champion, promoted_by="histo models promote")
-        registry.record_event("manual-promotion", args.version, {"previous_champion": champion and champion.version})
         print(f"champion of {args.model_name}: {champion.version if champion else 'none'} -> {args.version}")
     elif args.models_command == "rollback":
         old, new = registry.rollback()
         print(f"champion of {args.model_name} rolled back: {old} -> {new}")
+    return OK
+
+
+def _verify_versions(registry: Any, champion: Any) -> int:
+    """Check that every version can serve; exit 1 when any cannot (0: all can)."""
+    versions = registry.versions()
+    unusable = 0
+    for version in versions:
+        problems = registry.verify(version)
+        unusable += bool(problems)
+        mark = "*" if champion and champion.version == version else " "
+        print(f"{mark} {version}  " + ("ok" if not problems else "UNUSABLE: " + "; ".join(problems)))
+    print(f"{len(versions) - unusable} of {len(versions)} versions of {registry.name} can serve"
+          + (" (* the champion)" if champion else "; no champion"))
+    if champion and champion.version not in versions:
+        print(f"histo: the champion pointer names {champion.version}, which is not a complete version",
+              file=sys.stderr)
+        return REJECTED
+    return REJECTED if unusable else OK
+
+
+def cmd_batches(args: argparse.Namespace) -> int:
+    """List a data root's batch verdicts, or readmit one (``histo data readmit``)."""
+    import json
+
+    from histo_core.batch_verdicts import VerdictStore
+    from histo_core.storage import open_store
+
+    verdicts = VerdictStore(open_store(_store(args)), args.data)
+    if args.data_command == "readmit":
+        record = verdicts.readmit(args.batch, args.note)
+        print(f"batch {args.batch} of {args.data}: {record['previous']['verdict']} -> readmitted; the next "
+              "retrain includes it")
+        return OK
+    records = verdicts.all()
+    if args.json:
+        print(json.dumps(records, indent=2))
+        return OK
+    if not records:
+        print(f"no batch verdicts for {args.data} in {verdicts.store.uri} (a retrain records them)")
+    for batch, record in sorted(records.items(), key=lambda item: (item[1].get("decided") or "", item[0])):
+        print(f"{record.get('decided', '?'):<26} {record['verdict']:<11} {batch}  {record.get('rows', 0)} rows"
+              + (f"  {'; '.join(record['reasons'])}" if record.get("reasons") else ""))
     return OK
 
 
@@ -646,8 +692,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in [("list", "versions, oldest first: date, AUC, status; * marks the champion"),
                        ("events", "every promotion, rejection, rollback and repair, oldest first"),
                        ("show", "one version's record (default: the champion)"),
-                       ("promote", "make VERSION the champion"),
-                       ("rollback", "re-point the champion to the one before it")]:
+                       ("promote", "make VERSION the champion (it must pass the checks of verify)"),
+                       ("rollback", "re-point the champion to the latest earlier one that can serve"),
+                       ("verify", "check that every version can serve: weights present, checksum, loadable "
+                                  "(exit 1 when any cannot)")]:
         p = models_sub.add_parser(name, help=text)
         if name in ("show", "promote"):
             p.add_argument("version", nargs="?" if name == "show" else None,
@@ -681,6 +729,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(check, ValidationConfig)
     check.set_defaults(func=cmd_validate)
 
+    batches = data.add_parser("batches", help="each batch's verdict (accepted, rejected, readmitted) in the store",
+                              description="List the verdicts a retrain recorded for the batches of DATA, oldest "
+                                          "first, with the reasons of each rejection.")
+    readmit = data.add_parser("readmit", help="accept a rejected batch as it is from the next retrain on",
+                              description="Record that an operator accepts BATCH as it is: the next retrain "
+                                          "includes it (its quarantined rows stay out). A corrected batch is "
+                                          "better uploaded under a new batch id.")
+    for p in (batches, readmit):
+        p.add_argument("data", help="the data root, exactly as the retrain is given it (a folder or s3:// URI)")
+        _add_store_arguments(p)
+        p.set_defaults(func=cmd_batches)
+    batches.add_argument("--json", action="store_true", help="print the verdict records as JSON")
+    readmit.add_argument("batch", help="the batch id (the folder name under batches/)")
+    readmit.add_argument("--note", required=True, help="why it is readmitted; kept with the verdict")
+
     fetch = data.add_parser("download", help="download a public data set (resumable, checksum-verified)")
     fetch.add_argument("dataset", choices=["pcam"], help="pcam: PatchCamelyon's HDF5 files from its Zenodo record")
     fetch.add_argument("dest", type=Path, help="folder to download into (an interrupted download resumes there)")
@@ -694,16 +757,17 @@ def build_parser() -> argparse.ArgumentParser:
 def exit_code(exc: BaseException) -> tuple[int, str] | None:
     """The exit code and kind of one of our errors; None for a bug (shown as a traceback)."""
     from histo_core.data.sources import DataSourceError
-    from histo_core.errors import CheckpointError, DeviceUnavailableError
+    from histo_core.batch_verdicts import VerdictError
+    from histo_core.errors import CheckpointError, DeviceUnavailableError, UnservableVersionError
     from histo_core.registry import RegistryStateError
     from histo_core.split import SplitError
     from histo_core.validation import DataValidationError
 
-    if isinstance(exc, (DataValidationError, DataSourceError, SplitError, CheckpointError)):
+    if isinstance(exc, (DataValidationError, DataSourceError, SplitError, CheckpointError, UnservableVersionError)):
         return REJECTED, "the data or model was rejected"
     if isinstance(exc, (StoreError, DownloadError, ConnectionError, TimeoutError, DeviceUnavailableError)):
         return ENVIRONMENT, "environment (store, network, device)"
-    if isinstance(exc, (ValueError, FileExistsError, FileNotFoundError, RegistryStateError)):
+    if isinstance(exc, (ValueError, FileExistsError, FileNotFoundError, RegistryStateError, VerdictError)):
         return USAGE, "usage"
     return None
 

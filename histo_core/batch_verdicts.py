@@ -34,6 +34,10 @@ from histo_core.storage import ConflictError, Store
 
 log = logging.getLogger(__name__)
 
+
+class VerdictError(LookupError):
+    """Asked to change a verdict that does not exist or needs no change."""
+
 USABLE = ("accepted", "readmitted")
 BATCH_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=+-]{0,127}")
 
@@ -139,9 +143,9 @@ class VerdictStore:
         key = self._key(batch)
         record, etag = self.store.get_json_with_etag(key)
         if record is None:
-            raise LookupError(f"batch {batch!r} has no verdict for {self.data}; histo data batches lists them")
+            raise VerdictError(f"batch {batch!r} has no verdict for {self.data}; histo data batches lists them")
         if record.get("verdict") in USABLE:
-            raise LookupError(f"batch {batch!r} is already {record['verdict']}; nothing to readmit")
+            raise VerdictError(f"batch {batch!r} is already {record['verdict']}; nothing to readmit")
         updated = {**record, "verdict": "readmitted", "reasons": [f"readmitted by an operator: {note}"], "previous": {k: record.get(k) for k in ("verdict", "reasons",
                                                                                             "decided")},
                    "note": note, "decided": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}

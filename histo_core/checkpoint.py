@@ -97,3 +97,16 @@ def read_checkpoint(path: Path | str, map_location: torch.device | str = "cpu") 
         raise CheckpointError(f"{path}: a PyTorch file but not a histo-retrain checkpoint: expected the keys "
                               f"{sorted(MODEL_KEYS)}, found {found}")
     return state
+
+
+def check_loadable(path: Path | str) -> None:
+    """Raise ``CheckpointError`` unless ``path`` loads (weights only) into the architecture
+    it records, every tensor matching: the test a version passes before it may serve."""
+    from histo_core.model import create_model
+
+    state = read_checkpoint(path)
+    try:
+        create_model(state["model_name"], **state["model_kwargs"]).load_state_dict(state["model"])
+    except (RuntimeError, TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"{path}: its weights do not fit its recorded architecture "
+                              f"{state['model_name']!r}: {str(exc).splitlines()[0][:300]}") from None

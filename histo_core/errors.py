@@ -11,3 +11,8 @@ class CheckpointError(ValueError):
 class DeviceUnavailableError(RuntimeError):
     """A device named in the config that this machine does not have (no CUDA GPU, fewer
     GPUs than the index, no MPS): an environment problem, not a wrong argument."""
+
+
+class UnservableVersionError(ValueError):
+    """A registry version that cannot serve (weights missing, corrupt, or not loadable as
+    their recorded architecture): the champion pointer is never moved to it."""

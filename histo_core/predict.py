@@ -136,10 +136,9 @@ def weights_for(config: PredictConfig, folder: Path | str) -> tuple[Path, str]:
     or the registry's named version or champion, fetched (checksum-verified) into ``folder``."""
     if config.checkpoint is not None:
         return Path(config.checkpoint), f"checkpoint {config.checkpoint}"
-    from histo_core.registry import Registry
-    from histo_core.storage import open_store
+    from histo_core.registry import open_registry
 
-    registry = Registry(open_store(config.store), config.model_name)
+    registry = open_registry(config.store, config.model_name)
     version, weights = registry.fetch_weights(Path(folder), config.version)
     role = "champion" if config.version is None else "version"
     return weights, f"{config.model_name} {version} ({role} of {registry.store.uri})"

@@ -14,14 +14,20 @@ checksummed version and two concurrent promotions cannot both win.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from histo_core.storage import ChecksumError, ConflictError, CorruptObjectError, Store, sha256_file
+from histo_core.errors import UnservableVersionError
+from histo_core.storage import ChecksumError, ConflictError, CorruptObjectError, Store, StoreError, sha256_file
+
+log = logging.getLogger(__name__)
 
 WEIGHTS = "model.pt"
+VERSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 class RegistryStateError(ValueError):
@@ -39,11 +45,23 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
 
 
+def check_version_id(version: str) -> str:
+    """A version id names one folder: no separators, no ``..``, nothing a path could use."""
+    if not isinstance(version, str) or not VERSION_ID.fullmatch(version) or ".." in version:
+        raise RegistryStateError(f"version {version!r} is not a version id (letters, digits, '.', '_', '-'; "
+                                 "no path): histo models list shows the versions")
+    return version
+
+
 class Registry:
-    def __init__(self, store: Store, name: str) -> None:
+    """``weights_check(path)`` raises when a downloaded ``model.pt`` cannot serve (for the
+    pipeline: ``checkpoint.check_loadable``); without it, versions are checked for their
+    weights' presence and checksum only (the registry's own tests file stand-in bytes)."""
+
+    def __init__(self, store: Store, name: str, weights_check: Callable[[Path], None] | None = None) -> None:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
             raise ValueError(f"model name {name!r}: use letters, digits, '.', '_' or '-'")
-        self.store, self.name = store, name
+        self.store, self.name, self.weights_check = store, name, weights_check
         self.prefix = f"models/{name}"
 
     def new_version_id(self) -> str:
@@ -71,7 +89,7 @@ class Registry:
         return record
 
     def version(self, version: str) -> dict[str, Any]:
-        record = self.store.get_json(f"{self.prefix}/versions/{version}/version.json")
+        record = self.store.get_json(f"{self.prefix}/versions/{check_version_id(version)}/version.json")
         if record is None:
             raise RegistryStateError(f"{self.name} has no complete version {version!r} in {self.store.uri}; "
                                      "histo models list shows the versions")
@@ -85,15 +103,47 @@ class Registry:
         record, etag = self.store.get_json_with_etag(f"{self.prefix}/champion.json")
         return Champion(record["version"], record, etag) if record else None
 
-    def set_champion(self, version: str, expected: Champion | None, **details: Any) -> None:
+    def verify(self, version: str) -> list[str]:
+        """Why ``version`` cannot serve; empty when it can. Fetches its weights, checks them
+        against the recorded SHA-256 and, with ``weights_check``, loads them."""
+        try:
+            record = self.version(version)
+        except (RegistryStateError, CorruptObjectError) as exc:
+            return [str(exc)]
+        if WEIGHTS not in record.get("files", {}):
+            return [f"its version.json lists no {WEIGHTS}"]
+        with tempfile.TemporaryDirectory(prefix="histo-verify-") as tmp:
+            try:
+                path = self.download_weights(version, Path(tmp) / WEIGHTS)
+                if self.weights_check is not None:
+                    self.weights_check(path)
+            except (StoreError, ValueError) as exc:  # ChecksumError, "no such object", CheckpointError
+                return [str(exc).replace(tmp, "<download>")]
+        return []
+
+    def require_servable(self, version: str) -> None:
+        """Raise ``UnservableVersionError`` with the reasons unless ``version`` can serve."""
+        self.version(version)  # an unknown or malformed id is a question, not a broken version
+        problems = self.verify(version)
+        if problems:
+            raise UnservableVersionError(f"{self.name} {version} cannot serve: {'; '.join(problems)}; the champion "
+                                         "was not moved (histo models verify checks every version)")
+
+    def set_champion(self, version: str, expected: Champion | None, event: str = "manual-promotion",
+                     **details: Any) -> None:
         """Point the champion at ``version`` unless someone moved it since ``expected`` was read.
 
+        The version is verified first (``require_servable``), and the ``event`` is filed
+        before the pointer moves, so a store that fails in between leaves no move or a
+        complete audit trail; the pointer itself records ``details`` (atomic with the move).
         The pointer keeps the chain of earlier champions, so ``rollback`` knows where to go.
         Promoting the current champion is refused: it would put it in its own chain.
         """
         if expected is not None and expected.version == version:
             raise RegistryStateError(f"{self.name}: {version} is already the champion; nothing to change")
+        self.require_servable(version)
         history = [*expected.record.get("history", []), expected.version] if expected else []
+        self.record_event(event, version, {"previous_champion": expected and expected.version, **details})
         self._write_pointer(version, expected, history, **details)
 
     def repair_champion(self, version: str, corrupt: CorruptObjectError) -> None:
@@ -102,26 +152,39 @@ class Registry:
         Conditional on the corrupt object's ETag, so a concurrent repair or promotion wins
         or loses cleanly; the chain of earlier champions was in the lost object, so
         rollback starts afresh from here."""
-        self._write_pointer(version, Champion("(unreadable)", {}, corrupt.etag), [], repaired=str(corrupt))
+        self.require_servable(version)
         self.record_event("repair", version, {"replaced": str(corrupt)})
+        self._write_pointer(version, Champion("(unreadable)", {}, corrupt.etag), [], repaired=str(corrupt))
 
     def rollback(self) -> tuple[str, str]:
-        """Re-point the champion to the one before it; returns (from, to).
+        """Re-point the champion to the latest earlier one that can serve; returns (from, to).
 
-        Entries of the chain equal to the current champion (left by older versions of
-        this code, which re-promoted a champion onto itself) are skipped: a rollback
+        Earlier champions that cannot serve (``verify``) are passed over and named in the
+        event. Entries of the chain equal to the current champion (left by older versions
+        of this code, which re-promoted a champion onto itself) are skipped: a rollback
         always moves to another version."""
         current = self.champion()
         history = [v for v in (current.record.get("history", []) if current else []) if v != current.version]
         if not history:
             raise RegistryStateError(f"{self.name}: no earlier champion to roll back to")
-        *history, previous = history
-        self._write_pointer(previous, current, history, rolled_back_from=current.version)
-        self.record_event("rollback", previous, {"rolled_back_from": current.version})
+        passed_over: dict[str, str] = {}
+        while history:
+            *history, previous = history
+            problems = self.verify(previous)
+            if not problems:
+                break
+            passed_over[previous] = "; ".join(problems)
+            log.warning("rollback: passing over %s, which cannot serve: %s", previous, passed_over[previous])
+        else:
+            raise UnservableVersionError(f"{self.name}: no earlier champion can serve; passed over: "
+                                         + "; ".join(f"{v}: {why}" for v, why in passed_over.items()))
+        details = {"rolled_back_from": current.version, **({"passed_over": passed_over} if passed_over else {})}
+        self.record_event("rollback", previous, details)
+        self._write_pointer(previous, current, history, **details)
         return current.version, previous
 
     def _write_pointer(self, version: str, expected: Champion | None, history: list[str], **details: Any) -> None:
-        record = self.version(version)  # refuses incomplete versions
+        record = self.version(version)  # refuses incomplete versions and ids that are not ids
         pointer = {"version": version, "sha256": record["files"][WEIGHTS], "since": _now(),
                    "history": history, **details}
         try:
@@ -180,3 +243,17 @@ class Registry:
             raise ChecksumError(f"{self.name} {version}: weights sha256 {actual} != recorded {expected}; "
                                 "the stored file is corrupt and was not loaded")
         return path
+
+
+def _loads_as_recorded(path: Path) -> None:
+    from histo_core.checkpoint import check_loadable  # torch: imported when a version is checked
+
+    check_loadable(path)
+
+
+def open_registry(store: Any, name: str) -> Registry:
+    """The registry the pipeline uses: ``store`` a URI or ``StoreConfig``, every version
+    checked to load as its recorded architecture before the champion pointer names it."""
+    from histo_core.storage import open_store
+
+    return Registry(open_store(store), name, weights_check=_loads_as_recorded)

@@ -38,10 +38,11 @@ from histo_core.config import EvalConfig, GateConfig, SplitConfig, StoreConfig, 
 from histo_core.data.cache import build_cache, open_cache
 from histo_core.data.manifest import NUMERIC_COLUMNS, build_manifest, manifest_hash
 from histo_core.data.mirror import mirror_s3
+from histo_core.errors import UnservableVersionError
 from histo_core.gate import decide
 from histo_core.layout import DatasetDir, ModelDir, RunDir, SplitDir, Workdir
 from histo_core.model_card import render_model_card
-from histo_core.registry import Registry
+from histo_core.registry import Registry, open_registry
 from histo_core.split import assign_partitions
 from histo_core.storage import ConflictError, open_store, sha256_file
 from histo_core.validation import DataValidationError, require_passed, validate_manifest
@@ -303,9 +304,17 @@ def evaluate(split: SplitDir, model: ModelDir, run: RunDir, cache_dir: Path, sto
                                 "challenger": probs_c})
     report: dict[str, Any] = {"challenger": report_c, "champion": None, "champion_version": None,
                               "champion_etag": None, "comparison": None, "tta": cfg.tta}
-    registry = Registry(open_store(store), model_name)
+    registry = open_registry(store, model_name)
     champion = registry.champion()
-    if champion:
+    problems = registry.verify(champion.version) if champion else []
+    if champion and problems:
+        # The service is broken already: a challenger that clears the floor restores it, and
+        # gating it against an older champion would judge it against a model not in service.
+        log.warning("the champion %s cannot serve (%s); the challenger is judged as if there were none",
+                    champion.version, "; ".join(problems))
+        report.update(champion_version=champion.version, champion_etag=champion.etag,
+                      champion_problem="; ".join(problems))
+    elif champion:
         _, weights = registry.fetch_weights(run.champion_weights.parent, champion.version)
         report_h, predictions["champion"], _ = assess(weights)
         report.update(champion=report_h, champion_version=champion.version, champion_etag=champion.etag,
@@ -330,9 +339,12 @@ def promote(run: RunDir, model: ModelDir, split: SplitDir, store: StoreConfig, m
     champion_auc = evaluation["champion"]["auc"] if evaluation["champion"] else None
     p_value = evaluation["comparison"]["p_value"] if evaluation["comparison"] else None
     decision = decide(challenger_auc, champion_auc, cfg, p_value)
-    registry = Registry(open_store(store), model_name)
+    registry = open_registry(store, model_name)
     version = registry.new_version_id()
     reasons = list(decision.reasons)
+    if evaluation.get("champion_problem"):
+        reasons.append(f"the champion {evaluation['champion_version']} cannot serve "
+                       f"({evaluation['champion_problem']}); judged as if there were none")
     outcome = "promoted" if decision.promote else "rejected"
     current = registry.champion()
     if decision.promote and (current.etag if current else None) != evaluation["champion_etag"]:
@@ -344,19 +356,25 @@ def promote(run: RunDir, model: ModelDir, split: SplitDir, store: StoreConfig, m
         outcome = "rejected"
         reasons.append(f"the challenger's weights are the champion's ({current.version}): nothing new to promote")
     record = {"outcome": outcome, "version": version, "reasons": reasons, "challenger_auc": challenger_auc,
-              "champion_auc": champion_auc, "previous_champion": evaluation["champion_version"]}
+              "champion_auc": champion_auc, "previous_champion": evaluation["champion_version"],
+              "champion": current.version if current else None}
     _publish(registry, version, record, evaluation, model, split, run, cfg)
-    if outcome == "promoted":
-        try:
-            registry.set_champion(version, current, auc=challenger_auc)
-        except ConflictError as exc:
-            outcome, record["outcome"] = "conflict", "conflict"
-            reasons.append(str(exc))
-    registry.record_event(outcome, version, {"reasons": reasons,
-                                             "previous_champion": evaluation["champion_version"]})
-    champion = registry.champion()
-    record["champion"] = champion.version if champion else None
-    _write_json(run.decision, record)
+    # The audit trail goes first: decision.json and the event exist before the pointer moves.
+    _write_json(run.decision, {**record, "champion": version} if outcome == "promoted" else record)
+    if outcome != "promoted":
+        registry.record_event(outcome, version, {"reasons": reasons, "previous_champion": record["previous_champion"]})
+        return run
+    try:
+        registry.set_champion(version, current, event="promoted", auc=challenger_auc, reasons=reasons,
+                              run=run.root.name)
+    except (ConflictError, UnservableVersionError) as exc:
+        record.update(outcome="conflict" if isinstance(exc, ConflictError) else "rejected")
+        reasons.append(str(exc))
+        registry.record_event(record["outcome"], version, {"reasons": reasons,
+                                                           "previous_champion": record["previous_champion"]})
+        champion = registry.champion()
+        record["champion"] = champion.version if champion else None
+        _write_json(run.decision, record)
     return run
 
 

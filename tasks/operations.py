@@ -11,7 +11,7 @@ from prefect.tasks import exponential_backoff
 
 from histo_core.config import PredictConfig, StoreConfig
 from histo_core.predict import predict_folder, weights_for
-from histo_core.registry import Registry
+from histo_core.registry import open_registry
 from histo_core.storage import open_store
 from histo_core.watch import batch_uri, claim_new_batches
 
@@ -47,6 +47,6 @@ def score_patches(config: PredictConfig, workdir: str) -> dict[str, Any]:
 
 @task(name="roll-back-champion", retries=2, retry_delay_seconds=exponential_backoff(2), cache_policy=NO_CACHE)
 def roll_back(store: StoreConfig, model_name: str) -> dict[str, str]:
-    old, new = Registry(open_store(store), model_name).rollback()
+    old, new = open_registry(store, model_name).rollback()
     get_run_logger().info("champion of %s rolled back: %s -> %s", model_name, old, new)
     return {"from": old, "to": new}

@@ -71,6 +71,22 @@ def tree_fingerprint(root: Path) -> dict[str, tuple[int, int]]:
     return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+def write_weights(path: Path, seed: int = 0, model: str = "simple_cnn") -> Path:
+    """A real (untrained) checkpoint of ``model``, as training writes them."""
+    from histo_core.model import create_model
+
+    torch.manual_seed(seed)
+    torch.save({"model": create_model(model).state_dict(), "model_name": model, "model_kwargs": {}}, path)
+    return path
+
+
+def publish_real_version(registry, folder: Path, seed: int) -> str:
+    """File a version whose weights load as their recorded architecture."""
+    version = registry.new_version_id()
+    registry.publish_version(version, {"model.pt": write_weights(folder / f"w{seed}.pt", seed)}, {"metrics": {}})
+    return version
+
+
 def publish_version(registry, folder: Path, tag: str, size: int = 5000) -> str:
     """File a small stand-in version (the registry never looks inside the weights)."""
     weights = folder / f"{tag}.pt"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from histo_core import steps
-from histo_core.batch_verdicts import VerdictStore, root_key
+from histo_core.batch_verdicts import VerdictError, VerdictStore, root_key
 from histo_core.config import StoreConfig, ValidationConfig
 from histo_core.data.synthetic import SyntheticSpec, write_kaggle_layout
 from histo_core.layout import DatasetDir
@@ -89,9 +89,9 @@ def test_an_operator_readmits_a_batch_and_a_batch_changed_in_place_is_judged_aga
     verdicts = VerdictStore(LocalStore(tmp_path / "store"), str(root))
     readmitted = verdicts.readmit("b2", "checked by hand: 'yes' rows are left out, the rest is fine")
     assert readmitted["verdict"] == "readmitted" and readmitted["previous"]["verdict"] == "rejected"
-    with pytest.raises(LookupError, match="already readmitted"):
+    with pytest.raises(VerdictError, match="already readmitted"):
         verdicts.readmit("b2", "again")
-    with pytest.raises(LookupError, match="no verdict"):
+    with pytest.raises(VerdictError, match="no verdict"):
         verdicts.readmit("b9", "never seen")
 
     report = _validate(root, tmp_path, store)

@@ -4,6 +4,8 @@ import sys
 import pandas as pd
 import pytest
 
+from conftest import write_weights
+
 from histo_cli.main import main
 
 
@@ -38,11 +40,10 @@ def test_models_list_promote_rollback_show(tmp_path, capsys):
 
     registry = Registry(LocalStore(tmp_path / "store"), "pcam-cnn")
     versions = []
-    for tag in ("a", "b"):
-        weights = tmp_path / f"{tag}.pt"
-        weights.write_bytes(tag.encode() * 10)
+    for seed in (1, 2):  # real weights: promote checks that a version loads before it may serve
         versions.append(registry.new_version_id())
-        registry.publish_version(versions[-1], {"model.pt": weights}, {"metrics": {"auc": 0.9}})
+        registry.publish_version(versions[-1], {"model.pt": write_weights(tmp_path / f"{seed}.pt", seed)},
+                                 {"metrics": {"auc": 0.9}})
     store = ["--store", str(tmp_path / "store")]
     assert main(["models", "promote", versions[0], *store]) == 0
     assert main(["models", "promote", versions[1], *store]) == 0

@@ -164,8 +164,10 @@ def test_an_edited_json_object_is_refused_by_name(tmp_path):
 def test_a_garbage_pointer_is_named_and_promote_repairs_it(tmp_path, capsys):
     from histo_cli.main import ENVIRONMENT, OK, main
 
+    from conftest import publish_real_version
+
     registry = Registry(LocalStore(tmp_path / "store"), "pcam-cnn")
-    a, b = publish_version(registry, tmp_path, "a"), publish_version(registry, tmp_path, "b")
+    a, b = publish_real_version(registry, tmp_path, 1), publish_real_version(registry, tmp_path, 2)
     registry.set_champion(a, None)
     (tmp_path / "store" / "models" / "pcam-cnn" / "champion.json").write_text("{garbage")
     store = ["--store", str(tmp_path / "store")]
