@@ -8,12 +8,16 @@ from pathlib import Path
 from typing import Any
 
 from prefect import Task, flow, get_run_logger
+from prefect.states import Failed, State
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
 from histo_core import steps
 from histo_core.config import RetrainConfig
-from histo_core.layout import Workdir
+from histo_core.batch_verdicts import USABLE
+from histo_core.layout import DatasetDir, RunDir, Workdir
+from histo_core.validation import DataValidationError
+from histo_tasks import events
 from histo_tasks.retrain import (evaluate_models, promote_model, split_data, train_model, upload_artifacts,
                            validate_data)
 
@@ -49,13 +53,53 @@ def _summary(validation: dict[str, Any], history: list[dict[str, Any]], decision
     if validation.get("drift") and validation["drift"]["warning"]:
         lines.append(f"- **colour drift** in batch {validation['drift']['batch']}: "
                      f"{validation['drift']['score']:.2f} SD (threshold {validation['drift']['threshold']})")
+    lines += _left_out_lines(validation)
     if quarantined:
         lines += ["", f"### Quarantined rows ({len(quarantined)})", "", "| id | reason |", "|---|---|"]
         lines += [f"| {r['id']} | {r['reason']} |" for r in quarantined[:50]]
     return "\n".join(lines)
 
 
-@flow(name="retrain", log_prints=True)
+def _left_out_lines(validation: dict[str, Any]) -> list[str]:
+    """Every batch the data set leaves out, every run: loud until an operator acts."""
+    left_out = {b: v for b, v in validation.get("batches", {}).items() if v["verdict"] not in USABLE}
+    if not left_out:
+        return []
+    return ["", f"### Batches left out ({len(left_out)}; `histo data batches` lists them, `histo data readmit` "
+                "takes one back)", "", "| batch | verdict | since | reasons |", "|---|---|---|---|"] + [
+        f"| {b} | {v['verdict']} | {v.get('decided', '')} | {'; '.join(v['reasons'])} |" for b, v in left_out.items()]
+
+
+def _data_rejected(config: RetrainConfig, run: RunDir, dataset: DatasetDir, run_id: str, error: Exception) -> State:
+    """A rejected data set is an expected outcome: upload what the run found, say it in one
+    paragraph (what, which batches, where the report is), and end the run Failed without
+    a traceback."""
+    where = steps.upload_failed(run, dataset, config.store, run_id)
+    validation = json.loads(dataset.validation.read_text()) if dataset.validation.is_file() else {}
+    left_out = {b: v for b, v in validation.get("batches", {}).items() if v["verdict"] not in USABLE}
+    message = (f"Retrain {run_id} stopped: the data set under {config.data} was rejected ({error}). "
+               + ("Batches left out before that: " + ", ".join(f"{b} ({v['verdict']})" for b, v in left_out.items())
+                  + ". " if left_out else "")
+               + f"Every row's status and reason: {where}/validation.json; Data Docs: {where}/data_docs/index.html. "
+               "Nothing was trained or promoted; the champion is unchanged.")
+    create_markdown_artifact("\n".join([f"## Retrain: **data rejected** ({run_id})", "", message,
+                                        *_left_out_lines(validation)]),
+                             key="retrain-summary", description="Retrain decision")
+    create_link_artifact(f"{where}/validation.json", link_text="validation report", key="retrain-validation",
+                         description="Why the data set was rejected")
+    get_run_logger().error(message)
+    return Failed(message=message)
+
+
+def _announce_failure(flow: Any, flow_run: Any, state: State) -> None:
+    """on_failure hook: every failed run, expected or not, emits ``histo.retrain.failed``."""
+    config = flow_run.parameters.get("config") or {}
+    data = config.get("data", "") if isinstance(config, dict) else getattr(config, "data", "")
+    events.emit(events.FAILED, data, {"flow_run_id": str(flow_run.id), "flow_run": flow_run.name,
+                                      "message": (state.message or "")[:2000]})
+
+
+@flow(name="retrain", log_prints=True, on_failure=[_announce_failure])
 def retrain(config: RetrainConfig) -> dict[str, Any]:
     """Retrain on ``config.data`` and promote the challenger if it beats the champion."""
     logger = get_run_logger()
@@ -67,7 +111,13 @@ def retrain(config: RetrainConfig) -> dict[str, Any]:
 
     # Each step's output folder is computed once, here, and is the step's cache key (tasks.retrain).
     dataset = steps.dataset_dir(work, config.data, config.validation) or work.dataset(f"remote-{run_id}")
-    validate_data(config.data, str(dataset.root), str(work.root), config.validation, config.store, run_id)
+    reference = {"run_id": run_id, "flow_run_id": str(flow_run.get_id())}
+    try:
+        validated = validate_data(config.data, str(dataset.root), str(work.root), config.validation, config.store,
+                                  run_id)
+    except DataValidationError as exc:
+        return _data_rejected(config, run, dataset, run_id, exc)
+    events.emit_validation_events(config.data, reference, validated["judged"], validated["drift"])
     split = steps.split_dir(dataset, config.split)
     _fresh_unless(split_data, split.csv)(str(dataset.root), str(split.root), config.split)
     model = steps.model_dir(work, split, config.train)
@@ -80,6 +130,7 @@ def retrain(config: RetrainConfig) -> dict[str, Any]:
     decision = json.loads(run.decision.read_text())
     validation = json.loads(dataset.validation.read_text())
     history = json.loads(model.history.read_text())
+    events.emit_decision_event(config.data, reference, decision)
     summary = _summary(validation, history, decision, store_uri)
     print(summary)
     create_markdown_artifact(summary, key="retrain-summary", description="Retrain decision")

@@ -418,6 +418,17 @@ def upload(run: RunDir, split: SplitDir, model: ModelDir, store: StoreConfig, ru
     return f"{target.uri}/runs/{run_id}"
 
 
+def upload_failed(run: RunDir, dataset: DatasetDir, store: StoreConfig, run_id: str) -> str:
+    """A failed run's record (its config, the validation report, manifest and Data Docs,
+    whatever exists) to ``runs/<run-id>/``, so the reasons are read where every run's are."""
+    target = open_store(store)
+    files = {**run.record_files(), **dataset.record_files()}
+    for name, path in sorted(files.items()):
+        if path.is_file():
+            target.put_file(path, f"runs/{run_id}/{name}")
+    return f"{target.uri}/runs/{run_id}"
+
+
 def data_hash(dataset: DatasetDir) -> str:
     rows = read_manifest(dataset.manifest)
     return manifest_hash(rows[rows["status"] != "quarantined"])

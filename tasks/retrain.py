@@ -56,7 +56,7 @@ def output_folder_key(context: Any, parameters: dict[str, Any]) -> str:
 @task(name="validate-data", retries=2, retry_delay_seconds=exponential_backoff(5),
       retry_condition_fn=_worth_retrying, cache_policy=NO_CACHE)
 def validate_data(data: str, out: str, workdir: str, cfg: ValidationConfig, store: StoreConfig,
-                  run_id: str) -> str:
+                  run_id: str) -> dict[str, Any]:
     """Manifest + GX validation into a data set folder; fails the run with the data set's
     problems if it is rejected.
 
@@ -65,16 +65,28 @@ def validate_data(data: str, out: str, workdir: str, cfg: ValidationConfig, stor
     """
     logger = get_run_logger()
     work, dataset = Workdir(Path(workdir)), DatasetDir(Path(out))
+    before = dataset.validation.stat().st_mtime_ns if dataset.validation.exists() else None
     try:
-        return str(steps.validate(data, dataset, cfg, work.manifests, store=store).root)
+        steps.validate(data, dataset, cfg, work.manifests, store=store)
     finally:
         if dataset.validation.exists():
             report = json.loads(dataset.validation.read_text())
             logger.info("data %s: %s; labels %s", report["verdict"], report["counts"], report["labels"])
             if report["drift"]:
                 (logger.warning if report["drift"]["warning"] else logger.info)("colour drift: %s", report["drift"])
-            for row in [r for r in report["rows"] if r["status"] == "quarantined"][:10]:
+            for batch, verdict in report.get("batches", {}).items():
+                if verdict["verdict"] == "rejected":
+                    logger.warning("batch %s rejected (left out): %s", batch, "; ".join(verdict["reasons"]))
+            quarantined = [r for r in report["rows"] if r["status"] == "quarantined"]
+            for row in quarantined[:10]:
                 logger.warning("quarantined %s: %s", row["id"], row["reason"])
+            if len(quarantined) > 10:
+                logger.warning("... and %d more quarantined rows: every row with its reason is in %s",
+                               len(quarantined) - 10, dataset.validation)
+    # A report older than this call was reused: its verdicts and drift were announced when written.
+    fresh = dataset.validation.stat().st_mtime_ns != before
+    return {"dataset": out, "judged": {b: v for b, v in report.get("batches", {}).items() if fresh and v["new"]},
+            "drift": report["drift"] if fresh else None}
 
 
 @task(name="split-data", cache_key_fn=output_folder_key, cache_expiration=CACHE_FOR, persist_result=True)

@@ -88,3 +88,21 @@ def test_retrain_deployments_run_one_at_a_time_and_the_trigger_listens_for_arriv
     config = trigger["parameters"]["config"]
     assert config["data"] == "{{ event.payload.data }}"
     assert config["store"] == DEPLOYMENTS["retrain-nightly"]["parameters"]["config"]["store"]
+
+
+def test_every_event_the_retrain_emits_has_an_automation():
+    """automations.yaml parses as Prefect's schema (with a block id filled in), and each
+    event name of histo_tasks.events has exactly one automation that expects it."""
+    import uuid
+
+    import yaml
+    from prefect.events.schemas.automations import AutomationCore
+
+    from histo_tasks import events
+
+    text = (REPO / "automations.yaml").read_text().replace("NOTIFICATION_BLOCK_ID", str(uuid.uuid4()))
+    automations = [AutomationCore.model_validate(a) for a in yaml.safe_load(text)["automations"]]
+    expected = {getattr(events, n) for n in ("BATCH_REJECTED", "DRIFT", "PROMOTED", "MODEL_REJECTED", "FAILED")}
+    covered = [name for a in automations for name in a.trigger.expect]
+    assert sorted(covered) == sorted(expected)
+    assert all(a.trigger.match.model_dump() == {"prefect.resource.id": "histo.data-root.*"} for a in automations)

@@ -67,8 +67,10 @@ def test_a_rejected_data_set_fails_the_run_with_its_reason(prefect_api, tmp_path
     data = tmp_path / "data"
     write_kaggle_layout(data, SyntheticSpec(count=40, seed=1, tumour_fraction=0.0, label_noise=0.0))
     config = RetrainConfig(data=str(data), store=StoreConfig(uri=str(tmp_path / "s")), workdir=str(tmp_path / "w"))
-    with pytest.raises(ValueError, match=r"only label \['0'\] present"):
-        retrain(config)
+    from prefect.exceptions import FailedRun
+
+    with pytest.raises(FailedRun, match=r"only label \['0'\] present.*the champion is unchanged"):
+        retrain(config)  # an expected outcome: a Failed run with one paragraph, no traceback
     reports = list((tmp_path / "w" / "datasets").glob("*/validation.json"))
     assert len(reports) == 1 and json.loads(reports[0].read_text())["verdict"] == "stopped"
 
@@ -250,3 +252,74 @@ def test_validation_retries_network_trouble_but_not_a_rejected_data_set(prefect_
             run(kind)
     assert validate_data.retries == 2
     assert attempts == {"rejected": 1, "unreadable": 1, "network": 3}
+
+
+def _events(names: set[str], data: Path, expected: int, timeout: float = 30.0) -> list[dict]:
+    """Events of ``names`` about data root ``data``, as the API server stored them (it
+    persists them in batches), oldest first."""
+    import time
+
+    from prefect.client.orchestration import get_client
+
+    async def read() -> list[dict]:
+        async with get_client() as client:
+            response = await client._client.post("/events/filter", json={
+                "filter": {"event": {"name": sorted(names)}, "occurred": {"since": "2000-01-01T00:00:00Z"},
+                           "resource": {"id": [f"histo.data-root.{data}"]}, "order": "ASC"},
+                "limit": 50})
+            return response.json()["events"]
+
+    deadline = time.monotonic() + timeout
+    while True:
+        found = asyncio.run(read())
+        if len(found) >= expected or time.monotonic() > deadline:
+            return found
+        time.sleep(1)
+
+
+def test_a_bad_batch_costs_itself_and_is_announced_and_a_rejected_data_set_is_readable(prefect_api, tmp_path):
+    """The corrupt batch is left out and announced once; the good batches train and the
+    decision is announced. Then a night whose accepted data is unusable fails in one
+    paragraph, with its record uploaded and a failure event."""
+    from histo_tasks import events
+
+    data = tmp_path / "data"
+    write_kaggle_layout(data / "batches" / "good", SyntheticSpec(count=160, seed=41))
+    write_kaggle_layout(data / "batches" / "corrupt", SyntheticSpec(count=30, seed=42))
+    for image in sorted((data / "batches" / "corrupt" / "train").iterdir())[:10]:
+        image.write_bytes(b"\x00" * 64)  # truncated uploads
+    config = RetrainConfig(data=str(data), store=StoreConfig(uri=str(tmp_path / "store")),
+                           workdir=str(tmp_path / "work"), train=TrainConfig(epochs=1, batch_size=32),
+                           evaluation=EvalConfig(tta=False, bootstrap=100), gate=GateConfig(auc_floor=0.0))
+    first = retrain(config)
+    assert first["outcome"] == "promoted"
+    second = retrain(config)  # the same data: nothing new to announce about the batch
+    store = LocalStore(tmp_path / "store")
+    validation = store.get_json(f"runs/{first['run_id']}/validation.json")
+    assert validation["batches"]["corrupt"]["verdict"] == "rejected"
+    assert "10 of 30 labelled rows quarantined" in validation["batches"]["corrupt"]["reasons"][0]
+    assert validation["counts"] == {"ok": 160}
+
+    found = _events({events.BATCH_REJECTED, events.PROMOTED, events.MODEL_REJECTED}, data, expected=3)
+    by_name: dict[str, list[dict]] = {}
+    for event in found:
+        by_name.setdefault(event["event"], []).append(event["payload"])
+    assert [p["batch"] for p in by_name[events.BATCH_REJECTED]] == ["corrupt"]
+    assert by_name[events.BATCH_REJECTED][0]["run_id"] == first["run_id"]
+    assert [p["version"] for p in by_name[events.PROMOTED]] == [first["version"]]
+    assert [p["run_id"] for p in by_name[events.MODEL_REJECTED]] == [second["run_id"]]
+
+    # Every accepted row of one class only: the data set is rejected, readably.
+    only_normal = tmp_path / "only-normal"
+    write_kaggle_layout(only_normal / "batches" / "b1", SyntheticSpec(count=40, seed=43, tumour_fraction=0.0,
+                                                                      label_noise=0.0))
+    state = retrain(config.model_copy(update={"data": str(only_normal)}), return_state=True)
+    assert state.is_failed()
+    message = state.message
+    assert "was rejected (data set rejected: only label ['0'] present" in message
+    assert "/validation.json" in message and "the champion is unchanged" in message
+    run_id = message.split()[1]
+    assert store.get_json(f"runs/{run_id}/validation.json")["verdict"] == "stopped"
+    assert store.exists(f"runs/{run_id}/manifest.csv") and store.exists(f"runs/{run_id}/config.json")
+    failed = _events({events.FAILED}, only_normal, expected=1)
+    assert failed and failed[0]["payload"]["data"] == str(only_normal) and "rejected" in failed[0]["payload"]["message"]
