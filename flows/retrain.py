@@ -13,7 +13,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.runtime import flow_run
 
 from histo_core import steps
-from histo_core.config import RetrainConfig
+from histo_core.config import RetrainConfig, with_overrides
 from histo_core.batch_verdicts import USABLE
 from histo_core.layout import DatasetDir, RunDir, Workdir
 from histo_core.validation import DataValidationError
@@ -100,8 +100,13 @@ def _announce_failure(flow: Any, flow_run: Any, state: State) -> None:
 
 
 @flow(name="retrain", log_prints=True, on_failure=[_announce_failure])
-def retrain(config: RetrainConfig) -> dict[str, Any]:
-    """Retrain on ``config.data`` and promote the challenger if it beats the champion."""
+def retrain(config: RetrainConfig, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Retrain on ``config.data`` and promote the challenger if it beats the champion.
+
+    ``overrides``: fields to change for this run only, merged section by section onto
+    ``config`` (``{"train": {"epochs": 50, "seed": 5}}``): a deployment's config stays
+    whole, and a run from the CLI or the UI names only what it changes."""
+    config = with_overrides(config, overrides)
     logger = get_run_logger()
     run_id = _run_id()
     work = Workdir(Path(config.workdir).expanduser().resolve())

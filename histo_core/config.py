@@ -7,7 +7,7 @@ overrides from the command line or a Prefect form are applied at the edge with
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -135,6 +135,26 @@ class RetrainConfig(_Frozen):
     train: TrainConfig = TrainConfig()
     evaluation: EvalConfig = EvalConfig()
     gate: GateConfig = GateConfig()
+
+
+def merge_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` merged in, section by section: ``{"train": {"epochs": 50}}``
+    changes one field and keeps the rest of ``train``."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_overrides(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def with_overrides(config: RetrainConfig, overrides: dict[str, Any] | None) -> RetrainConfig:
+    """A deployment's config with a run's partial overrides; unknown fields are refused by
+    name (Prefect replaces a whole parameter, so partial changes travel apart)."""
+    if not overrides:
+        return config
+    return RetrainConfig.model_validate(merge_overrides(config.model_dump(mode="json"), overrides))
 
 
 class WatchConfig(_Frozen):
