@@ -89,7 +89,7 @@ def read_checkpoint(path: Path | str, map_location: torch.device | str = "cpu") 
         raise CheckpointError(
             f"{path}: refused: it holds Python objects besides tensors and plain values, and only "
             "weights-only checkpoints are loaded (files written by histo train or a retrain run)") from None
-    except (RuntimeError, EOFError, OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+    except (RuntimeError, EOFError, OSError, KeyError, IndexError, TypeError, ValueError, zipfile.BadZipFile) as exc:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated, or another format): "
                               f"{type(exc).__name__}") from None
     if not isinstance(state, dict) or not MODEL_KEYS <= set(state):

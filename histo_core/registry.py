@@ -119,6 +119,8 @@ class Registry:
                     self.weights_check(path)
             except (StoreError, ValueError) as exc:  # ChecksumError, "no such object", CheckpointError
                 return [str(exc).replace(tmp, "<download>")]
+            except Exception as exc:  # noqa: BLE001 - a hostile file makes a loader raise anything
+                return [f"its weights do not load: {type(exc).__name__}: {str(exc)[:200]}"]
         return []
 
     def require_servable(self, version: str) -> None:

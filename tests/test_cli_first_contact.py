@@ -169,12 +169,12 @@ def test_evaluate_with_a_missing_checkpoint_fails_before_any_scan(tmp_path, kagg
 
 
 def test_models_list_and_events_as_json(tmp_path):
-    from conftest import publish_version
+    from conftest import publish_real_version
     from histo_core.registry import Registry
     from histo_core.storage import LocalStore
 
     registry = Registry(LocalStore(tmp_path / "store"), "pcam-cnn")
-    a, b = publish_version(registry, tmp_path, "a"), publish_version(registry, tmp_path, "b")
+    a, b = publish_real_version(registry, tmp_path, 1), publish_real_version(registry, tmp_path, 2)
     store = ["--store", str(tmp_path / "store")]
     for version in (a, b):
         assert histo("models", "promote", version, *store).returncode == 0
