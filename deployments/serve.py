@@ -7,8 +7,12 @@
 * ``predict``              — batch prediction with the champion, run by hand;
 * ``rollback``             — put the previous champion back, run by hand.
 
-The retrain deployments and the watcher allow one run at a time, so a slow night, or a
-watcher slower than its interval on a loaded machine, never piles runs up.
+One retrain at a time per data root and per GPU, across both retrain deployments, is the
+run guard's job (histo_core.run_guard: an OS lock, no server lease a restart could
+revoke); a backlog of identical due runs is worked by its newest run only
+(histo_tasks.run_control). The watcher allows one run at a time and cancels the others
+(collision strategy CANCEL_NEW), so a worker that starts late runs one watcher, not one
+per missed interval.
 ``prefect.yaml`` at the repository root declares the same deployments for
 ``prefect deploy`` onto a work pool.
 """
@@ -18,6 +22,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from prefect import serve
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
 from prefect.schedules import Cron
 
@@ -29,6 +34,8 @@ from histo_core.config import PredictConfig, RetrainConfig, WatchConfig
 from histo_tasks.operations import ARRIVED
 
 TAGS = ["histo"]
+RETRAIN_TAGS = [*TAGS, "histo-retrain"]  # automations.yaml's crash retry matches this tag
+ONE_WATCHER = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
 
 
 def build_deployments(config: RetrainConfig, cron: str = "0 2 * * *", timezone: str = "UTC",
@@ -39,15 +46,15 @@ def build_deployments(config: RetrainConfig, cron: str = "0 2 * * *", timezone: 
     return [
         retrain.to_deployment(
             name="retrain-nightly", schedules=[Cron(cron, timezone=timezone)], parameters=retrain_parameters,
-            concurrency_limit=1, tags=TAGS, description="Retrain every night on the configured data root."),
+            tags=RETRAIN_TAGS, description="Retrain every night on the configured data root."),
         retrain.to_deployment(
-            name="retrain-on-new-data", parameters=retrain_parameters, concurrency_limit=1, tags=TAGS,
+            name="retrain-on-new-data", parameters=retrain_parameters, tags=RETRAIN_TAGS,
             triggers=[DeploymentEventTrigger(name="new labelled data", expect={ARRIVED},
                                              match={"prefect.resource.id": "histo.data-root.*"},
                                              parameters=on_event)],
             description=f"Retrain when a {ARRIVED} event announces new batches."),
         watch.to_deployment(
-            name="watch-new-data", interval=timedelta(seconds=watch_every), tags=TAGS, concurrency_limit=1,
+            name="watch-new-data", interval=timedelta(seconds=watch_every), tags=TAGS, concurrency_limit=ONE_WATCHER,
             parameters={"config": WatchConfig(data=config.data, store=config.store).model_dump(mode="json")},
             description="Look for new labelled batches and announce them."),
         predict.to_deployment(

@@ -8,16 +8,16 @@ from pathlib import Path
 from typing import Any
 
 from prefect import Task, flow, get_run_logger
-from prefect.states import Failed, State
+from prefect.states import Cancelled, Failed, State
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
-from histo_core import steps
+from histo_core import run_guard, steps
 from histo_core.config import RetrainConfig, with_overrides
 from histo_core.batch_verdicts import USABLE
 from histo_core.layout import DatasetDir, RunDir, Workdir
 from histo_core.validation import DataValidationError
-from histo_tasks import events
+from histo_tasks import events, run_control
 from histo_tasks.retrain import (evaluate_models, promote_model, split_data, train_model, upload_artifacts,
                            validate_data)
 
@@ -56,7 +56,7 @@ def _summary(validation: dict[str, Any], history: list[dict[str, Any]], decision
     lines += _left_out_lines(validation)
     if quarantined:
         lines += ["", f"### Quarantined rows ({len(quarantined)})", "", "| id | reason |", "|---|---|"]
-        lines += [f"| {r['id']} | {r['reason']} |" for r in quarantined[:50]]
+        lines += [f"| {_cell(r['id'])} | {_cell(r['reason'])} |" for r in quarantined[:50]]
     return "\n".join(lines)
 
 
@@ -67,7 +67,16 @@ def _left_out_lines(validation: dict[str, Any]) -> list[str]:
         return []
     return ["", f"### Batches left out ({len(left_out)}; `histo data batches` lists them, `histo data readmit` "
                 "takes one back)", "", "| batch | verdict | since | reasons |", "|---|---|---|---|"] + [
-        f"| {b} | {v['verdict']} | {v.get('decided', '')} | {'; '.join(v['reasons'])} |" for b, v in left_out.items()]
+        f"| {_cell(b)} | {v['verdict']} | {v.get('decided', '')} | {_cell('; '.join(v['reasons']))} |"
+        for b, v in left_out.items()]
+
+
+def _cell(text: object) -> str:
+    """Data-derived text (ids, reasons) as one inert markdown table cell: no markup, no
+    line or column breaks, at most 300 characters."""
+    flat = " ".join(str(text).split())[:300]
+    return (flat.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("\\", "\\\\")
+            .replace("|", "\\|").replace("`", "\\`").replace("[", "\\[").replace("]", "\\]"))
 
 
 def _data_rejected(config: RetrainConfig, run: RunDir, dataset: DatasetDir, run_id: str, error: Exception) -> State:
@@ -99,8 +108,37 @@ def _announce_failure(flow: Any, flow_run: Any, state: State) -> None:
                                       "message": (state.message or "")[:2000]})
 
 
+def _device_key(name: str) -> str:
+    """The device this run will train on, as the run guard names it (cuda:N for a GPU)."""
+    import torch
+
+    from histo_core.inference import pick_device
+
+    device = pick_device(name)
+    if device.type != "cuda":
+        return device.type
+    return f"cuda:{device.index if device.index is not None else torch.cuda.current_device()}"
+
+
+def _report_wait(key: str, holder: dict[str, Any], waited: float) -> None:
+    who = (f"flow run {holder.get('flow_run')} (pid {holder.get('pid')} on {holder.get('host')}, "
+           f"since {holder.get('since')})") if holder else "another run"
+    get_run_logger().info("waiting %.0f s for %s: held by %s", waited, key, who)
+
+
+def _gave_up(config: RetrainConfig, attempts: int) -> State:
+    """A run that crashed ``max_attempts`` times stops being retried, loudly."""
+    message = (f"Retrain gave up: this flow run has started {attempts} times (max_attempts "
+               f"{config.operations.max_attempts}); each earlier attempt crashed. Nothing was promoted; "
+               "look at the earlier attempts' logs (out of memory? a dying worker?) before running it again.")
+    events.emit(events.GAVE_UP, config.data, {"flow_run_id": str(flow_run.get_id()), "flow_run": flow_run.get_name(),
+                                              "attempts": attempts, "message": message})
+    get_run_logger().error(message)
+    return Failed(message=message)
+
+
 @flow(name="retrain", log_prints=True, on_failure=[_announce_failure])
-def retrain(config: RetrainConfig, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def retrain(config: RetrainConfig, overrides: dict[str, Any] | None = None) -> dict[str, Any] | State:
     """Retrain on ``config.data`` and promote the challenger if it beats the champion.
 
     ``overrides``: fields to change for this run only, merged section by section onto
@@ -108,7 +146,27 @@ def retrain(config: RetrainConfig, overrides: dict[str, Any] | None = None) -> d
     whole, and a run from the CLI or the UI names only what it changes."""
     config = with_overrides(config, overrides)
     logger = get_run_logger()
+    attempts = run_control.run_count()
+    if attempts > config.operations.max_attempts:
+        return _gave_up(config, attempts)
+    holder = {"flow_run": flow_run.get_name(), "flow_run_id": str(flow_run.get_id())}
+    with run_guard.hold(run_guard.lock_keys(config.data, _device_key(config.train.device)),
+                        Path(config.operations.lock_dir).expanduser(), holder, on_wait=_report_wait):
+        if (newer := run_control.superseded_by()) is not None:
+            message = (f"Superseded by flow run {newer.name} ({newer.id}), due later with the same parameters: "
+                       "only the newest of a backlog of identical runs works.")
+            logger.info(message)
+            return Cancelled(message=message)
+        return _retrain(config, attempts)
+
+
+def _retrain(config: RetrainConfig, attempts: int) -> dict[str, Any] | State:
+    """The steps, under the run guard."""
+    logger = get_run_logger()
     run_id = _run_id()
+    if attempts > 1:
+        logger.warning("attempt %d of %d: resuming (cached steps are reused, training resumes from last.pt)",
+                       attempts, config.operations.max_attempts)
     work = Workdir(Path(config.workdir).expanduser().resolve())
     run = work.run(run_id)
     logger.info("run %s: data %s -> store %s", run_id, config.data, config.store.uri)

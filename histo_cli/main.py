@@ -549,6 +549,28 @@ def _verify_versions(registry: Any, champion: Any) -> int:
     return REJECTED if unusable else OK
 
 
+def cmd_store_gc(args: argparse.Namespace) -> int:
+    """Apply the retention policy (histo_core.retention); --dry-run only lists."""
+    from histo_core.registry import open_registry
+    from histo_core.retention import apply_gc, plan_gc
+
+    if args.keep_last < 1 or (args.runs_older_than is not None and args.runs_older_than < 0):
+        raise ValueError("--keep-last must be at least 1 and --runs-older-than not negative")
+    config = _store(args)
+    registry = open_registry(config, args.model_name)
+    plan = plan_gc(registry.store, registry, args.keep_last, args.runs_older_than)
+    for version, why in sorted(plan.kept.items()):
+        print(f"keep    {version}  ({why})")
+    verb = "would remove" if args.dry_run else "remove"
+    for removal in plan.removals:
+        print(f"{verb}  {removal.what}  {removal.size / 2**20:.1f} MiB  ({removal.why})")
+    if not args.dry_run:
+        apply_gc(registry.store, plan)
+    print(f"{len(plan.removals)} item(s), {plan.size / 2**20:.1f} MiB {'would be ' if args.dry_run else ''}removed "
+          f"from {config.uri}; {len(plan.kept)} version(s) kept")
+    return OK
+
+
 def cmd_batches(args: argparse.Namespace) -> int:
     """List a data root's batch verdicts, or readmit one (``histo data readmit``)."""
     import json
@@ -709,6 +731,21 @@ def build_parser() -> argparse.ArgumentParser:
         _add_store_arguments(p)
         p.set_defaults(func=cmd_models)
 
+    store = sub.add_parser("store", help="store housekeeping").add_subparsers(dest="store_command", required=True)
+    gc = store.add_parser("gc", help="remove versions and run records the retention policy does not keep",
+                          description="Keep the champion, every former champion and the newest --keep-last "
+                                      "versions; remove other versions and failed (incomplete) uploads older "
+                                      "than a day; with --runs-older-than, also run records older than that. "
+                                      "--dry-run lists what would go and changes nothing.")
+    gc.add_argument("--keep-last", type=int, default=5, help="newest versions always kept (default: %(default)s)")
+    gc.add_argument("--runs-older-than", type=float, metavar="DAYS",
+                    help="also remove run records (runs/<run-id>/) older than DAYS (default: keep them all)")
+    gc.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
+    gc.add_argument("--model-name", default=RetrainConfig.model_fields["model_name"].default,
+                    help="registry model (default: %(default)s)")
+    _add_store_arguments(gc)
+    gc.set_defaults(func=cmd_store_gc)
+
     data = sub.add_parser("data", help="data utilities").add_subparsers(dest="data_command", required=True)
     synth = data.add_parser("synth", help="write generated H&E-like patches in the Kaggle layout")
     synth.add_argument("dest", type=Path, help="folder to write train/ and train_labels.csv into")
@@ -758,14 +795,14 @@ def exit_code(exc: BaseException) -> tuple[int, str] | None:
     """The exit code and kind of one of our errors; None for a bug (shown as a traceback)."""
     from histo_core.data.sources import DataSourceError
     from histo_core.batch_verdicts import VerdictError
-    from histo_core.errors import CheckpointError, DeviceUnavailableError, UnservableVersionError
+    from histo_core.errors import CheckpointError, DeviceUnavailableError, RunGuardError, UnservableVersionError
     from histo_core.registry import RegistryStateError
     from histo_core.split import SplitError
     from histo_core.validation import DataValidationError
 
     if isinstance(exc, (DataValidationError, DataSourceError, SplitError, CheckpointError, UnservableVersionError)):
         return REJECTED, "the data or model was rejected"
-    if isinstance(exc, (StoreError, DownloadError, ConnectionError, TimeoutError, DeviceUnavailableError)):
+    if isinstance(exc, (StoreError, DownloadError, ConnectionError, TimeoutError, DeviceUnavailableError, RunGuardError)):
         return ENVIRONMENT, "environment (store, network, device)"
     if isinstance(exc, (ValueError, FileExistsError, FileNotFoundError, RegistryStateError, VerdictError)):
         return USAGE, "usage"

@@ -123,6 +123,17 @@ class StoreConfig(_Frozen):
     max_attempts: int = Field(3, ge=1, le=10, description="Tries per S3 call (throttling, network faults).")
 
 
+class OperationsConfig(_Frozen):
+    """How scheduled runs share a machine and recover, unattended."""
+
+    lock_dir: str = Field("~/.cache/histo-retrain/locks", description=(
+        "Machine-wide folder of the run guard's lock files: one retrain at a time per data root and "
+        "per GPU on this machine, whichever deployment started it (histo_core.run_guard)."))
+    max_attempts: int = Field(3, ge=1, le=20, description=(
+        "Runs of one flow run, counting the automatic retries after a crash (automations.yaml); "
+        "a run that has crashed this often ends Failed and emits histo.retrain.gave-up."))
+
+
 class RetrainConfig(_Frozen):
     """Everything one retrain run needs; the Prefect UI renders it as a form."""
 
@@ -135,6 +146,7 @@ class RetrainConfig(_Frozen):
     train: TrainConfig = TrainConfig()
     evaluation: EvalConfig = EvalConfig()
     gate: GateConfig = GateConfig()
+    operations: OperationsConfig = OperationsConfig()
 
 
 def merge_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -16,3 +16,8 @@ class DeviceUnavailableError(RuntimeError):
 class UnservableVersionError(ValueError):
     """A registry version that cannot serve (weights missing, corrupt, or not loadable as
     their recorded architecture): the champion pointer is never moved to it."""
+
+
+class RunGuardError(RuntimeError):
+    """The machine-wide lock folder of the run guard cannot be created or opened: an
+    environment problem (permissions, a full or read-only disk)."""

@@ -42,9 +42,9 @@ from histo_core.errors import UnservableVersionError
 from histo_core.gate import decide
 from histo_core.layout import DatasetDir, ModelDir, RunDir, SplitDir, Workdir
 from histo_core.model_card import render_model_card
-from histo_core.registry import Registry, open_registry
+from histo_core.registry import WEIGHTS, Registry, RegistryStateError, open_registry
 from histo_core.split import assign_partitions
-from histo_core.storage import ConflictError, open_store, sha256_file
+from histo_core.storage import ConflictError, StoreError, open_store, sha256_file
 from histo_core.validation import DataValidationError, require_passed, validate_manifest
 
 if TYPE_CHECKING:
@@ -358,6 +358,14 @@ def promote(run: RunDir, model: ModelDir, split: SplitDir, store: StoreConfig, m
     record = {"outcome": outcome, "version": version, "reasons": reasons, "challenger_auc": challenger_auc,
               "champion_auc": champion_auc, "previous_champion": evaluation["champion_version"],
               "champion": current.version if current else None}
+    if outcome != "promoted" and (filed := _filed_with_same_weights(registry, current, model.best)):
+        # Unchanged data and settings, night after night: record the decision, not another copy.
+        record.update(version=filed, reasons=[*reasons, f"weights identical to the filed version {filed}: "
+                                              "the decision is recorded, no new version is filed"])
+        _write_json(run.decision, record)
+        registry.record_event(outcome, filed, {"reasons": record["reasons"], "run": run.root.name,
+                                               "previous_champion": record["previous_champion"]})
+        return run
     _publish(registry, version, record, evaluation, model, split, run, cfg)
     # The audit trail goes first: decision.json and the event exist before the pointer moves.
     _write_json(run.decision, {**record, "champion": version} if outcome == "promoted" else record)
@@ -376,6 +384,20 @@ def promote(run: RunDir, model: ModelDir, split: SplitDir, store: StoreConfig, m
         record["champion"] = champion.version if champion else None
         _write_json(run.decision, record)
     return run
+
+
+def _filed_with_same_weights(registry: Registry, champion: Any, weights: Path) -> str | None:
+    """The champion or the newest version when its weights are these (sha256), else None."""
+    digest = sha256_file(weights)
+    if champion is not None and champion.record.get("sha256") == digest:
+        return champion.version
+    newest = registry.versions()[-1:]
+    try:
+        if newest and registry.version(newest[0]).get("files", {}).get(WEIGHTS) == digest:
+            return newest[0]
+    except (RegistryStateError, StoreError):
+        return None
+    return None
 
 
 def _publish(registry: Registry, version: str, decision: dict[str, Any], evaluation: dict[str, Any],

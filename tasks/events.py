@@ -8,6 +8,7 @@ Every event's resource is the data root (``histo.data-root.<data>``, as the watc
     histo.model.promoted    the challenger became the champion
     histo.model.rejected    the challenger was judged and not promoted (or lost a conflict)
     histo.retrain.failed    the run failed (data set rejected, store unreachable, a bug)
+    histo.retrain.gave-up   the run crashed max_attempts times and is no longer retried
 
 ``automations.yaml`` at the repository root holds one automation per event.
 """
@@ -23,6 +24,7 @@ DRIFT = "histo.data.drift"
 PROMOTED = "histo.model.promoted"
 MODEL_REJECTED = "histo.model.rejected"
 FAILED = "histo.retrain.failed"
+GAVE_UP = "histo.retrain.gave-up"
 
 
 def emit(event: str, data: str, payload: dict[str, Any]) -> None:

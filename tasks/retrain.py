@@ -16,10 +16,12 @@ which costs one ``stat`` per file.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -106,9 +108,27 @@ def train_model(split: str, out: str, workdir: str, cfg: TrainConfig) -> str:
     from histo_core.train import format_epoch
 
     logger = get_run_logger()
-    steps.train(SplitDir(Path(split)), ModelDir(Path(out)), Workdir(Path(workdir)).cache, cfg,
-                lambda r: logger.info(format_epoch(r, cfg.epochs)))
+    with _library_log_in_run():
+        steps.train(SplitDir(Path(split)), ModelDir(Path(out)), Workdir(Path(workdir)).cache, cfg,
+                    lambda r: logger.info(format_epoch(r, cfg.epochs)))
     return out
+
+
+@contextlib.contextmanager
+def _library_log_in_run() -> Iterator[None]:
+    """The library logs through ``logging`` (it never imports Prefect); while a step runs,
+    its records (resuming from last.pt, early stop, a config mismatch) go to the run's log."""
+    from prefect.logging.handlers import APILogHandler
+
+    library = logging.getLogger("histo_core")
+    handler, level = APILogHandler(), library.level
+    library.addHandler(handler)
+    library.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        library.removeHandler(handler)
+        library.setLevel(level)
 
 
 @task(name="evaluate-models", retries=2, retry_delay_seconds=exponential_backoff(5), cache_policy=NO_CACHE)

@@ -40,17 +40,17 @@ def stop_group(proc: subprocess.Popen) -> None:
 
 @contextlib.contextmanager
 def prefect_server(home: Path, **settings: str) -> Iterator[dict[str, Any]]:
-    """Start a server with its own PREFECT_HOME and database; yields its API URL and the
-    environment a client of it needs. ``settings`` are extra PREFECT_* variables."""
+    """Start a server with its own PREFECT_HOME and database; yields its API URL, the
+    environment a client of it needs, and ``restart()``: stop it and start it again on the
+    same port and database (an upgrade, a hiccup). ``settings`` are extra PREFECT_* variables."""
+    home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db",
            "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_SERVER_API_PORT": str(port), **settings}
-    log = open(home / "server.log", "w")
     prefect = Path(sys.executable).with_name("prefect")
-    proc = subprocess.Popen([str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     api = f"http://127.0.0.1:{port}/api"
+    procs: list[subprocess.Popen] = []
 
     def healthy() -> bool:
         try:
@@ -58,11 +58,22 @@ def prefect_server(home: Path, **settings: str) -> Iterator[dict[str, Any]]:
         except OSError:
             return False
 
-    try:
+    def start() -> None:
+        log = open(home / "server.log", "a")
+        procs.append(subprocess.Popen([str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                                      env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
         wait_for(healthy, 90, f"the Prefect server on port {port} (log: {home / 'server.log'})")
-        yield {"api": api, "home": home, "env": {**env, "PREFECT_API_URL": api}}
+
+    def restart() -> None:
+        stop_group(procs[-1])
+        start()
+
+    try:
+        start()
+        yield {"api": api, "home": home, "env": {**env, "PREFECT_API_URL": api}, "restart": restart}
     finally:
-        stop_group(proc)
+        if procs:
+            stop_group(procs[-1])
 
 
 def client_call(fn: Callable) -> Any:

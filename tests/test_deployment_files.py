@@ -41,8 +41,14 @@ def _from_yaml(d: dict[str, Any]) -> dict[str, Any]:
     triggers = [(t["name"], sorted(t["expect"]), t["match"], _as_json(flow, t["parameters"]))
                 for t in d.get("triggers") or []]
     return {"flow": flow.name, "parameters": _as_json(flow, d.get("parameters", {})), "schedules": schedules,
-            "triggers": triggers, "concurrency_limit": d.get("concurrency_limit"), "tags": d.get("tags"),
-            "description": d["description"]}
+            "triggers": triggers, "concurrency": _yaml_concurrency(d.get("concurrency_limit")),
+            "tags": d.get("tags"), "description": d["description"]}
+
+
+def _yaml_concurrency(limit: int | dict | None) -> tuple[int, str] | None:
+    if limit is None:
+        return None
+    return (limit, "ENQUEUE") if isinstance(limit, int) else (limit["limit"], limit["collision_strategy"])
 
 
 def _served(d, flows: dict[str, Any]) -> dict[str, Any]:
@@ -52,8 +58,9 @@ def _served(d, flows: dict[str, Any]) -> dict[str, Any]:
     triggers = [(t.name, sorted(t.expect), t.model_dump(mode="json")["match"], _as_json(flow, t.parameters))
                 for t in d.triggers or []]
     return {"flow": d.flow_name, "parameters": _as_json(flow, d.parameters), "schedules": schedules,
-            "triggers": triggers, "concurrency_limit": d.concurrency_limit, "tags": d.tags,
-            "description": d.description}
+            "triggers": triggers, "concurrency": d.concurrency_limit and (
+                d.concurrency_limit, d.concurrency_options.collision_strategy.value if d.concurrency_options
+                else "ENQUEUE"), "tags": d.tags, "description": d.description}
 
 
 def test_yaml_and_serve_declare_the_same_deployments():
@@ -80,9 +87,14 @@ def test_entrypoint_and_parameters_fit_the_flow(name):
     flow.validate_parameters(deployment.get("parameters", {}))  # pydantic-checks every value
 
 
-def test_retrain_deployments_run_one_at_a_time_and_the_trigger_listens_for_arrivals():
-    for name in ("retrain-nightly", "retrain-on-new-data", "watch-new-data"):
-        assert DEPLOYMENTS[name]["concurrency_limit"] == 1
+def test_no_server_lease_guards_a_retrain_and_late_watchers_are_cancelled_and_the_trigger_listens():
+    """A deployment concurrency limit on a retrain would be a server lease whose loss kills
+    the run (issue 25); the run guard serializes retrains instead. The watcher keeps one
+    slot and cancels the runs a late worker finds piled up."""
+    for name in ("retrain-nightly", "retrain-on-new-data"):
+        assert "concurrency_limit" not in DEPLOYMENTS[name]
+        assert "histo-retrain" in DEPLOYMENTS[name]["tags"]  # the crash-retry automation matches it
+    assert DEPLOYMENTS["watch-new-data"]["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
     [trigger] = DEPLOYMENTS["retrain-on-new-data"]["triggers"]
     assert trigger["expect"] == [ARRIVED]
     config = trigger["parameters"]["config"]
@@ -102,7 +114,15 @@ def test_every_event_the_retrain_emits_has_an_automation():
 
     text = (REPO / "automations.yaml").read_text().replace("NOTIFICATION_BLOCK_ID", str(uuid.uuid4()))
     automations = [AutomationCore.model_validate(a) for a in yaml.safe_load(text)["automations"]]
-    expected = {getattr(events, n) for n in ("BATCH_REJECTED", "DRIFT", "PROMOTED", "MODEL_REJECTED", "FAILED")}
-    covered = [name for a in automations for name in a.trigger.expect]
+    ours = [a for a in automations if a.trigger.match.model_dump() == {"prefect.resource.id": "histo.data-root.*"}]
+    expected = {getattr(events, n) for n in ("BATCH_REJECTED", "DRIFT", "PROMOTED", "MODEL_REJECTED", "FAILED",
+                                             "GAVE_UP")}
+    covered = [name for a in ours for name in a.trigger.expect]
     assert sorted(covered) == sorted(expected)
-    assert all(a.trigger.match.model_dump() == {"prefect.resource.id": "histo.data-root.*"} for a in automations)
+    operations = {a.name: a for a in automations if a not in ours}
+    assert set(operations) == {"histo: mark unresponsive runs crashed", "histo: retry a crashed retrain"}
+    zombie, retry = operations["histo: mark unresponsive runs crashed"], operations["histo: retry a crashed retrain"]
+    assert zombie.trigger.posture == "Proactive" and zombie.trigger.after == {"prefect.flow-run.heartbeat"}
+    assert [a.state.value for a in zombie.actions] == ["CRASHED"]
+    assert retry.trigger.expect == {"prefect.flow-run.Crashed"}
+    assert [(a.state.value, a.name) for a in retry.actions] == [("SCHEDULED", "AwaitingRetry")]

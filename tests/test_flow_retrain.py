@@ -121,7 +121,14 @@ def test_a_rerun_on_unchanged_data_skips_validation_split_and_training(prefect_a
     assert second["challenger_auc"] == first["challenger_auc"]  # the same model, scored again
     # ... and not filed as a new champion: the pointer stays on the first version.
     assert (second["outcome"], second["champion"]) == ("rejected", first["version"])
-    assert "weights are the champion's" in second["reasons"][-1]
+    assert "weights are the champion's" in second["reasons"][-2]
+    # ... nor filed at all: the decision names the version it repeats, and no 11 MB copy is made.
+    assert second["version"] == first["version"] and "no new version is filed" in second["reasons"][-1]
+    from histo_core.registry import open_registry
+
+    registry = open_registry(config.store, config.model_name)
+    assert registry.versions() == [first["version"]]
+    assert [e["kind"] for e in registry.events()][-1] == "rejected"
     # The cached outputs are gone: the tasks run again instead of pointing at nothing.
     import shutil
 
@@ -323,3 +330,23 @@ def test_a_bad_batch_costs_itself_and_is_announced_and_a_rejected_data_set_is_re
     assert store.exists(f"runs/{run_id}/manifest.csv") and store.exists(f"runs/{run_id}/config.json")
     failed = _events({events.FAILED}, only_normal, expected=1)
     assert failed and failed[0]["payload"]["data"] == str(only_normal) and "rejected" in failed[0]["payload"]["message"]
+
+
+def test_a_run_that_crashed_max_attempts_times_gives_up_and_says_so(prefect_api, tmp_path, monkeypatch):
+    """The crash retry (automations.yaml) reschedules a crashed run without counting; the
+    flow counts its own starts and stops. A fourth start is faked here (its three crashes
+    are what tests/test_orchestrator_faults.py causes for real, once, at two minutes each)."""
+    from prefect.states import State
+
+    from histo_tasks import events, run_control
+
+    monkeypatch.setattr(run_control, "run_count", lambda: 4)
+    data = tmp_path / "data"
+    write_kaggle_layout(data, SyntheticSpec(count=60, seed=3))
+    config = RetrainConfig(data=str(data), store=StoreConfig(uri=str(tmp_path / "s")), workdir=str(tmp_path / "w"))
+    state = retrain(config, return_state=True)
+    assert isinstance(state, State) and state.is_failed()
+    assert "started 4 times (max_attempts 3)" in state.message
+    assert not (tmp_path / "w").exists() and not (tmp_path / "s").exists()  # nothing was started
+    [gave_up] = _events({events.GAVE_UP}, data, expected=1)
+    assert gave_up["payload"]["attempts"] == 4 and gave_up["payload"]["flow_run_id"] == str(state.state_details.flow_run_id)

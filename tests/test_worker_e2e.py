@@ -103,10 +103,11 @@ def site(tmp_path_factory, installed_env):
         (tmp / "worker" / "home").mkdir(parents=True)
         worker_env = installed_env.env(**moto.env(), HOME=str(tmp / "worker" / "home"),
                                        PREFECT_HOME=str(tmp / "worker" / "home" / ".prefect"),
-                                       PREFECT_API_URL=server["api"], PREFECT_WORKER_QUERY_SECONDS="2")
+                                       PREFECT_API_URL=server["api"], PREFECT_WORKER_QUERY_SECONDS="2",
+                                       PREFECT_FLOWS_HEARTBEAT_FREQUENCY="30")
         log = open(tmp / "worker.log", "w")
         worker = subprocess.Popen([str(installed_env.python), "-m", "prefect", "worker", "start",
-                                   "--pool", "histo-gpu", "--type", "process"],
+                                   "--pool", "histo-gpu", "--type", "process", "--limit", "1"],
                                   cwd=tmp / "worker", env=worker_env, stdout=log, stderr=subprocess.STDOUT,
                                   start_new_session=True)
         from prefect.settings import PREFECT_API_URL, temporary_settings

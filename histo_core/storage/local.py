@@ -108,6 +108,18 @@ class LocalStore:
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
+    def delete(self, key: str) -> None:
+        """Remove one object (absent: nothing to do) and the folders it leaves empty."""
+        path = self._path(key)
+        path.unlink(missing_ok=True)
+        for folder in path.parents:
+            if folder == self.root or not folder.is_relative_to(self.root):
+                break
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (or already gone)
+                break
+
     def list(self, prefix: str = "") -> list[str]:
         return [key for key, _, _ in self.list_objects(prefix)]
 

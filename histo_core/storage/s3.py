@@ -211,6 +211,13 @@ class S3Store:
                 return False
             raise self._fail("lookup of", key, exc) from exc
 
+    def delete(self, key: str) -> None:
+        """Remove one object; S3 answers 204 for an absent one too."""
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        except (ClientError, BotoCoreError) as exc:
+            raise self._fail("deletion of", key, exc) from exc
+
     def list(self, prefix: str = "") -> list[str]:
         return sorted(k for k, _, _ in self.list_objects(prefix) if not k.endswith(".lease"))
 
