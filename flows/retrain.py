@@ -177,7 +177,7 @@ def _retrain(config: RetrainConfig, attempts: int) -> dict[str, Any] | State:
     reference = {"run_id": run_id, "flow_run_id": str(flow_run.get_id())}
     try:
         validated = validate_data(config.data, str(dataset.root), str(work.root), config.validation, config.store,
-                                  run_id)
+                                  run_id, config.model_name)
     except DataValidationError as exc:
         return _data_rejected(config, run, dataset, run_id, exc)
     events.emit_validation_events(config.data, reference, validated["judged"], validated["drift"])

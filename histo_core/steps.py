@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -40,6 +41,7 @@ from histo_core.data.manifest import NUMERIC_COLUMNS, build_manifest, manifest_h
 from histo_core.data.mirror import mirror_s3
 from histo_core.errors import UnservableVersionError
 from histo_core.gate import decide
+from histo_core.label_audit import champion_scorer
 from histo_core.layout import DatasetDir, ModelDir, RunDir, SplitDir, Workdir
 from histo_core.model_card import render_model_card
 from histo_core.registry import WEIGHTS, Registry, RegistryStateError, open_registry
@@ -113,7 +115,8 @@ def model_dir(workdir: Workdir, split: SplitDir, cfg: TrainConfig) -> ModelDir:
 
 
 def validate(data: str, dataset: DatasetDir, cfg: ValidationConfig, manifest_cache: Path | None = None,
-             progress: Callable[[int, int], None] | None = None, store: StoreConfig | None = None) -> DatasetDir:
+             progress: Callable[[int, int], None] | None = None, store: StoreConfig | None = None,
+             model_name: str | None = None) -> DatasetDir:
     """Build the manifest of ``data`` and validate it; raises if the data set is rejected.
 
     Writes ``manifest.csv`` (the rows of the data set: those of rejected batches are left
@@ -122,7 +125,8 @@ def validate(data: str, dataset: DatasetDir, cfg: ValidationConfig, manifest_cac
     ``manifest_cache`` (a folder of ours, never the data root) keeps the last manifest of
     each data root, so unchanged files are not opened again. An ``s3://`` data root is
     first mirrored into ``manifest_cache/../mirror`` through ``store``'s endpoint. With
-    ``store``, batch verdicts are read from and recorded in it (``batch_verdicts``).
+    ``store``, batch verdicts are read from and recorded in it (``batch_verdicts``); with
+    ``model_name`` too, new batches get the champion's label audit (``label_audit``).
     """
     dataset.root.mkdir(parents=True, exist_ok=True)
     source, faults, refused = data, {}, {}
@@ -142,7 +146,11 @@ def validate(data: str, dataset: DatasetDir, cfg: ValidationConfig, manifest_cac
         if reused["verdict"] != "passed":
             raise DataValidationError("data set rejected: " + "; ".join(reused["problems"]))
         return dataset
-    result = validate_manifest(manifest, cfg, docs_dir=dataset.data_docs, batch_faults=faults, known_verdicts=known)
+    with tempfile.TemporaryDirectory(prefix="histo-label-audit-") as champion_folder:
+        scorer = champion_scorer(open_registry(store, model_name), Path(champion_folder)) \
+            if verdicts and model_name else None
+        result = validate_manifest(manifest, cfg, docs_dir=dataset.data_docs, batch_faults=faults,
+                                   known_verdicts=known, scorer=scorer)
     if verdicts:
         for verdict in result.batches.values():
             if verdict["new"]:

@@ -26,6 +26,7 @@ from typing import Any
 import pandas as pd
 
 from histo_core.batch_verdicts import USABLE, judge
+from histo_core.label_audit import Scorer, audit_batches
 from histo_core.config import ValidationConfig
 from histo_core.data_docs import write_site_index
 
@@ -253,12 +254,14 @@ def _dataset_problems(rows: pd.DataFrame, cfg: ValidationConfig) -> list[str]:
 
 def validate_manifest(manifest: pd.DataFrame, cfg: ValidationConfig = ValidationConfig(),
                       docs_dir: Path | None = None, batch_faults: dict[str, list[str]] | None = None,
-                      known_verdicts: dict[str, dict[str, Any]] | None = None) -> ValidationResult:
+                      known_verdicts: dict[str, dict[str, Any]] | None = None,
+                      scorer: Scorer | None = None) -> ValidationResult:
     """Check every row, then each batch (``batch_verdicts``), then the data set of the
     accepted batches; never raises for bad rows or batches, only marks or leaves them out.
 
     ``batch_faults``: problems of whole batches found before their rows (an unreadable
-    labels file, a refused S3 key); ``known_verdicts``: the verdicts recorded earlier."""
+    labels file, a refused S3 key); ``known_verdicts``: the verdicts recorded earlier;
+    ``scorer``: the champion, for the label audit of new batches (``label_audit``)."""
     rows = _helper_columns(manifest)
     rows["status"], rows["reason"] = "ok", ""
     labelled = rows[rows["labelled"]]
@@ -273,6 +276,7 @@ def validate_manifest(manifest: pd.DataFrame, cfg: ValidationConfig = Validation
     result = ValidationResult(rows.drop(columns=["row", "id_conflict", "near_blank"]))
     if batch_faults or (result.rows["batch"] != "").any():
         result.batches = judge(result.rows, batch_faults or {}, known_verdicts or {}, cfg)
+        audit_batches(result.batches, result.rows, scorer, cfg)
         for batch, verdict in result.left_out().items():
             log.warning("batch %s %s, left out of the data set: %s", batch, verdict["verdict"],
                         "; ".join(verdict["reasons"]))

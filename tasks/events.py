@@ -4,6 +4,7 @@ Every event's resource is the data root (``histo.data-root.<data>``, as the watc
 ``histo.data.arrived``) and its payload names the run, so an automation can link to it:
 
     histo.batch.rejected    a batch judged bad for the first time: left out of training
+    histo.batch.held        a batch whose labels the champion disputes (label audit): left out
     histo.data.drift        the newest batch's colours moved beyond the threshold
     histo.model.promoted    the challenger became the champion
     histo.model.rejected    the challenger was judged and not promoted (or lost a conflict)
@@ -20,6 +21,7 @@ from typing import Any
 from prefect.events import emit_event
 
 BATCH_REJECTED = "histo.batch.rejected"
+BATCH_HELD = "histo.batch.held"
 DRIFT = "histo.data.drift"
 PROMOTED = "histo.model.promoted"
 MODEL_REJECTED = "histo.model.rejected"
@@ -34,10 +36,11 @@ def emit(event: str, data: str, payload: dict[str, Any]) -> None:
 
 def emit_validation_events(data: str, run: dict[str, Any], judged: dict[str, dict[str, Any]],
                            drift: dict[str, Any] | None) -> None:
-    """One event per newly rejected batch, and one for a drift warning."""
+    """One event per newly rejected or held batch, and one for a drift warning."""
     for batch, verdict in judged.items():
-        if verdict["verdict"] == "rejected":
-            emit(BATCH_REJECTED, data, {**run, "batch": batch, "reasons": verdict["reasons"]})
+        if verdict["verdict"] in ("rejected", "held"):
+            emit(BATCH_REJECTED if verdict["verdict"] == "rejected" else BATCH_HELD, data,
+                 {**run, "batch": batch, "reasons": verdict["reasons"], "audit": verdict.get("audit")})
     if drift and drift.get("warning"):
         emit(DRIFT, data, {**run, **drift})
 

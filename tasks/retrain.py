@@ -58,7 +58,7 @@ def output_folder_key(context: Any, parameters: dict[str, Any]) -> str:
 @task(name="validate-data", retries=2, retry_delay_seconds=exponential_backoff(5),
       retry_condition_fn=_worth_retrying, cache_policy=NO_CACHE)
 def validate_data(data: str, out: str, workdir: str, cfg: ValidationConfig, store: StoreConfig,
-                  run_id: str) -> dict[str, Any]:
+                  run_id: str, model_name: str | None = None) -> dict[str, Any]:
     """Manifest + GX validation into a data set folder; fails the run with the data set's
     problems if it is rejected.
 
@@ -69,7 +69,7 @@ def validate_data(data: str, out: str, workdir: str, cfg: ValidationConfig, stor
     work, dataset = Workdir(Path(workdir)), DatasetDir(Path(out))
     before = dataset.validation.stat().st_mtime_ns if dataset.validation.exists() else None
     try:
-        steps.validate(data, dataset, cfg, work.manifests, store=store)
+        steps.validate(data, dataset, cfg, work.manifests, store=store, model_name=model_name)
     finally:
         if dataset.validation.exists():
             report = json.loads(dataset.validation.read_text())
@@ -77,8 +77,9 @@ def validate_data(data: str, out: str, workdir: str, cfg: ValidationConfig, stor
             if report["drift"]:
                 (logger.warning if report["drift"]["warning"] else logger.info)("colour drift: %s", report["drift"])
             for batch, verdict in report.get("batches", {}).items():
-                if verdict["verdict"] == "rejected":
-                    logger.warning("batch %s rejected (left out): %s", batch, "; ".join(verdict["reasons"]))
+                if verdict["verdict"] in ("rejected", "held"):
+                    logger.warning("batch %s %s (left out): %s", batch, verdict["verdict"],
+                                   "; ".join(verdict["reasons"]))
             quarantined = [r for r in report["rows"] if r["status"] == "quarantined"]
             for row in quarantined[:10]:
                 logger.warning("quarantined %s: %s", row["id"], row["reason"])

@@ -16,10 +16,12 @@ BENCHES = sorted(p.name for p in (REPO / "bench").glob("*.py"))
 EXPECTED = {
     "augmentation.py": "smoke: test AUC",
     "faults.py": "configurations with a failure",
+    "label_audit.py": "clean batches held:",
     "flow_overhead.py": "overhead of the flow",
     "learnability.py": "test AUC",
     "quality.py": "test AUC with TTA",
     "scale.py": "per-image time ratio",
+    "season.py": "bad batches isolated of",
     "stain_groups.py": "median blue OD direction",
     "stain_shift.py": "re-stained as 8 labs",
     "throughput.py": "training, library trainer",

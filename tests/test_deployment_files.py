@@ -115,7 +115,7 @@ def test_every_event_the_retrain_emits_has_an_automation():
     text = (REPO / "automations.yaml").read_text().replace("NOTIFICATION_BLOCK_ID", str(uuid.uuid4()))
     automations = [AutomationCore.model_validate(a) for a in yaml.safe_load(text)["automations"]]
     ours = [a for a in automations if a.trigger.match.model_dump() == {"prefect.resource.id": "histo.data-root.*"}]
-    expected = {getattr(events, n) for n in ("BATCH_REJECTED", "DRIFT", "PROMOTED", "MODEL_REJECTED", "FAILED",
+    expected = {getattr(events, n) for n in ("BATCH_REJECTED", "BATCH_HELD", "DRIFT", "PROMOTED", "MODEL_REJECTED", "FAILED",
                                              "GAVE_UP")}
     covered = [name for a in ours for name in a.trigger.expect]
     assert sorted(covered) == sorted(expected)

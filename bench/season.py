@@ -1,0 +1,175 @@
+"""A season, simulated: the real retrain flow, night after night, over a scripted sequence
+of good and bad batches, with nobody fixing anything between nights.
+
+Each night adds what the script says under ``<root>/batches/`` (or changes the world:
+deletes the workdir, corrupts the champion's weights in the store, runs from a second
+workdir) and calls the retrain flow on Prefect's local API with the same config. The
+script, repeating: two good batches; an empty night; good + corrupt (half its files
+truncated); wrong-size images; 20% of labels flipped; stain-shifted good patches; a
+second workdir; the workdir deleted; the champion's weights corrupted; good. Prints one
+line per night (batches added and their verdicts, decision, champion, seconds, store
+size) and ends with
+
+    season: N nights, I interventions, P promotions, R bad batches isolated of B, store S MiB
+
+An intervention is a night whose run did not end in a decision (an exception or a
+failed run): on a schedule, a person would have had to look. Not simulated here: S3 folder
+markers (tests/test_s3_store.py, on moto and Swift) and killed runs
+(tests/test_orchestrator_faults.py, on a real server).
+
+    .venv/bin/python bench/season.py [--nights 30] [--batch-rows 400] [--epochs 2]
+    .venv/bin/python bench/season.py --smoke     # 5 nights on generated patches
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from PIL import Image  # noqa: E402
+from stain_shift import stain_shifted  # noqa: E402
+
+from histo_core.batch_verdicts import USABLE, VerdictStore  # noqa: E402
+from histo_core.config import (EvalConfig, GateConfig, OperationsConfig, RetrainConfig, StoreConfig,  # noqa: E402
+                               TrainConfig)
+from histo_core.data.synthetic import SyntheticSpec, write_kaggle_layout  # noqa: E402
+from histo_core.registry import open_registry  # noqa: E402
+from histo_core.storage import open_store  # noqa: E402
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "pcam_real"
+SCRIPT = [["good", "good"], [], ["good", "corrupt"], ["wrong-size"], ["flipped"], ["stain"],
+          ["second-workdir"], ["good", "delete-workdir"], ["corrupt-champion"], ["good"]]
+SMOKE_SCRIPT = [["good", "good"], ["corrupt", "good"], ["wrong-size", "delete-workdir"], ["corrupt-champion"],
+                ["good"]]
+BAD = {"corrupt", "wrong-size", "flipped"}
+
+
+def _pool(data: Path) -> pd.DataFrame:
+    labels = pd.read_csv(data / "labels.csv", dtype=str)
+    labels = labels[labels["filename"].str.endswith(".jpg")]
+    return pd.DataFrame({"path": [str(data / f) for f in labels["filename"]], "label": labels["label"]}) \
+        .sample(frac=1.0, random_state=0).reset_index(drop=True)
+
+
+def _write_batch(root: Path, batch: str, rows: pd.DataFrame, kind: str, rng: np.random.Generator) -> None:
+    """One batch in the labels-CSV layout, its images written as ``kind`` says."""
+    folder = root / "batches" / batch
+    (folder / "images").mkdir(parents=True)
+    labels = rows["label"].astype(int).to_numpy().copy()
+    if kind == "flipped":
+        flip = rng.choice(len(rows), len(rows) // 5, replace=False)
+        labels[flip] = 1 - labels[flip]
+    pixels = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in rows["path"]])
+    if kind == "stain":
+        pixels = stain_shifted(pixels, groups=1, seed=int(rng.integers(1 << 30)))
+    names = []
+    for i, image in enumerate(pixels):
+        name = f"{batch}_{i:05d}.png"
+        picture = Image.fromarray(image)
+        if kind == "wrong-size":
+            picture = picture.resize((64, 64))
+        picture.save(folder / "images" / name)
+        if kind == "corrupt" and i % 2 == 0:
+            data = (folder / "images" / name).read_bytes()
+            (folder / "images" / name).write_bytes(data[: len(data) // 3])
+        names.append(name)
+    pd.DataFrame({"id": [n[:-4] for n in names], "label": labels, "filename": [f"images/{n}" for n in names]}) \
+        .to_csv(folder / "labels.csv", index=False)
+
+
+def _store_mib(uri: str) -> float:
+    return sum(size for _, size, _ in open_store(uri).list_objects("")) / 2**20
+
+
+def run(pool: pd.DataFrame, out: Path, nights: int, script: list[list[str]], batch_rows: int, epochs: int) -> None:
+    from prefect.exceptions import PrefectException
+
+    from histo_flows.retrain import retrain
+
+    root, store = out / "root", StoreConfig(uri=str(out / "store"))
+    workdirs = [out / "work1", out / "work2"]
+    rng = np.random.default_rng(0)
+    interventions = promotions = bad_written = 0
+    bad_batches, taken, times = [], 0, []
+    print(f"season: {nights} nights, batches of {batch_rows}, {epochs} epoch(s) a night", flush=True)
+    for night in range(1, nights + 1):
+        events = script[(night - 1) % len(script)]
+        workdir = workdirs[1] if "second-workdir" in events else workdirs[0]
+        added = []
+        for j, kind in enumerate(events):
+            if kind == "delete-workdir":
+                shutil.rmtree(workdirs[0], ignore_errors=True)
+            elif kind == "corrupt-champion":
+                champion = open_registry(store, "pcam-cnn").champion()
+                if champion is not None:
+                    weights = Path(out / "store" / "models" / "pcam-cnn" / "versions" / champion.version / "model.pt")
+                    weights.write_bytes(b"not a checkpoint")
+            elif kind != "second-workdir":
+                if taken + batch_rows > len(pool):
+                    taken = 0  # the pool is reused: a later batch repeats earlier patches under new ids
+                batch = f"n{night:02d}{'abcdefgh'[j]}-{kind}"
+                _write_batch(root, batch, pool.iloc[taken:taken + batch_rows], kind, rng)
+                taken += batch_rows
+                added.append(batch)
+                if kind in BAD:
+                    bad_batches.append(batch)
+        config = RetrainConfig(
+            data=str(root), store=store, workdir=str(workdir), operations=OperationsConfig(lock_dir=str(out / "locks")),
+            train=TrainConfig(epochs=epochs, min_epochs=1), evaluation=EvalConfig(tta=False, bootstrap=100),
+            gate=GateConfig(auc_floor=0.6))
+        started = time.perf_counter()
+        try:
+            result = retrain(config)
+            outcome, champion = f"{result['outcome']} {result['version']}", result["champion"]
+            promotions += result["outcome"] == "promoted"
+        except (PrefectException, Exception) as exc:  # noqa: BLE001 - every failure is counted, none stops it
+            interventions += 1
+            outcome, champion = f"FAILED ({type(exc).__name__}: {str(exc)[:160]})", "?"
+        seconds = time.perf_counter() - started
+        times.append(seconds)
+        verdicts = VerdictStore(open_store(store), str(root)).all()
+        said = ", ".join(f"{b}: {verdicts.get(b, {}).get('verdict', '-')}" for b in added) or "no new batch"
+        print(f"night {night:2d} [{' '.join(events) or 'empty'}] {said}; {outcome}; champion {champion}; "
+              f"{seconds:.0f} s; store {_store_mib(store.uri):.1f} MiB", flush=True)
+    verdicts = VerdictStore(open_store(store), str(root)).all()
+    isolated = sum(verdicts.get(b, {}).get("verdict") not in USABLE for b in bad_batches)
+    bad_written = len(bad_batches)
+    print(f"season: {nights} nights, {interventions} interventions, {promotions} promotions, {isolated} bad "
+          f"batches isolated of {bad_written}, store {_store_mib(store.uri):.1f} MiB; seconds per night: first "
+          f"{times[0]:.0f}, last {times[-1]:.0f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--out", type=Path, help="default: a temporary folder")
+    parser.add_argument("--nights", type=int, default=30)
+    parser.add_argument("--batch-rows", type=int, default=400)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--smoke", action="store_true", help="5 nights, 60-patch batches of generated data")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="histo-season-") as tmp:
+        out = args.out or Path(tmp)
+        if args.smoke:
+            generated = write_kaggle_layout(Path(tmp) / "generated", SyntheticSpec(count=480, seed=4))
+            labels = pd.read_csv(generated / "train_labels.csv", dtype=str)
+            pool = pd.DataFrame({"path": [str(generated / "train" / f"{i}.tif") for i in labels["id"]],
+                                 "label": labels["label"]})
+            run(pool, out, 5, SMOKE_SCRIPT, 60, 1)
+        else:
+            if not args.data.is_dir():
+                raise SystemExit(f"no data at {args.data} (the shared real patches); --smoke runs on generated ones")
+            out.mkdir(parents=True, exist_ok=True)
+            run(_pool(args.data), out, args.nights, SCRIPT, args.batch_rows, args.epochs)
+
+
+if __name__ == "__main__":
+    main()
