@@ -65,8 +65,13 @@ def test_deployments_exist_with_their_schedules(served):
     nightly = found["retrain-nightly"].schedules[0].schedule
     assert (nightly.cron, nightly.timezone) == ("30 1 * * *", "Europe/Amsterdam")
     assert found["watch-new-data"].schedules[0].schedule.interval.total_seconds() == 5
-    for name in ("retrain-nightly", "retrain-on-new-data", "watch-new-data"):
-        assert found[name].global_concurrency_limit.limit == 1, name
+    # Retrains are serialized by the run guard, not a server lease (issue 25); the watcher
+    # keeps one slot and cancels a late worker's backlog.
+    for name in ("retrain-nightly", "retrain-on-new-data"):
+        assert found[name].global_concurrency_limit is None, name
+    watcher = found["watch-new-data"]
+    assert watcher.global_concurrency_limit.limit == 1
+    assert watcher.concurrency_options.collision_strategy.value == "CANCEL_NEW"
     assert not found["predict"].schedules and not found["rollback"].schedules
 
 
