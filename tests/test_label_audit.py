@@ -19,6 +19,7 @@ from histo_core.data.synthetic import SyntheticSpec, write_kaggle_layout
 from histo_core.label_audit import audit_batches, excess_z
 from histo_core.layout import DatasetDir, ModelDir
 from histo_core.registry import open_registry
+from histo_core.storage import open_store
 
 
 def _flip(batch: Path, fraction: float, seed: int = 0) -> None:
@@ -68,14 +69,8 @@ def test_a_batch_with_flipped_labels_is_held_and_clean_ones_pass(champion_store,
     assert set(manifest["batch"]) == {"clean0", "clean1", "clean2", "clean3"}
     assert tree_fingerprint(data) == before  # the data is read, never changed
     # Recorded once: a second look reuses the verdicts and scores nothing.
-    recorded = VerdictStore(LocalStoreFor(champion_store), str(data)).all()
+    recorded = VerdictStore(open_store(champion_store), str(data)).all()
     assert recorded["flipped"]["verdict"] == "held" and recorded["flipped"]["audit"]["rows"] == 100
-
-
-def LocalStoreFor(store: StoreConfig):  # noqa: N802 - reads as the store it opens
-    from histo_core.storage import open_store
-
-    return open_store(store)
 
 
 def _verdicts(batches: dict[str, int]) -> dict[str, dict]:
