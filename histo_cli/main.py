@@ -419,11 +419,12 @@ def _write_evaluation(out: Path, rows: Any, probability: Any, metrics: dict[str,
     import pandas as pd
 
     from histo_core.evaluate import plot_curves
+    from histo_core.tables import write_csv
 
     out.mkdir(parents=True, exist_ok=True)
     labels = rows["label"].astype(int).to_numpy()
-    pd.DataFrame({"id": rows["id"].to_numpy(), "label": labels, "probability": probability}).to_csv(
-        out / "predictions.csv", index=False)
+    write_csv(pd.DataFrame({"id": rows["id"].to_numpy(), "label": labels, "probability": probability}),
+              out / "predictions.csv")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
     threshold = metrics.get("operating_point", {}).get("threshold", 0.5)
     plot_curves(labels, {"model": probability}, {n: out / f"{n}.png" for n in ("roc", "pr", "reliability")},

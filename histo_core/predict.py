@@ -23,20 +23,35 @@ from histo_core.data.images import checked_stat, open_image
 from histo_core.data.sources import IMAGE_SUFFIXES, DataSourceError, list_images
 from histo_core.evaluate import sigmoid
 from histo_core.inference import BatchProgress, load_model, pick_device, score
+from histo_core.tables import write_csv
 
 log = logging.getLogger(__name__)
 
 
 def list_patches(root: Path | str) -> pd.DataFrame:
-    """``id, path`` of every image to score under ``root``."""
+    """``id, path`` of every image to score under ``root``; ids are unique (a submission
+    with one id twice would be scored against whichever row the reader keeps)."""
     try:
         table = list_images(root)
-        return table.loc[table["path"] != "", ["id", "path"]].reset_index(drop=True)
+        table = table.loc[table["path"] != "", ["id", "path"]].reset_index(drop=True)
     except DataSourceError:
         files = sorted(str(p) for p in Path(root).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise DataSourceError(f"{root}: no images to score ({', '.join(IMAGE_SUFFIXES)})") from None
-        return pd.DataFrame({"id": [Path(f).stem for f in files], "path": files})
+        table = pd.DataFrame({"id": [Path(f).stem for f in files], "path": files})
+    require_unique_ids(table, str(root))
+    return table
+
+
+def require_unique_ids(table: pd.DataFrame, where: str) -> None:
+    """Raise ``DataSourceError`` naming the first ids that occur more than once, with their files."""
+    repeated = table[table["id"].duplicated(keep=False)]
+    if len(repeated):
+        first = repeated.groupby("id", sort=False)["path"].apply(list).head(5)
+        listed = "; ".join(f"{i[:80]!r} in {', '.join(p or '(no file)' for p in paths[:3])}"
+                           for i, paths in first.items())
+        raise DataSourceError(f"{where}: {repeated['id'].nunique()} id(s) occur more than once, and a submission "
+                              f"needs one row per id: {listed}. Rename the files or score the batches separately")
 
 
 class _Decoded(Dataset):
@@ -113,16 +128,18 @@ def predict_folder(checkpoint: Path | str, data: Path | str, out_csv: Path | str
                                       root=os.path.realpath(data), progress=progress)
     scored = pd.DataFrame({"id": table["id"], "label": probability, "error": errors})
     if order is not None:
-        wanted = pd.read_csv(order, dtype={"id": str}, usecols=["id"])["id"]
+        wanted = pd.read_csv(order, dtype={"id": str}, usecols=["id"], keep_default_na=False)
+        require_unique_ids(wanted.assign(path=""), str(order))
+        wanted = wanted["id"]
         scored = wanted.to_frame().merge(scored, on="id", how="left")
         scored["error"] = scored["error"].fillna(f"no image with this id under {data}")
     failed = scored[scored["error"] != ""]
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
-    scored.loc[scored["error"] == "", ["id", "label"]].to_csv(out_csv, index=False)
+    write_csv(scored.loc[scored["error"] == "", ["id", "label"]], out_csv)
     errors_csv = errors_path(out_csv)
     if len(failed):
-        failed[["id", "error"]].to_csv(errors_csv, index=False)
+        write_csv(failed[["id", "error"]], errors_csv)
         for row in failed.head(10).itertuples():
             log.warning("could not score %s: %s", row.id, row.error)
     else:

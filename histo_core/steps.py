@@ -46,6 +46,7 @@ from histo_core.layout import DatasetDir, ModelDir, RunDir, SplitDir, Workdir
 from histo_core.model_card import render_model_card
 from histo_core.registry import WEIGHTS, Registry, RegistryStateError, open_registry
 from histo_core.split import assign_partitions
+from histo_core.tables import atomic_write, read_csv, write_csv
 from histo_core.storage import ConflictError, StoreError, open_store, sha256_file
 from histo_core.validation import DataValidationError, require_passed, validate_manifest
 
@@ -60,28 +61,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def _replace(path: Path, write: Callable[[Path], object]) -> Path:
-    """``write`` to a private temporary sibling, then rename it over ``path``.
-
-    Data-set folders are content-addressed, so two runs on the same data (a nightly run
-    and a triggered one, or two ``histo train`` calls) write the same files at once; a
-    reader must see one whole version or the other, never half of a CSV.
-    """
-    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(partial)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-    return path
-
-
 def _write_csv(path: Path, table: pd.DataFrame) -> Path:
-    return _replace(path, lambda tmp: table.to_csv(tmp, index=False))
+    """Data-set folders are content-addressed, so two runs on the same data write the
+    same files at once; ``write_csv`` renames a whole file into place, never half of one."""
+    return write_csv(table, path)
 
 
 def _write_json(path: Path, data: Any) -> Path:
-    return _replace(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, default=str) + "\n"))
+    return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, default=str) + "\n"))
 
 
 def content_key(*parts: Any) -> str:
@@ -193,9 +180,9 @@ def _earlier_validation(dataset: DatasetDir, key: str) -> dict[str, Any] | None:
 
 def read_manifest(path: Path) -> pd.DataFrame:
     """A manifest CSV as written by ``validate``, with its text columns kept as text."""
-    return pd.read_csv(path, dtype={"id": str, "label": str, "batch": str, "path": str, "mode": str,
-                                    "pixel_sha256": str, "error": str, "reason": str},
-                       keep_default_na=False, na_values={c: [""] for c in NUMERIC_COLUMNS})
+    return read_csv(path, dtype={"id": str, "label": str, "batch": str, "path": str, "mode": str,
+                                 "pixel_sha256": str, "error": str, "reason": str},
+                    keep_default_na=False, na_values={c: [""] for c in NUMERIC_COLUMNS})
 
 
 def split_dir(dataset: DatasetDir, cfg: SplitConfig) -> SplitDir:
@@ -220,14 +207,14 @@ def split(dataset: DatasetDir, cfg: SplitConfig) -> SplitDir:
     table = assign_partitions(usable[["id", "label", "path", "batch", "pixel_sha256"]], cfg)
     out.root.mkdir(parents=True, exist_ok=True)
     _write_csv(out.csv, table)
-    _replace(out.source, lambda tmp: tmp.write_text(manifest_digest + "\n"))
+    atomic_write(out.source, lambda tmp: tmp.write_text(manifest_digest + "\n"))
     counts = table.groupby(["partition", "label"]).size().unstack(fill_value=0)
     log.info("split (rows by partition and label):\n%s", counts.to_string())
     return out
 
 
 def read_split(split: SplitDir) -> pd.DataFrame:
-    return pd.read_csv(split.csv, dtype={"id": str}, keep_default_na=False)
+    return read_csv(split.csv, dtype={"id": str}, keep_default_na=False)
 
 
 def load_partitions(split: SplitDir, cache_dir: Path,

@@ -3,8 +3,10 @@
 Two kinds of problem, two consequences:
 
 * **row problems** (unreadable file, wrong size or mode, a label that is not 0 or 1,
-  an id used twice with different labels or pixels, an unsafe id) quarantine that row
-  with a reason, and the run goes on without it;
+  an id used twice (the first row is kept; with different labels or pixels, none is),
+  an image file labelled by two rows, an id over 256 characters, with a control
+  character or one a spreadsheet would run as a formula) quarantine that row with a
+  reason, and the run goes on without it;
 * **data set problems** (too few rows, one class only, class balance out of bounds,
   too many rows quarantined) stop the run with ``DataValidationError``.
 
@@ -81,17 +83,34 @@ class ValidationResult:
         return line + ("" if self.passed else " -- STOPPED: " + "; ".join(self.problems))
 
 
-def _helper_columns(manifest: pd.DataFrame) -> pd.DataFrame:
-    """Add the columns the suite checks that the manifest does not hold directly."""
+MAX_ID_CHARS = 256  # Kaggle ids are 40 characters, PCam's under 20; a longer id is refused, not stored
+FORMULA_ID = r"^[=+\-@]"  # what a spreadsheet runs as a formula (tables.py); tab and CR are control characters
+CONTROL_CHARACTERS = r"[\x00-\x1f\x7f]"
+
+
+def _helper_columns(manifest: pd.DataFrame, known: dict[str, dict[str, Any]] | None = None) -> pd.DataFrame:
+    """Add the columns the suite checks that the manifest does not hold directly.
+
+    Ids and files are compared across batches in order of arrival (recorded verdicts
+    first, by when they were decided; new batches after them, by id), leaving out the
+    batches already left out: a corrected batch uploaded under a new id does not clash
+    with the rejected one it replaces."""
     rows = manifest.reset_index(drop=True).copy()
     rows["row"] = rows.index  # a unique key for GX to report failing rows by
     rows["labelled"] = rows["labelled"].astype(bool) if "labelled" in rows else True
     rows["error"] = rows["error"].replace("", None)
     rows["label"] = rows["label"].astype(str).str.strip()
-    same_id = rows[rows["labelled"]].groupby("id")
-    rows["id_conflict"] = ((same_id["label"].transform("nunique") > 1) | (
-        same_id["pixel_sha256"].transform("nunique") > 1
-    )).reindex(rows.index, fill_value=False)
+    known = known or {}
+    left_out = {b for b, v in known.items() if v.get("verdict") not in USABLE}
+    compared = rows[rows["labelled"] & ~rows["batch"].isin(left_out)]
+    arrival = compared["batch"].map(lambda b: (known.get(b, {}).get("decided") or "~", b))
+    compared = compared.iloc[sorted(range(len(compared)), key=lambda i: arrival.iloc[i])]  # stable
+    same_id = compared.groupby("id")
+    conflict = (same_id["label"].transform("nunique") > 1) | (same_id["pixel_sha256"].transform("nunique") > 1)
+    with_file = compared[compared["path"] != ""]
+    rows["id_conflict"] = conflict.reindex(rows.index, fill_value=False)
+    rows["id_repeated"] = compared["id"].duplicated().reindex(rows.index, fill_value=False)
+    rows["file_repeated"] = with_file["path"].duplicated().reindex(rows.index, fill_value=False)
     rows["near_blank"] = rows["blank_fraction"].fillna(0) > NEAR_BLANK
     return rows
 
@@ -102,6 +121,12 @@ def _row_expectations(cfg: ValidationConfig) -> list[tuple[Any, str, str]]:
 
     e = gx.expectations
     return [
+        (e.ExpectColumnValueLengthsToBeBetween(column="id", min_value=1, max_value=MAX_ID_CHARS),
+         "quarantined", "id of {id_length} characters; ids are 1 to " + f"{MAX_ID_CHARS}"),
+        (e.ExpectColumnValuesToNotMatchRegex(column="id", regex=CONTROL_CHARACTERS),
+         "quarantined", "id {id!r} holds a control character (tab, line break, NUL)"),
+        (e.ExpectColumnValuesToNotMatchRegex(column="id", regex=FORMULA_ID),
+         "quarantined", "id {id!r} starts with '=', '+', '-' or '@', which a spreadsheet runs as a formula"),
         (e.ExpectColumnValuesToBeNull(column="error"), "quarantined", "{error}"),
         (e.ExpectColumnValuesToBeInSet(column="label", value_set=["0", "1"]),
          "quarantined", "label {label!r} is not 0 or 1"),
@@ -113,6 +138,10 @@ def _row_expectations(cfg: ValidationConfig) -> list[tuple[Any, str, str]]:
          "quarantined", "size {width}x{height}, expected " + f"{cfg.image_size}x{cfg.image_size}"),
         (e.ExpectColumnValuesToBeInSet(column="id_conflict", value_set=[False]),
          "quarantined", "id {id!r} appears more than once with different labels or pixels"),
+        (e.ExpectColumnValuesToBeInSet(column="id_repeated", value_set=[False]),
+         "quarantined", "id {id!r} is already in the data set (an earlier row or batch); the first is kept"),
+        (e.ExpectColumnValuesToBeInSet(column="file_repeated", value_set=[False]),
+         "quarantined", "its image file is already labelled by an earlier row; one file, one row"),
         (e.ExpectColumnValuesToBeInSet(column="near_blank", value_set=[False]),
          "warning", "near-blank patch ({blank_fraction:.0%} glass or black)"),
     ]
@@ -252,6 +281,12 @@ def _dataset_problems(rows: pd.DataFrame, cfg: ValidationConfig) -> list[str]:
     return problems
 
 
+def _shown(row: dict[str, Any]) -> dict[str, Any]:
+    """A row's values as a reason quotes them: long text cut to 80 characters."""
+    shown = {k: (v[:80] + "...") if isinstance(v, str) and len(v) > 80 else v for k, v in row.items()}
+    return shown | {"id_length": len(str(row.get("id", "")))}
+
+
 def validate_manifest(manifest: pd.DataFrame, cfg: ValidationConfig = ValidationConfig(),
                       docs_dir: Path | None = None, batch_faults: dict[str, list[str]] | None = None,
                       known_verdicts: dict[str, dict[str, Any]] | None = None,
@@ -262,18 +297,18 @@ def validate_manifest(manifest: pd.DataFrame, cfg: ValidationConfig = Validation
     ``batch_faults``: problems of whole batches found before their rows (an unreadable
     labels file, a refused S3 key); ``known_verdicts``: the verdicts recorded earlier;
     ``scorer``: the champion, for the label audit of new batches (``label_audit``)."""
-    rows = _helper_columns(manifest)
+    rows = _helper_columns(manifest, known_verdicts)
     rows["status"], rows["reason"] = "ok", ""
     labelled = rows[rows["labelled"]]
     if len(labelled):
         for consequence, template, failing in run_suite(labelled, cfg):
-            for i in failing:
-                if rows.at[i, "status"] == "quarantined":
-                    continue  # the first, most basic reason is the one reported
-                rows.at[i, "status"] = consequence
-                rows.at[i, "reason"] = template.format(**rows.loc[i].to_dict())
+            # the first, most basic reason is the one reported
+            todo = [i for i in failing if rows.at[i, "status"] != "quarantined"]
+            if todo:
+                rows.loc[todo, "status"] = consequence
+                rows.loc[todo, "reason"] = [template.format(**_shown(r)) for r in rows.loc[todo].to_dict("records")]
     rows.loc[~rows["labelled"], ["status", "reason"]] = ["warning", "image file has no label row; not used"]
-    result = ValidationResult(rows.drop(columns=["row", "id_conflict", "near_blank"]))
+    result = ValidationResult(rows.drop(columns=["row", "id_conflict", "id_repeated", "file_repeated", "near_blank"]))
     if batch_faults or (result.rows["batch"] != "").any():
         result.batches = judge(result.rows, batch_faults or {}, known_verdicts or {}, cfg)
         audit_batches(result.batches, result.rows, scorer, cfg)
@@ -294,7 +329,8 @@ def validate_manifest(manifest: pd.DataFrame, cfg: ValidationConfig = Validation
         log.warning("colour drift: batch %s is %.2f SD from the reference data (threshold %.2f)",
                     result.drift["batch"], result.drift["score"], cfg.drift_threshold)
     for _, row in result.rows[result.rows["status"] == "quarantined"].head(20).iterrows():
-        log.warning("quarantined %s (%s): %s", row["id"], row["path"] or "no path", row["reason"])
+        shown = _shown({"id": row["id"], "path": row["path"] or "no path"})  # one log line each, however odd
+        log.warning("quarantined %r (%r): %s", shown["id"], shown["path"], row["reason"])
     return result
 
 

@@ -9,6 +9,7 @@ import pytest
 from histo_core import steps
 from histo_core.data.cache import build_cache
 from histo_core.data.synthetic import render_patch
+from histo_core.tables import atomic_write
 
 
 def test_a_failed_write_leaves_the_previous_file_whole_and_no_debris(tmp_path):
@@ -19,7 +20,7 @@ def test_a_failed_write_leaves_the_previous_file_whole_and_no_debris(tmp_path):
         raise OSError("No space left on device")
 
     with pytest.raises(OSError, match="No space"):
-        steps._replace(target, half_then_fail)
+        atomic_write(target, half_then_fail)
     assert pd.read_csv(target)["id"].tolist() == ["a", "b"]
     assert [p.name for p in tmp_path.iterdir()] == ["split.csv"]
 

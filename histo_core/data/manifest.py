@@ -166,12 +166,13 @@ def build_manifest(
         hit = keys.isin(known.index) & (table["path"] != "").to_numpy()
         info.loc[hit] = known.loc[keys[hit]].to_numpy()
         todo &= ~hit
-    paths = table.loc[todo, "path"].tolist()
+    paths = table.loc[todo, "path"]
+    distinct = list(dict.fromkeys(paths))  # a file named by many rows is opened once (validation refuses the rest)
     images._real_folder.cache_clear()  # a folder may have become a link since the last look
     real_root = os.path.realpath(root)  # resolved once: every opened path must stay inside it
-    fresh = _inspect_all(paths, workers or os.cpu_count() or 1, progress, real_root)
+    fresh = _inspect_all(distinct, workers or os.cpu_count() or 1, progress, real_root)
     if fresh:
-        info.loc[todo] = pd.DataFrame(fresh)[IMAGE_COLUMNS].to_numpy()
+        info.loc[todo] = pd.DataFrame(fresh, index=distinct)[IMAGE_COLUMNS].loc[paths].to_numpy()
     manifest = pd.concat([table, info], axis=1)
     manifest.loc[~manifest["labelled"], "error"] = ""
     manifest["bytes"] = manifest["bytes"].clip(lower=0)

@@ -36,8 +36,40 @@ class DataSourceError(ValueError):
     """The data root cannot be read as any supported layout."""
 
 
+MAX_LABELS_BYTES = 256 << 20  # 1,000,000 rows of 256 bytes; Kaggle's 220,025 rows are 10 MB
+MAX_LABELS_ROWS = 1_000_000  # PCam has 327,680 patches in all
+MAX_LINE_BYTES = 4096  # an id is at most 256 characters (validation); a line 16x that is no labels file
+
+
+def check_labels_size(csv_path: Path) -> None:
+    """Refuse a labels file that would cost more than any real one, before it is parsed:
+    its size by ``stat``, then its lines and their lengths in 1 MiB reads, so a 1 GiB
+    "id" or 2,000,000 rows cost a second and a few MiB, not gigabytes."""
+    size = csv_path.stat().st_size
+    if size > MAX_LABELS_BYTES:
+        raise DataSourceError(f"{csv_path}: {size:,} bytes, more than the {MAX_LABELS_BYTES >> 20} MiB a labels "
+                              f"file may have ({MAX_LABELS_ROWS:,} rows at most); split it into batches")
+    lines, line_start, offset = 0, 0, 0
+    with open(csv_path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            ends = np.flatnonzero(np.frombuffer(chunk, np.uint8) == 10) + offset
+            starts = np.concatenate(([line_start], ends[:-1] + 1)) if len(ends) else np.array([line_start])
+            longest = np.flatnonzero((ends - starts[:len(ends)]) > MAX_LINE_BYTES) if len(ends) else []
+            if len(longest) or offset + len(chunk) - (ends[-1] + 1 if len(ends) else line_start) > MAX_LINE_BYTES:
+                line = lines + (int(longest[0]) if len(longest) else len(ends)) + 1
+                raise DataSourceError(f"{csv_path}: line {line:,} is longer than {MAX_LINE_BYTES:,} bytes; a labels "
+                                      f"row is an id (at most 256 characters), a label and optionally a file name")
+            lines += len(ends)
+            if lines > MAX_LABELS_ROWS + 1:
+                raise DataSourceError(f"{csv_path}: more than {MAX_LABELS_ROWS:,} rows; split it into batches "
+                                      "(batches/<id>/) of at most that many")
+            line_start = int(ends[-1]) + 1 if len(ends) else line_start
+            offset += len(chunk)
+
+
 def _read_labels_csv(csv_path: Path) -> pd.DataFrame:
     """Read a labels file as text, tolerating a UTF-8 BOM, CRLF and padded cells."""
+    check_labels_size(csv_path)
     try:
         table = pd.read_csv(csv_path, dtype=str, encoding="utf-8-sig", keep_default_na=False)
     except UnicodeDecodeError as exc:
@@ -67,8 +99,14 @@ def _safe_child(root: Path, relative: str) -> str | None:
     return os.path.join(root, relative)
 
 
+MAX_NAME_BYTES = 250  # a file name is at most 255 bytes on every common file system, suffix included
+
+
 def _safe_id(image_id: str) -> bool:
-    return bool(image_id) and not any(ch in image_id for ch in "/\\") and image_id not in {".", ".."}
+    """Whether ``image_id`` can name a file in its folder: not empty, no separator, not
+    ``.``/``..``, short enough to be a file name (a longer one is a row with no image)."""
+    return (bool(image_id) and not any(ch in image_id for ch in "/\\") and image_id not in {".", ".."}
+            and len(image_id.encode("utf-8", "surrogatepass")) <= MAX_NAME_BYTES)
 
 
 def _find_image(folder: Path, image_id: str) -> Path:

@@ -1,0 +1,146 @@
+"""Ids, labels and file names from other people stay data: refused by validation with a
+reason where they are unsafe, quoted where a spreadsheet would run them, never twice in
+a data set or a submission (issue 22, items 2 and 3)."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from conftest import tree_fingerprint, write_weights
+from hostile import CONTROL_IDS, FORMULA_IDS, LONG_ID, MARKUP_IDS, ODD_IDS, _tissue, write_hostile_root
+from histo_cli.main import main
+from histo_core import steps
+from histo_core.config import ValidationConfig
+from histo_core.data.manifest import build_manifest
+from histo_core.layout import DatasetDir
+from histo_core.tables import FORMULA_LEAD, neutralise, read_csv, restore, write_csv
+from histo_core.validation import validate_manifest
+
+LENIENT = ValidationConfig(max_quarantine_fraction=0.9)
+
+
+def _number(cell: str) -> bool:
+    """A spreadsheet reads ``-1`` as the number -1, not a formula."""
+    try:
+        float(cell)
+        return True
+    except ValueError:
+        return False
+
+
+def _status(result, image_id):
+    row = result.rows[result.rows["id"] == image_id].iloc[0]
+    return row["status"], row["reason"]
+
+
+def test_unsafe_ids_are_quarantined_with_a_reason_and_odd_but_harmless_ones_kept(tmp_path):
+    write_hostile_root(tmp_path / "data")
+    before = tree_fingerprint(tmp_path / "data")
+    result = validate_manifest(build_manifest(tmp_path / "data"), LENIENT)
+    assert tree_fingerprint(tmp_path / "data") == before
+    for image_id in FORMULA_IDS:
+        assert _status(result, image_id) == ("quarantined", f"id {image_id!r} starts with '=', '+', '-' or '@', "
+                                                            "which a spreadsheet runs as a formula")
+    for image_id in CONTROL_IDS:
+        status, reason = _status(result, image_id)
+        assert status == "quarantined" and "control character" in reason
+    assert _status(result, LONG_ID) == ("quarantined", "id of 300 characters; ids are 1 to 256")
+    for image_id in ODD_IDS + [i for i in MARKUP_IDS if "/" not in i]:
+        assert _status(result, image_id) == ("ok", ""), image_id  # text, shown escaped wherever it is shown
+
+
+def test_written_csvs_hold_no_formula_cell_and_read_back_unchanged(tmp_path):
+    labels = write_hostile_root(tmp_path / "data")
+    dataset = steps.validate(str(tmp_path / "data"), DatasetDir(tmp_path / "ds"), LENIENT, tmp_path / "m")
+    with open(dataset.manifest, newline="") as f:
+        cells = [cell for row in csv.reader(f) for cell in row]
+    assert cells and not [c for c in cells if c.startswith(FORMULA_LEAD) and not _number(c)]
+    assert "'=HYPERLINK(\"http://evil.example\",\"x\")" in cells
+    manifest = steps.read_manifest(dataset.manifest)
+    assert sorted(manifest["id"]) == sorted(labels["id"])
+    assert sorted(manifest["label"]) == sorted(labels["label"])
+
+
+@pytest.mark.parametrize("text", ["=1+1", "+a", "-b", "@c", "\td", "\re", "'f", "''g", "plain", "", "a=b"])
+def test_neutralising_a_cell_is_reversed_exactly(text):
+    assert restore(neutralise(text)) == text
+    assert not neutralise(text).startswith(FORMULA_LEAD)
+
+
+def test_numbers_stay_numbers_in_a_written_csv(tmp_path):
+    write_csv(pd.DataFrame({"id": ["-x"], "logit": [-1.5]}), tmp_path / "t.csv")
+    assert (tmp_path / "t.csv").read_text() == "id,logit\n'-x,-1.5\n"
+    assert read_csv(tmp_path / "t.csv").to_dict("records") == [{"id": "-x", "logit": -1.5}]
+
+
+def _batch(root: Path, name: str, ids: list[str], labels: list[int], seed: int = 0) -> None:
+    folder = root / "batches" / name / "images"
+    folder.mkdir(parents=True)
+    for n, image_id in enumerate(ids):
+        Image.fromarray(_tissue(seed + n)).save(folder / f"{image_id}.png")
+    pd.DataFrame({"id": ids, "label": labels}).to_csv(folder.parent / "labels.csv", index=False)
+
+
+def test_an_id_in_two_batches_is_a_finding_and_the_first_is_kept(tmp_path):
+    ids = [f"p{i}" for i in range(40)]
+    _batch(tmp_path, "b1", ids, [i % 2 for i in range(40)])
+    _batch(tmp_path, "b2", ids[:2] + [f"q{i}" for i in range(38)], [i % 2 for i in range(40)])  # same pixels, ids
+    result = validate_manifest(build_manifest(tmp_path), LENIENT)
+    repeats = result.rows[result.rows["id"].isin(["p0", "p1"])]
+    assert repeats.groupby("batch")["status"].apply(set).to_dict() == {"b1": {"ok"}, "b2": {"quarantined"}}
+    assert repeats[repeats["batch"] == "b2"]["reason"].str.contains("already in the data set").all()
+    assert not result.rows[result.rows["status"] != "quarantined"]["id"].duplicated().any()
+
+
+def test_a_corrected_batch_does_not_clash_with_the_rejected_one_it_replaces(tmp_path):
+    ids = [f"p{i}" for i in range(40)]
+    _batch(tmp_path, "b1", ids, [i % 2 for i in range(40)])
+    first = validate_manifest(build_manifest(tmp_path), LENIENT)
+    rejected = {**first.batches["b1"], "verdict": "rejected"}  # as an operator's data team would have it
+    _batch(tmp_path, "b1-fixed", ids, [i % 2 for i in range(40)])
+    again = validate_manifest(build_manifest(tmp_path), LENIENT, known_verdicts={"b1": rejected})
+    assert again.batches["b1-fixed"]["verdict"] == "accepted"
+    assert set(again.rows["batch"]) == {"b1-fixed"} and (again.rows["status"] == "ok").all()
+
+
+def test_a_file_labelled_by_two_rows_is_a_finding(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(30):
+        Image.fromarray(_tissue(i)).save(images / f"f{i}.png")
+    rows = [(f"f{i}", i % 2, f"images/f{i}.png") for i in range(30)] + [("alias", 1, "images/f3.png")]
+    pd.DataFrame(rows, columns=["id", "label", "filename"]).to_csv(tmp_path / "labels.csv", index=False)
+    result = validate_manifest(build_manifest(tmp_path), LENIENT)
+    assert _status(result, "alias") == ("quarantined", "its image file is already labelled by an earlier row; "
+                                                       "one file, one row")
+    assert _status(result, "f3") == ("ok", "")
+
+
+def test_predict_refuses_to_write_a_submission_with_an_id_twice(tmp_path, capsys):
+    _batch(tmp_path / "data", "b1", ["a", "b"], [0, 1])
+    _batch(tmp_path / "data", "b2", ["b", "c"], [1, 0])
+    weights = write_weights(tmp_path / "w.pt")
+    code = main(["predict", "--data", str(tmp_path / "data"), "--checkpoint", str(weights), "--out", str(tmp_path / "s.csv")])
+    err = capsys.readouterr().err
+    assert code == 1 and "1 id(s) occur more than once" in err and "'b' in" in err and "/b2/" in err
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_predict_quotes_formula_ids_in_its_submission(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for n, image_id in enumerate(["=1+1", "@x", "plain"]):
+        Image.fromarray(_tissue(n)).save(folder / f"{image_id}.png")
+    weights = write_weights(tmp_path / "w.pt")
+    assert main(["predict", "--data", str(folder), "--checkpoint", str(weights), "--out", str(tmp_path / "s.csv")]) == 0
+    with open(tmp_path / "s.csv", newline="") as f:
+        ids = [row[0] for row in csv.reader(f)][1:]
+    assert sorted(ids) == ["'=1+1", "'@x", "plain"]
+    assert sorted(read_csv(tmp_path / "s.csv", dtype={"id": str})["id"]) == ["=1+1", "@x", "plain"]
+    shutil.rmtree(folder)
