@@ -12,10 +12,13 @@ size) and ends with
 
     season: N nights, I interventions, P promotions, R bad batches isolated of B, store S MiB
 
-An intervention is a night whose run did not end in a decision (an exception or a
-failed run): on a schedule, a person would have had to look. Not simulated here: S3 folder
-markers (tests/test_s3_store.py, on moto and Swift) and killed runs
-(tests/test_orchestrator_faults.py, on a real server).
+The data root and the store are in S3 (a moto server started here, reached through
+``AWS_ENDPOINT_URL_S3``), as in production: each new batch is uploaded, and one night
+the S3 console's "Create folder" markers (``batches/``, ``batches/<id>/``) are added
+too. Another night a run is killed (SIGKILL to its process group) once training has
+started, and the night's scheduled run goes on from what it left. An intervention is a
+night whose run did not end in a decision (an exception or a failed run): on a schedule,
+a person would have had to look.
 
     .venv/bin/python bench/season.py [--nights 30] [--batch-rows 400] [--epochs 2]
     .venv/bin/python bench/season.py --smoke     # 5 nights on generated patches
@@ -24,8 +27,13 @@ markers (tests/test_s3_store.py, on moto and Swift) and killed runs
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -45,10 +53,12 @@ from histo_core.registry import open_registry  # noqa: E402
 from histo_core.storage import open_store  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "pcam_real"
-SCRIPT = [["good", "good"], [], ["good", "corrupt"], ["wrong-size"], ["flipped"], ["stain"],
-          ["second-workdir"], ["good", "delete-workdir"], ["corrupt-champion"], ["good"]]
-SMOKE_SCRIPT = [["good", "good"], ["corrupt", "good"], ["wrong-size", "delete-workdir"], ["corrupt-champion"],
-                ["good"]]
+SCRIPT = [["good", "good"], [], ["good", "corrupt"], ["wrong-size"], ["flipped"], ["stain", "s3-markers"],
+          ["second-workdir"], ["good", "delete-workdir"], ["corrupt-champion"], ["good", "killed-run"]]
+SMOKE_SCRIPT = [["good", "good"], ["corrupt", "good", "s3-markers"], ["wrong-size", "delete-workdir"],
+                ["corrupt-champion"], ["good", "killed-run"]]
+WORLD = {"delete-workdir", "corrupt-champion", "second-workdir", "s3-markers", "killed-run"}  # no batch written
+REPO = Path(__file__).resolve().parents[1]
 BAD = {"corrupt", "wrong-size", "flipped"}
 
 
@@ -89,12 +99,45 @@ def _store_mib(uri: str) -> float:
     return sum(size for _, size, _ in open_store(uri).list_objects("")) / 2**20
 
 
+def _upload_batch(local_root: Path, data_uri: str, batch: str) -> None:
+    """Put one batch's files under the S3 data root, as a lab's upload would."""
+    bucket = open_store(data_uri)
+    for path in sorted((local_root / "batches" / batch).rglob("*")):
+        if path.is_file():
+            bucket.put_file(path, path.relative_to(local_root).as_posix())
+
+
+def _add_folder_markers(data_uri: str, batches: list[str]) -> None:
+    """What the S3 console's "Create folder" writes: empty objects whose keys end in '/'."""
+    from histo_core.storage.s3 import S3Store
+
+    store = open_store(data_uri)
+    assert isinstance(store, S3Store)
+    for key in ["batches/"] + [f"batches/{b}/" for b in batches]:
+        store.client.put_object(Bucket=store.bucket, Key=f"{store.prefix}/{key}", Body=b"")
+
+
+def _kill_a_run(config: RetrainConfig, workdir: Path) -> str:
+    """Start a retrain in a process of its own and SIGKILL its process group once training
+    has started (a model folder appears): what a dying worker or an OOM kill leaves."""
+    child = subprocess.Popen([sys.executable, __file__, "--run-one", config.model_dump_json()], cwd=REPO,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and child.poll() is None and not list((workdir / "models").glob("*/")):
+        time.sleep(0.2)
+    if child.poll() is not None:
+        return f"the run to kill ended first (exit {child.returncode})"
+    os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+    return "a run killed while training"
+
+
 def run(pool: pd.DataFrame, out: Path, nights: int, script: list[list[str]], batch_rows: int, epochs: int) -> None:
     from prefect.exceptions import PrefectException
 
     from histo_flows.retrain import retrain
 
-    root, store = out / "root", StoreConfig(uri=str(out / "store"))
+    root, data, store = out / "root", "s3://season-data/root", StoreConfig(uri="s3://season-store/store")
     workdirs = [out / "work1", out / "work2"]
     rng = np.random.default_rng(0)
     interventions = promotions = bad_written = 0
@@ -108,23 +151,27 @@ def run(pool: pd.DataFrame, out: Path, nights: int, script: list[list[str]], bat
             if kind == "delete-workdir":
                 shutil.rmtree(workdirs[0], ignore_errors=True)
             elif kind == "corrupt-champion":
-                champion = open_registry(store, "pcam-cnn").champion()
-                if champion is not None:
-                    weights = Path(out / "store" / "models" / "pcam-cnn" / "versions" / champion.version / "model.pt")
-                    weights.write_bytes(b"not a checkpoint")
-            elif kind != "second-workdir":
+                registry = open_registry(store, "pcam-cnn")
+                if (champion := registry.champion()) is not None:
+                    (out / "junk.pt").write_bytes(b"not a checkpoint")
+                    registry.store.put_file(out / "junk.pt", f"{registry.prefix}/versions/{champion.version}/model.pt")
+            elif kind == "s3-markers":
+                _add_folder_markers(data, sorted(p.name for p in (root / "batches").iterdir()))
+            elif kind not in WORLD:
                 if taken + batch_rows > len(pool):
                     taken = 0  # the pool is reused: a later batch repeats earlier patches under new ids
                 batch = f"n{night:02d}{'abcdefgh'[j]}-{kind}"
                 _write_batch(root, batch, pool.iloc[taken:taken + batch_rows], kind, rng)
+                _upload_batch(root, data, batch)
                 taken += batch_rows
                 added.append(batch)
                 if kind in BAD:
                     bad_batches.append(batch)
         config = RetrainConfig(
-            data=str(root), store=store, workdir=str(workdir), operations=OperationsConfig(lock_dir=str(out / "locks")),
+            data=data, store=store, workdir=str(workdir), operations=OperationsConfig(lock_dir=str(out / "locks")),
             train=TrainConfig(epochs=epochs, min_epochs=1), evaluation=EvalConfig(tta=False, bootstrap=100),
             gate=GateConfig(auc_floor=0.6))
+        killed = _kill_a_run(config, workdir) + "; " if "killed-run" in events else ""
         started = time.perf_counter()
         try:
             result = retrain(config)
@@ -135,16 +182,35 @@ def run(pool: pd.DataFrame, out: Path, nights: int, script: list[list[str]], bat
             outcome, champion = f"FAILED ({type(exc).__name__}: {str(exc)[:160]})", "?"
         seconds = time.perf_counter() - started
         times.append(seconds)
-        verdicts = VerdictStore(open_store(store), str(root)).all()
-        said = ", ".join(f"{b}: {verdicts.get(b, {}).get('verdict', '-')}" for b in added) or "no new batch"
+        verdicts = VerdictStore(open_store(store), data).all()
+        said = killed + ", ".join(f"{b}: {verdicts.get(b, {}).get('verdict', '-')}" for b in added) or "no new batch"
         print(f"night {night:2d} [{' '.join(events) or 'empty'}] {said}; {outcome}; champion {champion}; "
               f"{seconds:.0f} s; store {_store_mib(store.uri):.1f} MiB", flush=True)
-    verdicts = VerdictStore(open_store(store), str(root)).all()
+    verdicts = VerdictStore(open_store(store), data).all()
     isolated = sum(verdicts.get(b, {}).get("verdict") not in USABLE for b in bad_batches)
     bad_written = len(bad_batches)
     print(f"season: {nights} nights, {interventions} interventions, {promotions} promotions, {isolated} bad "
           f"batches isolated of {bad_written}, store {_store_mib(store.uri):.1f} MiB; seconds per night: first "
           f"{times[0]:.0f}, last {times[-1]:.0f}")
+
+
+@contextlib.contextmanager
+def _s3(tmp: Path):
+    """A moto S3 server for the season's data root and store, reached as a real endpoint
+    (this process and the killed run's both read ``AWS_ENDPOINT_URL_S3``)."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from s3_servers import start_moto
+
+    endpoint = start_moto(tmp)
+    os.environ.update({"AWS_ENDPOINT_URL_S3": endpoint.url, "AWS_ACCESS_KEY_ID": endpoint.access_key,
+                       "AWS_SECRET_ACCESS_KEY": endpoint.secret_key, "AWS_DEFAULT_REGION": "us-east-1"})
+    client = endpoint.client()
+    for bucket in ("season-data", "season-store"):
+        client.create_bucket(Bucket=bucket)
+    try:
+        yield
+    finally:
+        endpoint.stop()
 
 
 def main() -> None:
@@ -155,8 +221,14 @@ def main() -> None:
     parser.add_argument("--batch-rows", type=int, default=400)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--smoke", action="store_true", help="5 nights, 60-patch batches of generated data")
+    parser.add_argument("--run-one", help=argparse.SUPPRESS)  # the run that _kill_a_run kills
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="histo-season-") as tmp:
+    if args.run_one:
+        from histo_flows.retrain import retrain
+
+        retrain(RetrainConfig(**json.loads(args.run_one)))
+        return
+    with tempfile.TemporaryDirectory(prefix="histo-season-") as tmp, _s3(Path(tmp)):
         out = args.out or Path(tmp)
         if args.smoke:
             generated = write_kaggle_layout(Path(tmp) / "generated", SyntheticSpec(count=480, seed=4))

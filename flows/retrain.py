@@ -16,6 +16,7 @@ from histo_core import run_guard, steps
 from histo_core.config import RetrainConfig, with_overrides
 from histo_core.batch_verdicts import USABLE
 from histo_core.layout import DatasetDir, RunDir, Workdir
+from histo_core.storage import open_store, probe_writable
 from histo_core.validation import DataValidationError
 from histo_tasks import events, run_control
 from histo_tasks.retrain import (evaluate_models, promote_model, split_data, train_model, upload_artifacts,
@@ -171,6 +172,7 @@ def _retrain(config: RetrainConfig, attempts: int) -> dict[str, Any] | State:
     run = work.run(run_id)
     logger.info("run %s: data %s -> store %s", run_id, config.data, config.store.uri)
     steps.record_config(run, config)
+    probe_writable(open_store(config.store))  # a store it cannot write fails now, not after training
 
     # Each step's output folder is computed once, here, and is the step's cache key (tasks.retrain).
     dataset = steps.dataset_dir(work, config.data, config.validation) or work.dataset(f"remote-{run_id}")

@@ -7,6 +7,7 @@ answers at once.
 from __future__ import annotations
 
 import argparse
+import errno
 import datetime as dt
 import logging
 import os
@@ -19,6 +20,7 @@ from histo_cli.options import add_config_file_options, add_config_options, print
 from histo_cli.progress import EpochBars, ProgressBar
 from histo_core.config import (EvalConfig, PredictConfig, RetrainConfig, SplitConfig, StoreConfig, TrainConfig,
                                 ValidationConfig)
+from histo_core.atomic import atomic_write
 from histo_core.data.download import DownloadError
 from histo_core.storage.base import StoreError
 
@@ -91,7 +93,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     result = validate_manifest(manifest, cfg, docs_dir=args.docs, batch_faults=faults)
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
-        args.report.write_text(json.dumps(result.report(), indent=2) + "\n")
+        atomic_write(args.report, lambda tmp: tmp.write_text(json.dumps(result.report(), indent=2) + "\n"))
     print(result.summary().split(" -- ")[0])
     for batch, verdict in result.left_out().items():
         print(f"  batch {batch} {verdict['verdict']}: {'; '.join(verdict['reasons'])}")
@@ -210,12 +212,15 @@ def _require_device(name: str) -> None:
 
 
 def _require_store(store: StoreConfig, model_name: str) -> None:
-    """Reach the store once before any work: an unreachable endpoint or a missing bucket
-    fails in seconds (exit 3), not after an hour of training."""
+    """Reach the store once before any work, and prove that it can be written (a probe
+    object, removed after): an unreachable endpoint, a missing bucket or a read-only
+    folder fails in seconds (exit 3), not after an hour of training."""
     from histo_core.registry import Registry
-    from histo_core.storage import open_store
+    from histo_core.storage import open_store, probe_writable
 
-    Registry(open_store(store), model_name).versions()
+    registry = Registry(open_store(store), model_name)
+    registry.versions()
+    probe_writable(registry.store)
 
 
 def _require_file(path: Path, what: str) -> None:
@@ -243,8 +248,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps({"train": cfg.model_dump(), "validation": validation.model_dump(),
-                                                 "split": split_cfg.model_dump()}, indent=2) + "\n")
+    config_json = json.dumps({"train": cfg.model_dump(), "validation": validation.model_dump(),
+                              "split": split_cfg.model_dump()}, indent=2) + "\n"
+    atomic_write(out / "config.json", lambda tmp: tmp.write_text(config_json))
     bar = ProgressBar("inspecting images")
     try:
         dataset = steps.validate(args.data, DatasetDir(out / "data"), validation, out / "manifests", progress=bar)
@@ -357,7 +363,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"predictions, metrics and plots: {args.out}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+        atomic_write(args.json, lambda tmp: tmp.write_text(json.dumps(metrics, indent=2, default=str) + "\n"))
     return OK
 
 
@@ -425,7 +431,7 @@ def _write_evaluation(out: Path, rows: Any, probability: Any, metrics: dict[str,
     labels = rows["label"].astype(int).to_numpy()
     write_csv(pd.DataFrame({"id": rows["id"].to_numpy(), "label": labels, "probability": probability}),
               out / "predictions.csv")
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+    atomic_write(out / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics, indent=2, default=str) + "\n"))
     threshold = metrics.get("operating_point", {}).get("threshold", 0.5)
     plot_curves(labels, {"model": probability}, {n: out / f"{n}.png" for n in ("roc", "pr", "reliability")},
                 {"model": threshold})
@@ -516,7 +522,11 @@ def cmd_models(args: argparse.Namespace) -> int:
             raise RegistryStateError(f"{args.model_name} has no champion in {registry.store.uri}; name a version "
                                      "(histo models list shows them)")
         print(json.dumps(registry.version(args.version or champion.version), indent=2))
-    elif args.models_command == "promote":
+    elif args.models_command in ("promote", "rollback"):
+        from histo_core.storage import probe_writable
+
+        probe_writable(registry.store)  # a read-only store is exit 3 before anything is judged
+    if args.models_command == "promote":
         if corrupt:
             registry.repair_champion(args.version, corrupt)
             print(f"champion of {args.model_name}: replaced the unreadable pointer with {args.version}")
@@ -792,6 +802,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# A folder we may not write, a read-only mount, a full disk or quota: the machine, not the arguments.
+ENVIRONMENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EIO})
+
+
 def exit_code(exc: BaseException) -> tuple[int, str] | None:
     """The exit code and kind of one of our errors; None for a bug (shown as a traceback)."""
     from histo_core.data.sources import DataSourceError
@@ -801,10 +815,14 @@ def exit_code(exc: BaseException) -> tuple[int, str] | None:
     from histo_core.split import SplitError
     from histo_core.validation import DataValidationError
 
-    if isinstance(exc, (DataValidationError, DataSourceError, SplitError, CheckpointError, UnservableVersionError)):
+    if isinstance(exc, CheckpointError):  # a file given as a checkpoint that is not one: the argument is wrong
+        return USAGE, "usage: not a usable checkpoint"
+    if isinstance(exc, (DataValidationError, DataSourceError, SplitError, UnservableVersionError)):
         return REJECTED, "the data or model was rejected"
     if isinstance(exc, (StoreError, DownloadError, ConnectionError, TimeoutError, DeviceUnavailableError, RunGuardError)):
         return ENVIRONMENT, "environment (store, network, device)"
+    if isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS:
+        return ENVIRONMENT, "environment (permissions, disk space)"
     if isinstance(exc, (ValueError, FileExistsError, FileNotFoundError, RegistryStateError, VerdictError)):
         return USAGE, "usage"
     return None

@@ -22,6 +22,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
+from histo_core.config import CREDENTIALS_IN_URL
+
 
 class ConfigError(ValueError):
     """A config that does not validate; the message names each option and the rule."""
@@ -108,7 +110,8 @@ def _problem(prefix: str, error: Any) -> str:
     if not error["loc"]:
         return error["msg"].removeprefix("Value error, ")
     option = f"--{prefix}{'.'.join(map(str, error['loc'])).replace('_', '-')}"
-    return f"{option}: {error['msg']}" + (f" (got {error['input']!r})" if error["type"] != "missing" else "")
+    shown = error["type"] not in ("missing", CREDENTIALS_IN_URL)
+    return f"{option}: {error['msg']}" + (f" (got {error['input']!r})" if shown else "")
 
 
 def _read_yaml(path: Path, section: str) -> dict[str, Any]:

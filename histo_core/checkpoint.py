@@ -8,7 +8,6 @@ Files are plain dicts of tensors and built-in values, so they load with
 
 from __future__ import annotations
 
-import os
 import pickle
 import zipfile
 from dataclasses import dataclass, fields
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from histo_core.atomic import atomic_write
 from histo_core.config import TrainConfig
 from histo_core.errors import CheckpointError
 
@@ -66,9 +66,20 @@ def write_checkpoint(path: Path, record: dict[str, Any], state: TrainingState | 
                      **extra: Any) -> None:
     """``record`` (+ ``state`` + ``extra``) to ``path``, atomically: a crash mid-write never
     leaves a truncated checkpoint."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save({**record, **(state.as_dict() if state else {}), **extra}, tmp)
-    os.replace(tmp, path)
+    atomic_write(Path(path), lambda tmp: _save({**record, **(state.as_dict() if state else {}), **extra}, tmp, path))
+
+
+def _save(obj: dict[str, Any], tmp: Path, path: Path | str) -> None:
+    """``torch.save`` through a Python file, so that a full disk surfaces as the
+    ``OSError`` it is (ENOSPC, naming ``path``), not as torch's "unexpected pos" RuntimeError."""
+    with open(tmp, "wb") as f:
+        try:
+            torch.save(obj, f)
+        except RuntimeError as exc:
+            cause = exc.__context__
+            if isinstance(cause, OSError):
+                raise OSError(cause.errno, cause.strerror, str(path)) from None
+            raise
 
 
 def read_checkpoint(path: Path | str, map_location: torch.device | str = "cpu") -> dict[str, Any]:
@@ -96,7 +107,38 @@ def read_checkpoint(path: Path | str, map_location: torch.device | str = "cpu") 
         found = sorted(state)[:8] if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"{path}: a PyTorch file but not a histo-retrain checkpoint: expected the keys "
                               f"{sorted(MODEL_KEYS)}, found {found}")
+    check_architecture(state, path)
     return state
+
+
+def check_architecture(state: dict[str, Any], path: Path | str) -> None:
+    """Raise ``CheckpointError`` unless the weights fit the architecture the checkpoint
+    records, before any model is allocated: the name and arguments are checked against
+    what the architecture accepts (``model.model_arguments``), then the model is built
+    on PyTorch's ``meta`` device (shapes, no memory) and every tensor's name and shape
+    compared with the weights'."""
+    from histo_core.model import create_model, model_arguments
+
+    name, weights = state["model_name"], state["model"]
+    try:
+        model_arguments(name, state["model_kwargs"])
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path}: its recorded architecture cannot be built: {exc}") from None
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise CheckpointError(f"{path}: its 'model' entry is not a mapping of tensor names to tensors")
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in create_model(name, **state["model_kwargs"]).state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in weights.items()}
+    missing, extra = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
+    wrong = [f"{k}: {found[k]} where {name!r} has {expected[k]}" for k in expected.keys() & found.keys()
+             if found[k] != expected[k]]
+    if missing or extra or wrong:
+        detail = "; ".join(filter(None, [
+            f"{len(missing)} tensor(s) missing (first {missing[0]})" if missing else "",
+            f"{len(extra)} unexpected (first {extra[0]})" if extra else "",
+            f"{len(wrong)} of another shape (first {sorted(wrong)[0]})" if wrong else ""]))
+        raise CheckpointError(f"{path}: its weights do not fit its recorded architecture {name!r} "
+                              f"({state['model_kwargs']}): {detail[:600]}")
 
 
 def check_loadable(path: Path | str) -> None:

@@ -7,13 +7,32 @@ overrides from the command line or a Prefect form are applied at the edge with
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+CREDENTIALS_IN_URL = "credentials_in_url"  # the error type whose input is never shown
+
+
+def refuse_credentials(url: str | None) -> str | None:
+    """``url`` unchanged, unless it carries ``user:secret@`` before its host: refused with
+    a message that never repeats it. Credentials given that way would be printed in
+    errors, stored in ``config.json`` and shown as the flow run's parameters."""
+    if url and "://" in url and "@" in urlsplit(url).netloc:
+        raise PydanticCustomError(CREDENTIALS_IN_URL, (
+            "credentials in a URL ('user:secret@' before the host) are refused; give them through the AWS "
+            "credential chain (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile, or an instance role)"))
+    return url
+
+
+Url = Annotated[str, AfterValidator(refuse_credentials)]
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # hide_input_in_errors: a refused value (a URL with a secret) is never part of an error's text
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
 
 class ValidationConfig(_Frozen):
@@ -116,8 +135,8 @@ class StoreConfig(_Frozen):
     """Where versions, the champion pointer and run records go. Credentials never appear
     here: S3 uses the standard AWS chain (environment, profile, instance role)."""
 
-    uri: str = Field("./histo-store", description="A folder, file:///path or s3://bucket/prefix.")
-    endpoint_url: str | None = Field(
+    uri: Url = Field("./histo-store", description="A folder, file:///path or s3://bucket/prefix.")
+    endpoint_url: Url | None = Field(
         None, description="S3-compatible endpoint (MinIO, Swift, ...); default: AWS or AWS_ENDPOINT_URL_S3.")
     region: str | None = Field(None, description="S3 region; default: the AWS configuration chain.")
     connect_timeout_s: float = Field(5, gt=0, description="Seconds to wait for an S3 connection.")
@@ -141,7 +160,7 @@ class OperationsConfig(_Frozen):
 class RetrainConfig(_Frozen):
     """Everything one retrain run needs; the Prefect UI renders it as a form."""
 
-    data: str = Field(..., description="Data root: a folder in any supported layout, or a root of batches/.")
+    data: Url = Field(..., description="Data root: a folder in any supported layout, or a root of batches/.")
     store: StoreConfig = StoreConfig()
     workdir: str = Field("./histo-work", description="Local scratch folder for caches and run files.")
     model_name: str = Field("pcam-cnn", description="Registry name the versions are filed under.")
@@ -176,7 +195,7 @@ def with_overrides(config: RetrainConfig, overrides: dict[str, Any] | None) -> R
 class WatchConfig(_Frozen):
     """What the watcher looks at, and where it remembers what it has seen."""
 
-    data: str = Field(..., description="Data root whose batches/<batch-id>/ folders are watched.")
+    data: Url = Field(..., description="Data root whose batches/<batch-id>/ folders are watched.")
     store: StoreConfig = StoreConfig()
 
 
@@ -184,7 +203,7 @@ class PredictConfig(_Frozen):
     """Score a folder or prefix of patches with the champion, a named version, or a
     weights file; shared by ``histo predict`` and the predict deployment."""
 
-    data: str = Field(..., description="Folder of patches (any supported layout, or just image files).")
+    data: Url = Field(..., description="Folder of patches (any supported layout, or just image files).")
     out: str = Field("predictions.csv", description=(
         "CSV to write: exactly id,label (tumour probability); images that could not be scored go to "
         "OUT.errors.csv (id,error)."))

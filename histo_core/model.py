@@ -9,10 +9,13 @@ the same one-logit head, are registered for comparison (``TrainConfig.model``).
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
+
+from histo_core.config import TrainConfig
 
 CHANNELS = (32, 64, 128, 256, 512)
 # Per-channel statistics of H&E patches (PCam training set); used to centre the input.
@@ -78,10 +81,41 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def create_model(name: str, **kwargs: object) -> nn.Module:
-    """Build a registered model by name; an unknown name lists the valid ones."""
+class _Arguments(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dropout: float = TrainConfig.model_fields["dropout"]  # the config's own bounds
+
+
+class SimpleCNNArguments(_Arguments):
+    """What ``SimpleCNN`` accepts, with bounds that keep it a patch classifier: a
+    checkpoint asking for a 10**7-unit head would otherwise allocate 184 GB."""
+
+    hidden: int = Field(256, ge=1, le=4096)
+    image_size: int = Field(96, ge=2 ** len(CHANNELS), le=1024, description="at least 32: five 2x poolings")
+
+
+ARGUMENTS: dict[str, type[_Arguments]] = {name: SimpleCNNArguments if name == "simple_cnn" else _Arguments
+                                          for name in MODELS}
+
+
+def model_arguments(name: str, kwargs: Any) -> dict[str, Any]:
+    """``kwargs`` checked against what architecture ``name`` accepts (known name, known
+    arguments, each in bounds); raises ``ValueError`` saying which is wrong."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(sorted(MODELS))}")
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"model arguments must be a mapping, not {type(kwargs).__name__}")
+    from pydantic import ValidationError
+
     try:
-        factory = MODELS[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(sorted(MODELS))}") from None
-    return factory(**kwargs)
+        return ARGUMENTS[name](**kwargs).model_dump(exclude_unset=True)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'arguments'}: {e['msg']}" for e in exc.errors())
+        raise ValueError(f"model {name!r}: {problems}") from None
+
+
+def create_model(name: str, **kwargs: object) -> nn.Module:
+    """Build a registered model by name, its arguments checked first (``model_arguments``)."""
+    arguments = model_arguments(name, kwargs)  # before the lookup: an unknown name lists the known ones
+    return MODELS[name](**arguments)

@@ -77,16 +77,30 @@ class Registry:
         if WEIGHTS not in files:
             raise ValueError(f"a version needs {WEIGHTS}; got {sorted(files)}")
         base = f"{self.prefix}/versions/{version}"
-        checksums = {}
-        for name, local in files.items():
-            expected = sha256_file(local)
-            stored = self.store.put_file(local, f"{base}/{name}")
-            if stored != expected:
-                raise ChecksumError(f"{base}/{name}: uploaded sha256 {stored} != local {expected}")
-            checksums[name] = expected
-        record = {"version": version, "model": self.name, "files": checksums, **metadata}
-        self.store.put_json(f"{base}/version.json", record)
+        checksums: dict[str, str] = {}
+        try:
+            for name, local in files.items():
+                expected = sha256_file(local)
+                checksums[name] = expected
+                stored = self.store.put_file(local, f"{base}/{name}")
+                if stored != expected:
+                    raise ChecksumError(f"{base}/{name}: uploaded sha256 {stored} != local {expected}")
+            record = {"version": version, "model": self.name, "files": checksums, **metadata}
+            self.store.put_json(f"{base}/version.json", record)
+        except Exception:
+            self._remove_partial(base, list(checksums))
+            raise
         return record
+
+    def _remove_partial(self, base: str, names: list[str]) -> None:
+        """After a failed upload (a full disk, a lost connection), remove what was put, so a
+        re-run leaves no incomplete version folder behind; what cannot be removed now is
+        left to ``histo store gc``, which removes incomplete versions older than a day."""
+        for name in [*names, "version.json"]:
+            try:
+                self.store.delete(f"{base}/{name}")
+            except Exception as exc:  # noqa: BLE001 - the upload's own error is the one to report
+                log.warning("could not remove %s/%s after a failed upload: %s", base, name, exc)
 
     def version(self, version: str) -> dict[str, Any]:
         record = self.store.get_json(f"{self.prefix}/versions/{check_version_id(version)}/version.json")

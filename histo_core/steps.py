@@ -46,7 +46,8 @@ from histo_core.layout import DatasetDir, ModelDir, RunDir, SplitDir, Workdir
 from histo_core.model_card import render_model_card
 from histo_core.registry import WEIGHTS, Registry, RegistryStateError, open_registry
 from histo_core.split import assign_partitions
-from histo_core.tables import atomic_write, read_csv, write_csv
+from histo_core.atomic import atomic_write
+from histo_core.tables import read_csv, write_csv
 from histo_core.storage import ConflictError, StoreError, open_store, sha256_file
 from histo_core.validation import DataValidationError, require_passed, validate_manifest
 
@@ -403,9 +404,10 @@ def _publish(registry: Registry, version: str, decision: dict[str, Any], evaluat
     _write_json(run.metrics, evaluation)
     _write_json(run.version_config, {**config, "gate": gate.model_dump()})
     training = json.loads(model.training.read_text()) if model.training.is_file() else {}
-    run.model_card.write_text(render_model_card(
+    card = render_model_card(
         model_name=registry.name, version=version, code_version=__version__, data_hash=manifest_digest,
-        split=read_split(split), config=config, evaluation=evaluation, decision=decision, training=training))
+        split=read_split(split), config=config, evaluation=evaluation, decision=decision, training=training)
+    atomic_write(run.model_card, lambda tmp: tmp.write_text(card))
     files = run.version_files(model)
     registry.publish_version(version, {k: v for k, v in files.items() if v.exists()}, {
         "metrics": evaluation["challenger"], "data_manifest_hash": manifest_digest,

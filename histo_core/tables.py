@@ -17,11 +17,12 @@ file that lists them anyway (the manifest lists quarantined rows with their reas
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
+
+from histo_core.atomic import atomic_write
 
 FORMULA_LEAD = ("=", "+", "-", "@", "\t", "\r")
 QUOTE = "'"
@@ -35,19 +36,6 @@ def neutralise(cell: str) -> str:
 def restore(cell: str) -> str:
     """The inverse of ``neutralise``."""
     return cell[1:] if cell.startswith(QUOTE) else cell
-
-
-def atomic_write(path: Path, write: Callable[[Path], Any]) -> Path:
-    """Call ``write`` on a hidden temporary sibling of ``path`` and rename it into place:
-    a reader sees the old file or the new one, never half of one, and a failed write
-    (a full disk) leaves no temporary file behind."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(partial)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-    return path
 
 
 def _text_columns(table: pd.DataFrame) -> list[str]:

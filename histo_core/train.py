@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Sampler, WeightedRandomSampler
 
+from histo_core.atomic import atomic_write
 from histo_core.checkpoint import TrainingState, model_record, read_checkpoint, write_checkpoint
 from histo_core.config import TrainConfig
 from histo_core.data.dataset import (PatchDataset, SeededBatchSampler, augment_seeded, build_augmentation,
@@ -285,7 +286,7 @@ def fit(train_set: PatchDataset, val_set: PatchDataset, cfg: TrainConfig, out_di
                 scaler=scaler.state_dict() if scaler else None, history=history, best_val_loss=best_loss,
                 sampler_rng=sampler_gen.get_state(), torch_rng=torch.get_rng_state(),
                 cuda_rng=torch.cuda.get_rng_state(device) if device.type == "cuda" else None, world=ctx.world))
-            (out_dir / "history.json").write_text(json.dumps(history, indent=2))
+            atomic_write(out_dir / "history.json", lambda tmp: tmp.write_text(json.dumps(history, indent=2)))
             if on_epoch:
                 on_epoch(record)
         barrier(ctx)

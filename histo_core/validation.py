@@ -18,9 +18,9 @@ seconds to import and only this step needs it.
 
 from __future__ import annotations
 
-from fractions import Fraction
-
+import html
 import logging
+from fractions import Fraction
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -222,6 +222,10 @@ def render_data_docs(rows: pd.DataFrame, cfg: ValidationConfig, docs_dir: Path) 
     judged["usable"] = (judged["status"] != "quarantined").astype(int)
     judged["usable_label"] = pd.to_numeric(judged["label"], errors="coerce").where(judged["usable"] == 1)
     judged["reason"] = judged["reason"].replace("", "-")
+    # GX puts the values it lists into its pages as they are: ids and reasons (which quote
+    # labels) come from other people, so the pages get them as escaped text, never markup.
+    for column in ("id", "reason"):
+        judged[column] = judged[column].map(lambda text: html.escape(str(text)))
     result = _checkpoint("histo_data_set", _verdict_expectations(cfg, len(judged)),
                          judged[["id", "status", "reason", "usable", "usable_label"]], docs_dir, ["id", "reason"])
     return bool(result.success)

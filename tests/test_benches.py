@@ -15,7 +15,8 @@ BENCHES = sorted(p.name for p in (REPO / "bench").glob("*.py"))
 # What each smoke run must print: the line its figures come from.
 EXPECTED = {
     "augmentation.py": "smoke: test AUC",
-    "faults.py": "configurations with a failure",
+    "faults.py": "configurations with a failure, 0 uncaught thread exceptions",
+    "hostile_inputs.py": "clean-20k",
     "label_audit.py": "clean batches held:",
     "flow_overhead.py": "overhead of the flow",
     "learnability.py": "test AUC",
@@ -40,6 +41,7 @@ def test_bench_smoke_mode_runs(bench, tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"{bench} --smoke failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
     assert EXPECTED[bench] in done.stdout, done.stdout[-2000:]
+    assert "Exception in thread" not in done.stderr, done.stderr[-3000:]  # a thread's failure is a failure
 
 
 def test_every_bench_is_in_the_readme_table():

@@ -147,26 +147,24 @@ def test_train_then_evaluate_from_the_command_line(kaggle_root, tmp_path, capsys
     assert all((tmp_path / "eval" / f"{n}.png").stat().st_size > 5000 for n in ("roc", "pr", "reliability"))
 
 
-def _evaluate(checkpoint, data) -> list[str]:
-    return [sys.executable, "-m", "histo_cli.main", "evaluate", "--checkpoint", str(checkpoint), "--data", str(data)]
-
-
-@pytest.mark.parametrize("make, code, phrase", [
-    (lambda p: p.write_bytes(b"not a checkpoint"), 1, "not a readable PyTorch checkpoint"),
-    (lambda p: p.write_bytes(_torch_bytes({"x": 1})[:40]), 1, "not a readable PyTorch checkpoint"),
-    (lambda p: p.write_bytes(_torch_bytes({"weights": 1})), 1, "not a histo-retrain checkpoint"),
-    (lambda p: p.write_bytes(_torch_bytes({"x": _Unsafe()})), 1, "refused: it holds Python objects"),
-    (lambda p: None, 2, "no such checkpoint file"),
+@pytest.mark.parametrize("make, phrase", [
+    (lambda p: p.write_bytes(b"not a checkpoint"), "not a readable PyTorch checkpoint"),
+    (lambda p: p.write_bytes(_torch_bytes({"x": 1})[:40]), "not a readable PyTorch checkpoint"),
+    (lambda p: p.write_bytes(_torch_bytes({"weights": 1})), "not a histo-retrain checkpoint"),
+    (lambda p: p.write_bytes(_torch_bytes({"x": _Unsafe()})), "refused: it holds Python objects"),
+    (lambda p: None, "no such checkpoint file"),
 ])
-def test_a_bad_checkpoint_is_named_and_never_loaded_unsafely(tmp_path, kaggle_root, make, code, phrase):
-    """Exit 1: the model was judged and rejected; 2: the path given is wrong. torch's own
-    text suggests weights_only=False, which would run the file's code: never passed on."""
+def test_a_bad_checkpoint_is_named_and_never_loaded_unsafely(tmp_path, kaggle_root, make, phrase, capsys):
+    """Exit 2: the file given as a checkpoint is not one (test_checkpoint_architecture has
+    the files that are checkpoints of something else). torch's own text suggests
+    weights_only=False, which would run the file's code: never passed on."""
     checkpoint = tmp_path / "model.pt"
     make(checkpoint)
-    done = subprocess.run(_evaluate(checkpoint, kaggle_root), capture_output=True, text=True, timeout=300)
-    assert done.returncode == code, done.stderr[-2000:]
-    assert f"{checkpoint}: " in done.stderr and phrase in done.stderr
-    assert "Traceback" not in done.stderr and "weights_only" not in done.stderr and "PWNED" not in done.stdout
+    code = main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(kaggle_root)])
+    out, err = capsys.readouterr()
+    assert code == 2, err[-2000:]
+    assert f"{checkpoint}: " in err and phrase in err
+    assert "Traceback" not in err and "weights_only" not in err and "PWNED" not in out
 
 
 class _Unsafe:

@@ -9,7 +9,7 @@ import pytest
 from histo_core import steps
 from histo_core.data.cache import build_cache
 from histo_core.data.synthetic import render_patch
-from histo_core.tables import atomic_write
+from histo_core.atomic import atomic_write
 
 
 def test_a_failed_write_leaves_the_previous_file_whole_and_no_debris(tmp_path):

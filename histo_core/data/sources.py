@@ -36,8 +36,8 @@ class DataSourceError(ValueError):
     """The data root cannot be read as any supported layout."""
 
 
-MAX_LABELS_BYTES = 256 << 20  # 1,000,000 rows of 256 bytes; Kaggle's 220,025 rows are 10 MB
-MAX_LABELS_ROWS = 1_000_000  # PCam has 327,680 patches in all
+MAX_LABELS_BYTES = 128 << 20  # 500,000 rows of 256 bytes; Kaggle's 220,025 rows are 10 MB
+MAX_LABELS_ROWS = 500_000  # Kaggle has 220,025 rows, PCam 327,680 patches in all; more go in batches
 MAX_LINE_BYTES = 4096  # an id is at most 256 characters (validation); a line 16x that is no labels file
 
 

@@ -38,7 +38,19 @@ class LocalStore:
         return path
 
     def _write_atomic(self, data: bytes | Path, key: str) -> str:
+        """Write by rename; a folder we may not write or a full disk is a ``StoreError``
+        naming the path (an environment fault, exit 3), and leaves no partial file."""
         target = self._path(key)
+        try:
+            return self._write_whole(data, target)
+        except (PermissionError, IsADirectoryError, NotADirectoryError) as exc:
+            raise StoreError(f"cannot write {target}: {exc.strerror} ({exc.filename})") from None
+        except OSError as exc:
+            if isinstance(data, Path) and not data.is_file():
+                raise  # the local file to upload is missing: not the store's fault
+            raise StoreError(f"cannot write {target}: {exc.strerror or exc} (a full or read-only disk?)") from None
+
+    def _write_whole(self, data: bytes | Path, target: Path) -> str:
         target.parent.mkdir(parents=True, exist_ok=True)
         _remove_debris(target.parent)
         tmp = target.with_name(f".{target.name}.{_HOST}.{os.getpid()}.{threading.get_ident()}.partial")

@@ -68,6 +68,9 @@ class S3Store:
         self.bucket, self.prefix = parsed.netloc, parsed.path.strip("/")
         self.uri = f"s3://{self.bucket}" + (f"/{self.prefix}" if self.prefix else "")
         endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint_url and "@" in urlparse(endpoint_url).netloc:  # from the environment: not seen by StoreConfig
+            raise StoreError("the S3 endpoint URL carries credentials ('user:secret@' before the host); they are "
+                             "refused: use the AWS credential chain (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)")
         self.endpoint = endpoint_url or "AWS S3"
         self.timeouts = timeouts
         # A session of its own: boto3's default session caches the first credentials it finds.

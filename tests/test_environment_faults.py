@@ -1,0 +1,132 @@
+"""The machine's faults are exit 3 with the path, never a traceback, and leave no
+temporary files (issue 22, items 5 and 6): a store that can be read but not written, a
+full disk, credentials in a URL.
+
+A read-only folder and a full disk are made for real: a small or read-only tmpfs where
+this process may mount one, else (not root) a folder without write permission; where
+neither can be made, the test says so and skips."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from conftest import write_weights
+from histo_cli.main import exit_code, main
+from histo_core.checkpoint import write_checkpoint
+from histo_core.config import StoreConfig
+from histo_core.registry import Registry
+from histo_core.storage import LocalStore, StoreError, open_store, probe_writable
+
+
+def _mount_tmpfs(folder: Path, options: str) -> bool:
+    folder.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
+    return done.returncode == 0
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A folder that cannot be written, with a store's files already in it."""
+    folder = tmp_path / "ro"
+    if os.geteuid() != 0:
+        folder.mkdir()
+        yield folder, lambda: folder.chmod(0o555)
+        folder.chmod(0o755)
+        return
+    if not _mount_tmpfs(folder, "size=64m"):
+        pytest.skip("running as root without the right to mount a tmpfs: no way to make a read-only folder")
+    yield folder, lambda: subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+    subprocess.run(["umount", str(folder)], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB file system: the second megabyte written fills it."""
+    folder = tmp_path / "small"
+    if not _mount_tmpfs(folder, "size=2m"):
+        pytest.skip("cannot mount a small tmpfs here (needs root with CAP_SYS_ADMIN); no real full disk to test on")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=False)
+
+
+def _debris(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.rglob("*") if p.name.startswith(".") or p.suffix in (".tmp", ".partial"))
+
+
+def test_a_read_only_store_is_exit_3_before_any_work(read_only_folder, kaggle_root, tmp_path, capsys):
+    folder, make_read_only = read_only_folder
+    registry = Registry(LocalStore(folder), "m")
+    version = registry.new_version_id()
+    registry.publish_version(version, {"model.pt": write_weights(tmp_path / "w.pt")}, {"metrics": {}})
+    make_read_only()
+    assert registry.versions() == [version]  # it reads, so a read-only check would pass
+    code = main(["retrain", "--data", str(kaggle_root), "--store", str(folder), "--workdir", str(tmp_path / "w"),
+                 "--epochs", "1"])
+    err = capsys.readouterr().err
+    assert code == 3 and f"{folder.resolve()} is not writable" in err and "Traceback" not in err
+    assert not (tmp_path / "w").exists()  # nothing validated, split or trained
+    assert main(["models", "promote", version, "--store", str(folder), "--model-name", "m"]) == 3
+    assert "is not writable" in capsys.readouterr().err
+
+
+def test_the_write_probe_leaves_nothing_behind(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    probe_writable(store)
+    assert store.list() == [] and not (tmp_path / "store" / "probes").exists()
+
+
+def test_a_full_disk_in_the_store_is_a_store_error_with_no_partial_file(small_disk, tmp_path):
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(3 << 20))
+    store = LocalStore(small_disk)
+    with pytest.raises(StoreError, match=rf"cannot write {small_disk}/v/model.pt: No space left on device") as caught:
+        store.put_file(big, "v/model.pt")
+    assert exit_code(caught.value)[0] == 3
+    assert _debris(small_disk) == [] and not (small_disk / "v" / "model.pt").exists()
+
+
+def test_a_full_disk_under_a_checkpoint_is_exit_3_with_no_temporary_file(small_disk):
+    from histo_core.model import create_model
+
+    record = {"model": create_model("simple_cnn").state_dict(), "model_name": "simple_cnn", "model_kwargs": {}}
+    with pytest.raises(OSError) as caught:  # 3.4 M parameters: 13 MiB, on a 2 MiB disk
+        write_checkpoint(small_disk / "last.pt", record)
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(small_disk / "last.pt")
+    assert exit_code(caught.value) == (3, "environment (permissions, disk space)")
+    assert list(small_disk.iterdir()) == []
+
+
+SECRET = "s3cr3t-Value"
+
+
+def test_credentials_in_an_endpoint_url_are_refused_and_never_printed(tmp_path, capsys, monkeypatch):
+    with pytest.raises(ValidationError) as caught:
+        StoreConfig(uri="s3://b/p", endpoint_url=f"http://KEY:{SECRET}@localhost:9000")
+    assert SECRET not in str(caught.value) and "credentials in a URL" in str(caught.value)
+    with pytest.raises(ValidationError) as caught:
+        StoreConfig(uri=f"s3://KEY:{SECRET}@bucket/p")
+    assert SECRET not in str(caught.value)
+    code = main(["retrain", "--data", str(tmp_path), "--store", "s3://b/p", "--endpoint-url",
+                 f"http://KEY:{SECRET}@localhost:9000"])
+    out, err = capsys.readouterr()
+    assert code == 2 and SECRET not in out + err and "--store.endpoint-url: credentials in a URL" in err
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://KEY:{SECRET}@localhost:9000")
+    with pytest.raises(StoreError) as caught:
+        open_store("s3://b/p")
+    assert SECRET not in str(caught.value) and exit_code(caught.value)[0] == 3
+
+
+def test_a_failed_upload_leaves_no_incomplete_version(small_disk, tmp_path):
+    (tmp_path / "card.md").write_text("a card")
+    (tmp_path / "model.pt").write_bytes(os.urandom(3 << 20))
+    registry = Registry(LocalStore(small_disk), "m")
+    with pytest.raises(StoreError, match="No space left on device"):
+        registry.publish_version("v20261201T000000000000Z", {"card.md": tmp_path / "card.md",
+                                                             "model.pt": tmp_path / "model.pt"}, {})
+    assert [p for p in small_disk.rglob("*") if p.is_file()] == [] and registry.versions() == []
