@@ -1,8 +1,14 @@
-"""The command line as a new user meets it, run as a subprocess: exact exit codes, the
-files written (and not written), and messages that say what was wrong."""
+"""The command line as a new user meets it: exact exit codes, the files written (and not
+written), and messages that say what was wrong.
+
+Commands run in this process (``histo_cli.main.main``, its output captured): a
+subprocess per command would prove nothing more and cost 6-8 s of imports each.
+``test_version`` runs the real entry point once; ``test_wheel`` runs the installed one."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import re
 import subprocess
@@ -14,14 +20,21 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from histo_cli.main import main
 from histo_core.checkpoint import model_record, write_checkpoint
 from histo_core.config import TrainConfig
 from histo_core.model import create_model
 
 
-def histo(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "histo_cli.main", *args], capture_output=True, text=True,
-                          timeout=300, cwd=cwd)
+def histo(*args: str) -> subprocess.CompletedProcess:
+    """``histo ARGS`` in this process: its exit code and what it printed."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # argparse's usage errors and --help
+            code = exc.code if isinstance(exc.code, int) else 2
+    return subprocess.CompletedProcess(["histo", *args], code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +54,8 @@ def _images(folder: Path, size: int, count: int = 4) -> Path:
 def test_version():
     from histo_core import __version__
 
-    done = histo("--version")
+    done = subprocess.run([sys.executable, "-m", "histo_cli.main", "--version"], capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == f"histo-retrain {__version__}"
 
 
