@@ -291,12 +291,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _check_before_writing(data: str, cfg: TrainConfig) -> None:
     """The mistakes that would otherwise surface after a scan of every image, with an
-    output folder already made: a data root that is not there or in no known layout, an
-    unknown architecture."""
-    from histo_core.model import MODELS
-
-    if cfg.model not in MODELS:
-        raise ValueError(f"--model {cfg.model!r}: no such architecture; choose one of {', '.join(sorted(MODELS))}")
+    output folder already made: a device the machine lacks, a data root that is not there
+    or in no known layout (an unknown architecture fails when the config is built)."""
     _require_device(cfg.device)
     _require_data_root(data)
 

@@ -7,4 +7,9 @@ another orchestrator. Read the modules in the order a patch travels:
 ``registry``.
 """
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("histo-retrain")  # one statement of the version: pyproject.toml
+except PackageNotFoundError:  # a checkout on PYTHONPATH, never installed
+    __version__ = "0+unknown"

@@ -28,6 +28,9 @@ def refuse_credentials(url: str | None) -> str | None:
 
 
 Url = Annotated[str, AfterValidator(refuse_credentials)]
+# The architectures of histo_core.model.MODELS (which checks that the two agree), named here
+# so that a config with an unknown one fails when it is built, before any data is read.
+ModelName = Literal["simple_cnn", "resnet18", "resnet34", "resnet50"]
 
 
 class _Frozen(BaseModel):
@@ -74,7 +77,7 @@ class SplitConfig(_Frozen):
 class TrainConfig(_Frozen):
     """How the challenger is trained."""
 
-    model: str = Field("simple_cnn", description="Architecture name, see histo_core.model.MODELS.")
+    model: ModelName = Field("simple_cnn", description="Architecture name, see histo_core.model.MODELS.")
     epochs: int = Field(30, ge=1, description="Upper bound; early stopping usually ends sooner.")
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0, description="Peak learning rate (linear warm-up, then cosine decay).")

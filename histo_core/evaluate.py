@@ -111,7 +111,10 @@ def fit_temperature(labels: np.ndarray, logits: np.ndarray) -> float:
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
-    return 1 / (1 + np.exp(-logits))
+    """The logistic function without overflow for extreme logits (scipy's ``expit``)."""
+    from scipy.special import expit
+
+    return expit(logits)
 
 
 def full_report(val_labels: np.ndarray, val_logits: np.ndarray, test_labels: np.ndarray, test_logits: np.ndarray,

@@ -9,13 +9,13 @@ the same one-logit head, are registered for comparison (``TrainConfig.model``).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, get_args
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from histo_core.config import TrainConfig
+from histo_core.config import ModelName, TrainConfig
 
 CHANNELS = (32, 64, 128, 256, 512)
 # Per-channel statistics of H&E patches (PCam training set); used to centre the input.
@@ -79,6 +79,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "simple_cnn": SimpleCNN,
     **{arch: _resnet(arch) for arch in ("resnet18", "resnet34", "resnet50")},
 }
+if set(MODELS) != set(get_args(ModelName)):
+    raise ImportError(f"histo_core.config.ModelName {get_args(ModelName)} must list exactly MODELS {sorted(MODELS)}")
 
 
 class _Arguments(BaseModel):

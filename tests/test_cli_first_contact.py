@@ -156,7 +156,7 @@ def test_evaluate_on_wrong_size_images_names_the_size(checkpoint, tmp_path):
 
 @pytest.mark.parametrize("args, phrase", [
     (["--data", "{tmp}/nope"], "no such data folder"),
-    (["--data", "{tmp}/data", "--model", "resnet19"], "no such architecture; choose one of"),
+    (["--data", "{tmp}/data", "--model", "resnet19"], "invalid choice: 'resnet19' (choose from 'simple_cnn'"),
     (["--data", "{tmp}/data", "--device", "gpu"], "device 'gpu': not a device name; use auto, cpu, cuda"),
 ])
 def test_train_mistakes_fail_at_once_and_leave_nothing(kaggle_root, tmp_path, args, phrase):
