@@ -4,11 +4,12 @@ that the parent process already validated, split and decoded into the cache."""
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from histo_core.config import TrainConfig
-from histo_core.layout import SplitDir
-from histo_core.steps import load_partitions
+from histo_core.layout import ModelDir, SplitDir
+from histo_core.steps import load_partitions, record_training
 from histo_core.train import fit, format_epoch, training_augmentation
 
 
@@ -22,7 +23,10 @@ def main() -> None:
     cfg = TrainConfig.model_validate_json(args.config)
     parts = load_partitions(SplitDir(args.split), args.cache, training_augmentation(cfg))
     # on rank 0 only; img/s is the sum over ranks
-    fit(parts["train"], parts["val"], cfg, args.out, lambda r: print(format_epoch(r, cfg.epochs), flush=True))
+    result = fit(parts["train"], parts["val"], cfg, args.out,
+                 lambda r: print(format_epoch(r, cfg.epochs), flush=True))
+    if os.environ.get("RANK", "0") == "0":  # training.json, as steps.train writes it for one process
+        record_training(ModelDir(args.out), result.history, result.device)
 
 
 if __name__ == "__main__":

@@ -299,6 +299,7 @@ def test_two_process_ddp_on_cpu_trains_on_all_data_and_only_rank_0_writes(kaggle
     assert result.stdout.count("epoch 1/2") == 1, "only rank 0 reports and writes"
     state = torch.load(out / "last.pt", weights_only=True)
     assert state["world"] == 2 and not any(k.startswith("module.") for k in state["model"])
+    assert json.loads((out / "training.json").read_text())["epochs"] == 2  # what the model card reads
 
 
 def test_loader_workers_none_on_cpu_some_on_a_gpu_and_an_explicit_count_wins():
