@@ -146,8 +146,8 @@ class VerdictStore:
             raise VerdictError(f"batch {batch!r} has no verdict for {self.data}; histo data batches lists them")
         if record.get("verdict") in USABLE:
             raise VerdictError(f"batch {batch!r} is already {record['verdict']}; nothing to readmit")
-        updated = {**record, "verdict": "readmitted", "reasons": [f"readmitted by an operator: {note}"], "previous": {k: record.get(k) for k in ("verdict", "reasons",
-                                                                                            "decided")},
+        updated = {**record, "verdict": "readmitted", "reasons": [f"readmitted by an operator: {note}"],
+                   "previous": {k: record.get(k) for k in ("verdict", "reasons", "decided")},
                    "note": note, "decided": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
         self.store.put_json_if(key, updated, etag)
         return updated

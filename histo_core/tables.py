@@ -39,7 +39,8 @@ def restore(cell: str) -> str:
 
 
 def _text_columns(table: pd.DataFrame) -> list[str]:
-    return [c for c in table.columns if pd.api.types.is_object_dtype(table[c]) or pd.api.types.is_string_dtype(table[c])]
+    types = pd.api.types
+    return [c for c in table.columns if types.is_object_dtype(table[c]) or types.is_string_dtype(table[c])]
 
 
 def write_csv(table: pd.DataFrame, path: Path | str) -> Path:

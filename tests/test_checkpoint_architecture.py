@@ -33,10 +33,12 @@ def _two_class_head():
 CASES = {
     "resnet weights labelled simple_cnn": (
         dict(model=create_model("resnet18").state_dict()), "tensor(s) missing (first features.0.0.weight)"),
-    "a 2-class head": (dict(model=_two_class_head()), "2 of another shape (first head.5.bias: (2,) where 'simple_cnn' has (1,))"),
+    "a 2-class head": (dict(model=_two_class_head()),
+                       "2 of another shape (first head.5.bias: (2,) where 'simple_cnn' has (1,))"),
     "image_size 0": (dict(model_kwargs={"image_size": 0}), "image_size: Input should be greater than or equal to 32"),
     "an unknown argument": (dict(model_kwargs={"width": 3}), "width: Extra inputs are not permitted"),
-    "a head of 10**7 units": (dict(model_kwargs={"hidden": 10**7}), "hidden: Input should be less than or equal to 4096"),
+    "a head of 10**7 units": (dict(model_kwargs={"hidden": 10**7}),
+                              "hidden: Input should be less than or equal to 4096"),
     "an unknown architecture": (dict(model_name="vit_h14"), "unknown model 'vit_h14'"),
     "a dropout of 2": (dict(model_kwargs={"dropout": 2.0}), "dropout: Input should be less than 1"),
     "arguments that are not a mapping": (dict(model_kwargs=[1, 2]), "model arguments must be a mapping"),

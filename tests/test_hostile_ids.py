@@ -126,7 +126,8 @@ def test_predict_refuses_to_write_a_submission_with_an_id_twice(tmp_path, capsys
     _batch(tmp_path / "data", "b1", ["a", "b"], [0, 1])
     _batch(tmp_path / "data", "b2", ["b", "c"], [1, 0])
     weights = write_weights(tmp_path / "w.pt")
-    code = main(["predict", "--data", str(tmp_path / "data"), "--checkpoint", str(weights), "--out", str(tmp_path / "s.csv")])
+    code = main(["predict", "--data", str(tmp_path / "data"), "--checkpoint", str(weights),
+                 "--out", str(tmp_path / "s.csv")])
     err = capsys.readouterr().err
     assert code == 1 and "1 id(s) occur more than once" in err and "'b' in" in err and "/b2/" in err
     assert not (tmp_path / "s.csv").exists()

@@ -30,10 +30,12 @@ def test_ruff_refuses_an_import_across_the_layers(source, as_file):
 
 
 def test_prefect_is_fine_outside_the_library():
-    done = _ruff("import prefect\nfrom histo_flows.retrain import retrain\n\nprint(prefect, retrain)\n", "flows/new_flow.py")
+    source = "import prefect\nfrom histo_flows.retrain import retrain\n\nprint(prefect, retrain)\n"
+    done = _ruff(source, "flows/new_flow.py")
     assert done.returncode == 0, done.stdout
 
 
 def test_the_tree_passes():
-    done = subprocess.run([str(RUFF), "check", "--no-cache", "."], capture_output=True, text=True, cwd=REPO, timeout=120)
+    done = subprocess.run([str(RUFF), "check", "--no-cache", "."], capture_output=True, text=True, cwd=REPO,
+                          timeout=120)
     assert done.returncode == 0, done.stdout[-3000:]
