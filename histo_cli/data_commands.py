@@ -91,7 +91,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(args.report, lambda tmp: tmp.write_text(json.dumps(result.report(), indent=2) + "\n"))
-    print(result.summary().split(" -- ")[0])
+    print(result.headline())
     for batch, verdict in result.left_out().items():
         print(f"  batch {batch} {verdict['verdict']}: {'; '.join(verdict['reasons'])}")
     for row in result.rows[result.rows["status"] != "ok"].head(args.show).itertuples():

@@ -94,7 +94,7 @@ def write_site_index(docs_dir: Path, result: ValidationResult) -> Path:
     body = (f"<h1>Data set validation: {verdict}</h1>"
             + ("<ul>" + "".join(f"<li>{escape(p)}</li>" for p in result.problems) + "</ul>" if result.problems
                else "<p>Every data set rule holds. Warnings never stop a run; quarantined rows are left out.</p>")
-            + f"<p>{escape(result.summary().split(' -- ')[0])}</p>"
+            + f"<p>{escape(result.headline())}</p>"
             + "<p>Great Expectations pages: " + ", ".join(f'<a href="{escape(p)}">{escape(p)}</a>' for p in pages)
             + "</p>"
             + f"<h2>Rows that are not ok ({len(flagged)})</h2>"

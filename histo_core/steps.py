@@ -40,7 +40,7 @@ from histo_core.data.cache import build_cache, open_cache
 from histo_core.data.manifest import NUMERIC_COLUMNS, build_manifest, manifest_hash
 from histo_core.data.mirror import mirror_s3
 from histo_core.errors import UnservableVersionError
-from histo_core.gate import decide
+from histo_core.gate import Circumstances, decide
 from histo_core.label_audit import champion_scorer
 from histo_core.layout import DatasetDir, ModelDir, RunDir, SplitDir, Workdir
 from histo_core.model_card import render_model_card
@@ -334,23 +334,15 @@ def promote(run: RunDir, model: ModelDir, split: SplitDir, store: StoreConfig, m
     challenger_auc = evaluation["challenger"]["auc"]
     champion_auc = evaluation["champion"]["auc"] if evaluation["champion"] else None
     p_value = evaluation["comparison"]["p_value"] if evaluation["comparison"] else None
-    decision = decide(challenger_auc, champion_auc, cfg, p_value)
     registry = open_registry(store, model_name)
     version = registry.new_version_id()
-    reasons = list(decision.reasons)
-    if evaluation.get("champion_problem"):
-        reasons.append(f"the champion {evaluation['champion_version']} cannot serve "
-                       f"({evaluation['champion_problem']}); judged as if there were none")
-    outcome = "promoted" if decision.promote else "rejected"
     current = registry.champion()
-    if decision.promote and (current.etag if current else None) != evaluation["champion_etag"]:
-        outcome = "conflict"
-        reasons.append("champion changed underneath this run since it was evaluated; not promoting")
-    elif decision.promote and current and current.record.get("sha256") == sha256_file(model.best):
-        # A re-run on unchanged data and settings finds its cached model: promoting it
-        # would file the champion again under a new name every night.
-        outcome = "rejected"
-        reasons.append(f"the challenger's weights are the champion's ({current.version}): nothing new to promote")
+    decision = decide(challenger_auc, champion_auc, cfg, p_value, Circumstances(
+        champion_problem=evaluation.get("champion_problem"), champion_version=evaluation["champion_version"],
+        champion_moved=(current.etag if current else None) != evaluation["champion_etag"],
+        same_weights_as=current.version if current and current.record.get("sha256") == sha256_file(model.best)
+        else None))
+    outcome, reasons = decision.outcome, list(decision.reasons)
     record = {"outcome": outcome, "version": version, "reasons": reasons, "challenger_auc": challenger_auc,
               "champion_auc": champion_auc, "previous_champion": evaluation["champion_version"],
               "champion": current.version if current else None}

@@ -74,13 +74,16 @@ class ValidationResult:
             "rows": self.rows[["id", "status", "reason"]].to_dict(orient="records"),
         }
 
-    def summary(self) -> str:
+    def headline(self) -> str:
+        """The counts in one line: rows by status, and the batches left out."""
         c = self.counts()
         line = (f"{len(self.rows)} rows: {c.get('ok', 0)} ok, {c.get('warning', 0)} with warnings, "
                 f"{c.get('quarantined', 0)} quarantined")
-        if self.left_out():
-            line += f"; batches left out: {', '.join(self.left_out())}"
-        return line + ("" if self.passed else " -- STOPPED: " + "; ".join(self.problems))
+        return line + (f"; batches left out: {', '.join(self.left_out())}" if self.left_out() else "")
+
+    def summary(self) -> str:
+        """``headline`` and, when the data set is rejected, why."""
+        return self.headline() + ("" if self.passed else " -- STOPPED: " + "; ".join(self.problems))
 
 
 MAX_ID_CHARS = 256  # Kaggle ids are 40 characters, PCam's under 20; a longer id is refused, not stored

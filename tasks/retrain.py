@@ -82,7 +82,7 @@ def validate_data(data: str, out: str, workdir: str, cfg: ValidationConfig, stor
                                    "; ".join(verdict["reasons"]))
             quarantined = [r for r in report["rows"] if r["status"] == "quarantined"]
             for row in quarantined[:10]:
-                logger.warning("quarantined %s: %s", row["id"], row["reason"])
+                logger.warning("quarantined %r: %s", row["id"][:80], row["reason"])  # repr: one line, however odd
             if len(quarantined) > 10:
                 logger.warning("... and %d more quarantined rows: every row with its reason is in %s",
                                len(quarantined) - 10, dataset.validation)

@@ -206,3 +206,20 @@ def test_cross_fitting_uses_fewer_folds_for_a_rare_class_and_refuses_one_image()
     labels[[5, 20]] = 0
     with pytest.raises(ValueError, match="at least 2 images of each class"):
         cross_fitted_report(labels, logits, bootstrap=100)
+
+
+def test_one_decision_function_gives_every_outcome():
+    from histo_core.gate import Circumstances
+
+    cfg = GateConfig(auc_floor=0.8)
+    assert decide(0.95, 0.90, cfg).outcome == "promoted"
+    assert decide(0.85, 0.90, cfg).outcome == "rejected"
+    moved = decide(0.95, 0.90, cfg, circumstances=Circumstances(champion_moved=True))
+    assert moved.outcome == "conflict" and "changed underneath" in moved.reasons[-1]
+    same = decide(0.95, 0.90, cfg, circumstances=Circumstances(same_weights_as="v1"))
+    assert same.outcome == "rejected" and "weights are the champion's (v1)" in same.reasons[-1]
+    # a worse challenger is rejected whatever else happened: no conflict reported for it
+    assert decide(0.85, 0.90, cfg, circumstances=Circumstances(champion_moved=True)).outcome == "rejected"
+    broken = decide(0.85, None, cfg, circumstances=Circumstances(champion_problem="weights missing",
+                                                                 champion_version="v0"))
+    assert broken.outcome == "promoted" and "v0 cannot serve (weights missing)" in broken.reasons[-1]
