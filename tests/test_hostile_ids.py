@@ -145,3 +145,60 @@ def test_predict_quotes_formula_ids_in_its_submission(tmp_path):
     assert sorted(ids) == ["'=1+1", "'@x", "plain"]
     assert sorted(read_csv(tmp_path / "s.csv", dtype={"id": str})["id"]) == ["=1+1", "@x", "plain"]
     shutil.rmtree(folder)
+
+
+def _labels(root: Path, text: str) -> Path:
+    (root / "images").mkdir(parents=True)
+    Image.fromarray(_tissue(0)).save(root / "images" / "a.png")
+    (root / "labels.csv").write_text(text)
+    return root
+
+
+@pytest.mark.parametrize("text, message", [
+    ("id,label\na,1\n" + "x" * 5000 + ",1\n", "labels.csv: line 3 is longer than 4,096 bytes"),
+    ("id,label\n" + "a,1\n" * 500_001, "labels.csv: more than 500,000 rows; split it into batches"),
+])
+def test_a_labels_file_no_real_one_resembles_is_refused_before_parsing(tmp_path, text, message):
+    from histo_core.data.sources import DataSourceError, list_images
+
+    root = _labels(tmp_path / "data", text)
+    with pytest.raises(DataSourceError, match=message):
+        list_images(root)
+
+
+def test_an_oversized_labels_file_is_refused_by_its_size_alone(tmp_path, monkeypatch):
+    from histo_core.data import sources
+
+    root = _labels(tmp_path / "data", "id,label\na,1\n" * 100)
+    monkeypatch.setattr(sources, "MAX_LABELS_BYTES", 1000)
+    with pytest.raises(sources.DataSourceError, match=r"labels.csv: 1,300 bytes, more than the 1,000 a labels file may have"):
+        sources.list_images(root)
+
+
+def test_a_batch_with_a_hostile_labels_file_is_rejected_and_the_others_go_on(tmp_path):
+    _batch(tmp_path, "good", [f"g{i}" for i in range(40)], [i % 2 for i in range(40)])
+    _labels(tmp_path / "batches" / "bad", "id,label\n" + "x" * 5000 + ",1\n")
+    result = validate_manifest(build_manifest(tmp_path, faults=(faults := {})), LENIENT, batch_faults=faults)
+    assert result.batches["bad"]["verdict"] == "rejected" and "longer than 4,096 bytes" in \
+        result.batches["bad"]["reasons"][0]
+    assert result.batches["good"]["verdict"] == "accepted" and result.passed
+
+
+def test_each_image_file_is_opened_once_however_many_rows_name_it(tmp_path, monkeypatch):
+    from histo_core.data import manifest
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(2):
+        Image.fromarray(_tissue(i)).save(images / f"f{i}.png")
+    rows = pd.DataFrame({"id": [f"r{i}" for i in range(1000)], "label": [i % 2 for i in range(1000)],
+                         "filename": [f"images/f{i % 2}.png" for i in range(1000)]})
+    rows.to_csv(tmp_path / "labels.csv", index=False)
+    opened = []
+    inspect = manifest.inspect_image
+    monkeypatch.setattr(manifest, "inspect_image", lambda path, root=None: opened.append(path) or inspect(path, root))
+    table = build_manifest(tmp_path, workers=1)
+    assert sorted(opened) == sorted(str(images / f"f{i}.png") for i in range(2))
+    assert table["pixel_sha256"].nunique() == 2 and (table["pixel_sha256"] != "").all()
+    result = validate_manifest(table, LENIENT)
+    assert (result.rows["status"] == "quarantined").sum() == 998

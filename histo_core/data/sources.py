@@ -47,8 +47,8 @@ def check_labels_size(csv_path: Path) -> None:
     "id" or 2,000,000 rows cost a second and a few MiB, not gigabytes."""
     size = csv_path.stat().st_size
     if size > MAX_LABELS_BYTES:
-        raise DataSourceError(f"{csv_path}: {size:,} bytes, more than the {MAX_LABELS_BYTES >> 20} MiB a labels "
-                              f"file may have ({MAX_LABELS_ROWS:,} rows at most); split it into batches")
+        raise DataSourceError(f"{csv_path}: {size:,} bytes, more than the {MAX_LABELS_BYTES:,} a labels file may "
+                              f"have ({MAX_LABELS_ROWS:,} rows at most); split it into batches")
     lines, line_start, offset = 0, 0, 0
     with open(csv_path, "rb") as f:
         while chunk := f.read(1 << 20):
