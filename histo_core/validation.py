@@ -293,9 +293,14 @@ def colour_drift(rows: pd.DataFrame, threshold: float, newest_id: str | None = N
             "score": round(score, 3), "threshold": threshold, "warning": score > threshold}
 
 
+QUOTED = ("id", "label", "path", "mode")  # values from other people that reasons and logs quote
+
+
 def _shown(row: dict[str, Any]) -> dict[str, Any]:
-    """A row's values as a reason quotes them: long text cut to 80 characters."""
-    shown = {k: (v[:80] + "...") if isinstance(v, str) and len(v) > 80 else v for k, v in row.items()}
+    """A row's values as a reason quotes them: text from other people cut to 80
+    characters (our own messages, such as the image's error, stay whole)."""
+    shown = {k: (v[:80] + "...") if k in QUOTED and isinstance(v, str) and len(v) > 80 else v
+             for k, v in row.items()}
     return shown | {"id_length": len(str(row.get("id", "")))}
 
 
