@@ -51,9 +51,10 @@ class ValidationConfig(_Frozen):
     drift_threshold: float = Field(
         0.5, gt=0, description="Warn when the newest batch's mean colour moves more than this many "
                                "reference standard deviations.")
-    label_audit_margin: float = Field(0.10, ge=0, le=1, description=(
-        "Hold a new batch when the champion disagrees with its labels this much more often than with the "
-        "usable batches' (and beyond chance); 0 turns the label audit off (histo_core.label_audit)."))
+    label_audit_margin: float = Field(0.05, ge=0, le=1, description=(
+        "Hold a new batch when the champion ranks its labels this much lower (AUC) than the usable "
+        "batches' and beyond their spread and chance (z > 3); 0 turns the label audit off "
+        "(histo_core.label_audit)."))
     label_audit_min_rows: int = Field(50, ge=1, description="Fewest usable rows a batch needs to be audited.")
 
 
