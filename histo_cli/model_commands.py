@@ -135,7 +135,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     are fitted by cross-fitting on the scored images."""
     import json
 
-    import numpy as np
 
     cfg = resolve_config(EvalConfig, args, section="evaluation")
     if args.print_config:
@@ -157,18 +156,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise DataSourceError(f"{args.data}: no labelled images to evaluate on")
     check_image_size(table["path"], args.data)
     partition = _partitions(args, steps.training_split(args.checkpoint), table)
-    scored = table[partition.isin({args.split, "val"})] if args.split else table
     bar = ProgressBar("scoring")
+    scored = len(table[partition.isin({args.split, "val"})]) if args.split and partition is not None else len(table)
     try:
-        logits, errors = _score(args, cfg, scored, bar)
+        metrics, predictions = steps.evaluate_images(
+            args.checkpoint, table, cfg, args.device, partition, args.split, root=os.path.realpath(args.data),
+            progress=lambda done: bar(done, scored))
     finally:
         bar.close()
-    ok = ~np.isnan(logits)
-    if not ok.any():
-        raise DataSourceError(f"{args.data}: none of the {len(scored)} images could be scored; the first: "
-                              f"{scored['id'].iloc[0]}: {errors[0]}")
-    metrics, probability, target = _evaluation_report(args, cfg, scored, partition, logits, ok)
-    first_error = next((e for e in errors if e), "")
+    metrics["data"] = str(args.data)
+    first_error = metrics["first_error"]
     print(f"AUC {metrics['auc']:.4f} (DeLong 95% CI {metrics['auc_ci_low']:.4f}-{metrics['auc_ci_high']:.4f}, "
           f"bootstrap {metrics['auc_bootstrap_ci_low']:.4f}-{metrics['auc_bootstrap_ci_high']:.4f})  "
           f"on {metrics['n']} images{' with TTA' if cfg.tta else ''}"
@@ -183,7 +180,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"operating point for sensitivity {op['target_sensitivity']}, chosen on {where}: calibrated p >= "
           f"{op['threshold']:.3f}: sensitivity {op['sensitivity']:.4f}, specificity {op['specificity']:.4f}")
     if args.out:
-        _write_evaluation(args.out, target, probability, metrics)
+        args.out.mkdir(parents=True, exist_ok=True)
+        steps.write_predictions(predictions, args.out / "predictions.csv",
+                                {n: args.out / f"{n}.png" for n in ("roc", "pr", "reliability")},
+                                {"challenger": op["threshold"]})
+        atomic_write(args.out / "metrics.json",
+                     lambda tmp: tmp.write_text(json.dumps(metrics, indent=2, default=str) + "\n"))
         print(f"predictions, metrics and plots: {args.out}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -210,52 +212,3 @@ def _partitions(args: argparse.Namespace, split: Any, table: Any) -> Any:
               f"(train partition of {split.csv}); its metrics on them are optimistic. "
               "--split test scores only its held-out test images.", file=sys.stderr)
     return pd.Series(partition, index=table.index)
-
-
-def _score(args: argparse.Namespace, cfg: EvalConfig, table: Any, bar: ProgressBar) -> tuple[Any, list[str]]:
-    from histo_core.predict import score_paths
-
-    return score_paths(args.checkpoint, table["path"].tolist(), args.device, batch_size=cfg.batch_size,
-                       tta=cfg.tta, root=os.path.realpath(args.data), progress=lambda done: bar(done, len(table)))
-
-
-def _evaluation_report(args: argparse.Namespace, cfg: EvalConfig, scored: Any, partition: Any, logits: Any,
-                       ok: Any) -> tuple[dict[str, Any], Any, Any]:
-    """Metrics of the scored rows, their temperature and operating point fitted on the
-    validation images (with --split) or by cross-fitting on the scored images themselves."""
-    from histo_core.evaluate import cross_fitted_report, full_report, sigmoid
-
-    labels = scored["label"].astype(int).to_numpy()
-    if args.split and partition is not None:
-        part = partition[scored.index].to_numpy()
-        val, target = ok & (part == "val"), ok & (part == args.split)
-        metrics = full_report(labels[val], logits[val], labels[target], logits[target], cfg.target_sensitivity,
-                              cfg.bootstrap)
-        probability = sigmoid(logits[target] / metrics["temperature"])
-        unreadable = int((~ok & (part == args.split)).sum())
-    else:
-        target = ok
-        metrics, probability = cross_fitted_report(labels[ok], logits[ok], cfg.target_sensitivity, cfg.bootstrap)
-        unreadable = int((~ok).sum())
-    metrics.update(tta=cfg.tta, unreadable=unreadable, data=str(args.data), checkpoint=str(args.checkpoint),
-                   split=args.split)
-    return metrics, probability, scored[target]
-
-
-def _write_evaluation(out: Path, rows: Any, probability: Any, metrics: dict[str, Any]) -> None:
-    """predictions.csv (id, label, probability), metrics.json and the ROC, PR and reliability plots."""
-    import json
-
-    import pandas as pd
-
-    from histo_core.evaluate import plot_curves
-    from histo_core.tables import write_csv
-
-    out.mkdir(parents=True, exist_ok=True)
-    labels = rows["label"].astype(int).to_numpy()
-    write_csv(pd.DataFrame({"id": rows["id"].to_numpy(), "label": labels, "probability": probability}),
-              out / "predictions.csv")
-    atomic_write(out / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics, indent=2, default=str) + "\n"))
-    threshold = metrics.get("operating_point", {}).get("threshold", 0.5)
-    plot_curves(labels, {"model": probability}, {n: out / f"{n}.png" for n in ("roc", "pr", "reliability")},
-                {"model": threshold})

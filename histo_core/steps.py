@@ -279,7 +279,7 @@ def evaluate(split: SplitDir, model: ModelDir, run: RunDir, cache_dir: Path, sto
     Writes ``predictions.csv`` (per test image), the ROC, PR and reliability plots, and
     ``evaluation.json`` with both models' metrics and their paired DeLong comparison.
     """
-    from histo_core.evaluate import compare_paired, full_report, plot_curves, sigmoid
+    from histo_core.evaluate import compare_paired, full_report, sigmoid
     from histo_core.inference import load_model, pick_device, score_dataset
 
     run.root.mkdir(parents=True, exist_ok=True)
@@ -315,11 +315,63 @@ def evaluate(split: SplitDir, model: ModelDir, run: RunDir, cache_dir: Path, sto
         report_h, predictions["champion"], _ = assess(weights)
         report.update(champion=report_h, champion_version=champion.version, champion_etag=champion.etag,
                       comparison=compare_paired(labels, probs_c, predictions["champion"].to_numpy()))
-    _write_csv(run.predictions, predictions)
-    plot_curves(labels, {c: predictions[c].to_numpy() for c in ("challenger", "champion") if c in predictions},
-                run.plots)
+    write_predictions(predictions, run.predictions, run.plots)
     _write_json(run.evaluation, report)
     return run
+
+
+def write_predictions(predictions: pd.DataFrame, csv: Path, plots: dict[str, Path],
+                      thresholds: dict[str, float] | None = None) -> None:
+    """``predictions.csv`` (id, label, challenger[, champion]: calibrated probabilities) and
+    the ROC, PR and reliability plots of its model columns: what a retrain's evaluation and
+    ``histo evaluate --out`` both write."""
+    from histo_core.evaluate import plot_curves
+
+    _write_csv(csv, predictions)
+    models = [c for c in ("challenger", "champion") if c in predictions]
+    plot_curves(predictions["label"].to_numpy(), {c: predictions[c].to_numpy() for c in models}, plots, thresholds)
+
+
+def evaluate_images(checkpoint: Path, table: pd.DataFrame, cfg: EvalConfig, device: str = "auto",
+                    partition: pd.Series | None = None, target: str | None = None, root: str | None = None,
+                    progress: Callable[[int], None] | None = None) -> tuple[dict[str, Any], pd.DataFrame]:
+    """One checkpoint on the labelled images of ``table`` (``id``, ``label``, ``path``):
+    its metrics and predictions (id, label, challenger), the columns a retrain writes.
+
+    With ``target`` (a partition name) and each row's ``partition`` in the checkpoint's
+    training split, only that partition is reported, with the temperature and operating
+    point fitted on the validation images, as a retrain does; otherwise both are fitted by
+    cross-fitting on the scored images themselves. Rows that cannot be read are counted
+    (``unreadable``) and left out; ``metrics["first_error"]`` names the first."""
+    from histo_core.evaluate import cross_fitted_report, full_report, sigmoid
+    from histo_core.predict import score_paths
+
+    scored = table[partition.isin({target, "val"})] if target and partition is not None else table
+    logits, errors = score_paths(checkpoint, scored["path"].tolist(), device, batch_size=cfg.batch_size, tta=cfg.tta,
+                                 root=root, progress=progress)
+    ok = ~np.isnan(logits)
+    if not ok.any():
+        from histo_core.data.sources import DataSourceError
+
+        raise DataSourceError(f"none of the {len(scored)} images could be scored; the first: "
+                                  f"{scored['id'].iloc[0]}: {errors[0]}")
+    labels = scored["label"].astype(int).to_numpy()
+    if target and partition is not None:
+        part = partition[scored.index].to_numpy()
+        val, chosen = ok & (part == "val"), ok & (part == target)
+        metrics = full_report(labels[val], logits[val], labels[chosen], logits[chosen], cfg.target_sensitivity,
+                              cfg.bootstrap)
+        probability = sigmoid(logits[chosen] / metrics["temperature"])
+        unreadable = int((~ok & (part == target)).sum())
+    else:
+        chosen = ok
+        metrics, probability = cross_fitted_report(labels[ok], logits[ok], cfg.target_sensitivity, cfg.bootstrap)
+        unreadable = int((~ok).sum())
+    metrics.update(tta=cfg.tta, unreadable=unreadable, first_error=next((e for e in errors if e), ""),
+                   checkpoint=str(checkpoint), split=target)
+    predictions = pd.DataFrame({"id": scored["id"].to_numpy()[chosen], "label": labels[chosen],
+                                "challenger": probability})
+    return metrics, predictions
 
 
 def promote(run: RunDir, model: ModelDir, split: SplitDir, store: StoreConfig, model_name: str,

@@ -9,6 +9,13 @@ from pathlib import Path
 # Before Prefect is imported: the temporary API server's telemetry races its first
 # migration and logs a "database is locked" traceback (see histo_cli.main).
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Each pytest-xdist process gets its share of the cores (and so do the commands it starts):
+# two processes each running torch on every core of a 2-core machine spin against each
+# other, and the suite took far longer than its work.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    _share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_name, str(_share))
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -142,7 +142,7 @@ def test_train_then_evaluate_from_the_command_line(kaggle_root, tmp_path, capsys
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["n"] == counts["test"] and metrics["split"] == "test" and "temperature" in metrics
     predictions = pd.read_csv(tmp_path / "eval" / "predictions.csv", dtype={"id": str})
-    assert list(predictions.columns) == ["id", "label", "probability"]
+    assert list(predictions.columns) == ["id", "label", "challenger"]  # the columns a retrain writes
     assert set(predictions["id"]) == set(split.loc[split["partition"] == "test", "id"])
     assert all((tmp_path / "eval" / f"{n}.png").stat().st_size > 5000 for n in ("roc", "pr", "reliability"))
 

@@ -16,6 +16,10 @@ from histo_core.storage import LocalStore
 from conftest import tree_fingerprint
 
 
+# Evaluation is not what these tests are about: no TTA, fewer bootstrap draws.
+FAST = EvalConfig(tta=False, bootstrap=100)
+
+
 @pytest.fixture(scope="module")
 def prefect_api():
     with prefect_test_harness(server_startup_timeout=60):
@@ -27,7 +31,7 @@ def test_two_runs_promote_then_gate_against_the_champion(prefect_api, tmp_path):
     write_kaggle_layout(data / "batches" / "b1", SyntheticSpec(count=360, seed=5))
     before = tree_fingerprint(data)
     config = RetrainConfig(data=str(data), store=StoreConfig(uri=str(tmp_path / "store")), workdir=str(tmp_path / "work"),
-                           train=TrainConfig(epochs=1, batch_size=32), gate=GateConfig(auc_floor=0.5))
+                           train=TrainConfig(epochs=1, batch_size=32), evaluation=FAST, gate=GateConfig(auc_floor=0.5))
 
     first = retrain(config)
     assert first["outcome"] == "promoted" and first["champion"] == first["version"]
@@ -61,6 +65,24 @@ def test_two_runs_promote_then_gate_against_the_champion(prefect_api, tmp_path):
     assert store.exists(f"runs/{second['run_id']}/train/history.json")
     assert tree_fingerprint(data) == {**before, **{k: v for k, v in tree_fingerprint(data).items()
                                                    if "/b2/" in k}}
+    _assert_summary_readable_through_the_api(second)
+
+
+def _assert_summary_readable_through_the_api(result: dict) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    async def latest(key):
+        async with get_client() as client:
+            found = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                                                sort=ArtifactSort.CREATED_DESC, limit=1)
+            return found[0]
+
+    summary = asyncio.run(latest("retrain-summary"))
+    assert result["version"] in summary.data and "hold-out AUC" in summary.data
+    epochs = asyncio.run(latest("retrain-epochs"))
+    assert "val_auc" in str(epochs.data)
 
 
 def test_a_rejected_data_set_fails_the_run_with_its_reason(prefect_api, tmp_path):
@@ -75,28 +97,6 @@ def test_a_rejected_data_set_fails_the_run_with_its_reason(prefect_api, tmp_path
     assert len(reports) == 1 and json.loads(reports[0].read_text())["verdict"] == "stopped"
 
 
-def test_summary_artifact_is_readable_through_the_api(prefect_api, tmp_path):
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-    from prefect.client.schemas.sorting import ArtifactSort
-
-    data = tmp_path / "data"
-    write_kaggle_layout(data, SyntheticSpec(count=300, seed=9))
-    result = retrain(RetrainConfig(data=str(data), store=StoreConfig(uri=str(tmp_path / "s")), workdir=str(tmp_path / "w"),
-                                   train=TrainConfig(epochs=1), gate=GateConfig(auc_floor=0.0)))
-
-    async def latest(key):
-        async with get_client() as client:
-            found = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
-                                                sort=ArtifactSort.CREATED_DESC, limit=1)
-            return found[0]
-
-    summary = asyncio.run(latest("retrain-summary"))
-    assert result["version"] in summary.data and "hold-out AUC" in summary.data
-    epochs = asyncio.run(latest("retrain-epochs"))
-    assert "val_auc" in str(epochs.data)
-
-
 def test_a_rerun_on_unchanged_data_skips_validation_split_and_training(prefect_api, tmp_path):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -104,7 +104,7 @@ def test_a_rerun_on_unchanged_data_skips_validation_split_and_training(prefect_a
     data = tmp_path / "data"
     write_kaggle_layout(data, SyntheticSpec(count=300, seed=12))
     config = RetrainConfig(data=str(data), store=StoreConfig(uri=str(tmp_path / "s")), workdir=str(tmp_path / "w"),
-                           train=TrainConfig(epochs=1), gate=GateConfig(auc_floor=0.0))
+                           train=TrainConfig(epochs=1), evaluation=FAST, gate=GateConfig(auc_floor=0.0))
     first, second = retrain(config), retrain(config)
 
     async def task_states(flow_run_id):
@@ -155,12 +155,10 @@ def test_two_workdirs_never_share_cached_outputs(prefect_api, tmp_path, deleted)
 
     data = tmp_path / "data"
     write_kaggle_layout(data, SyntheticSpec(count=160, seed=21))
-    fast = EvalConfig(tta=False, bootstrap=100)
-
     def config(workdir: str) -> RetrainConfig:
         return RetrainConfig(data=str(data), store=StoreConfig(uri=str(tmp_path / workdir / "store")),
                              workdir=str(tmp_path / workdir), train=TrainConfig(epochs=1, batch_size=32),
-                             evaluation=fast, gate=GateConfig(auc_floor=0.0))
+                             evaluation=FAST, gate=GateConfig(auc_floor=0.0))
 
     def owned(result: dict, workdir: str) -> None:
         assert Path(result["run_dir"]).is_relative_to(tmp_path / workdir)
