@@ -78,21 +78,33 @@ def swift_available() -> bool:
     return shutil.which("swift-proxy-server") is not None
 
 
-def start_swift(tmp: Path) -> Endpoint:
-    script, folder, port = REPO / "scripts" / "swift-s3.sh", tmp / "swift", free_port()
-    # Swift's account/container/object servers use port+2..4; find a clear range.
-    while any(socket.socket().connect_ex(("127.0.0.1", port + k)) == 0 for k in range(5)):
-        port = free_port()
+def start_swift(tmp: Path, attempts: int = 3) -> Endpoint:
+    """Swift's proxy on a free port, its account/container/object servers on port+2..4.
+    Another process can take one of those ports between the check and the bind (the suite
+    runs several at once), so a start that fails is tried again on other ports, in a new
+    folder (the rings record their ports)."""
+    script = REPO / "scripts" / "swift-s3.sh"
+    for attempt in range(attempts):
+        folder, port = tmp / ("swift" if attempt == 0 else f"swift-{attempt}"), free_port()
+        while any(socket.socket().connect_ex(("127.0.0.1", port + k)) == 0 for k in range(5)):
+            port = free_port()
 
-    def start():
-        subprocess.run(["bash", str(script), "start", str(folder), str(port)], check=True, capture_output=True)
+        def start(folder: Path = folder, port: int = port) -> None:
+            subprocess.run(["bash", str(script), "start", str(folder), str(port)], check=True, capture_output=True)
 
-    def stop():
-        subprocess.run(["bash", str(script), "stop", str(folder)], check=True)
-        time.sleep(0.5)
+        def stop(folder: Path = folder) -> None:
+            subprocess.run(["bash", str(script), "stop", str(folder)], check=True)
+            time.sleep(0.5)
 
-    start()
-    return Endpoint("swift", f"http://127.0.0.1:{port}", "test:tester", "testing", stop, start)
+        try:
+            start()
+        except subprocess.CalledProcessError as exc:
+            if attempt == attempts - 1:
+                raise RuntimeError(f"Swift did not start on {attempts} sets of ports; the last: "
+                                   f"{exc.stderr.decode(errors='replace')[-2000:]}") from exc
+            continue
+        return Endpoint("swift", f"http://127.0.0.1:{port}", "test:tester", "testing", stop, start)
+    raise AssertionError("unreachable")
 
 
 def endpoint_or_skip(kind: str, tmp: Path) -> Endpoint:
