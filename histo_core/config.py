@@ -133,6 +133,13 @@ class GateConfig(_Frozen):
         "none", description="Also require DeLong's paired test to find the improvement significant."
     )
     alpha: float = Field(0.05, gt=0, lt=1, description="Significance level of the paired test.")
+    max_sensitivity_drop: float | None = Field(None, ge=0, le=1, description=(
+        "Also require the challenger's sensitivity at its operating point (the threshold chosen on "
+        "validation for evaluation.target_sensitivity) to be at most this much below the champion's on the "
+        "same hold-out; unset: off. Off by default because on a nightly hold-out of a few hundred images "
+        "(tens of tumour patches) that sensitivity moves by 0.05-0.10 between equally good models, so a "
+        "tight margin rejects at random; set it (0.05 or more) where the hold-out has hundreds of tumour "
+        "patches."))
 
 
 class StoreConfig(_Frozen):

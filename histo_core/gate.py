@@ -41,13 +41,18 @@ class Circumstances:
 
 
 def decide(challenger_auc: float, champion_auc: float | None, cfg: GateConfig = GateConfig(),
-           p_value: float | None = None, circumstances: Circumstances = Circumstances()) -> Decision:
+           p_value: float | None = None, circumstances: Circumstances = Circumstances(),
+           sensitivities: tuple[float, float] | None = None) -> Decision:
     """The one promotion decision. The challenger is **promoted** when it clears the
     floor, beats the champion by the margin on the same hold-out and, if
     ``cfg.significance`` asks for it, the paired test's p-value is below ``cfg.alpha``;
     and then only if the champion is still the one it was compared with (else
     **conflict**: another run moved it) and its weights are not the champion's own (a
     re-run on unchanged data finds its cached model). Otherwise **rejected**.
+
+    ``sensitivities``: (challenger, champion) at their operating points on the same
+    hold-out; with ``cfg.max_sensitivity_drop`` set, the challenger may not fall further
+    below the champion's than that (a better AUC bought with missed tumours is refused).
 
     ``registry.set_champion`` still guards the move itself (a conditional write, and the
     version checked whole), so a race lost after this decision ends as a conflict there."""
@@ -69,6 +74,14 @@ def decide(challenger_auc: float, champion_auc: float | None, cfg: GateConfig = 
             significant = p_value < cfg.alpha
             reasons.append(f"DeLong paired test p = {p_value:.4f} {'<' if significant else '>='} alpha {cfg.alpha}")
             better = better and significant
+        if cfg.max_sensitivity_drop is not None:
+            if sensitivities is None:
+                raise ValueError("the gate asks for the sensitivity at the operating point but none was measured")
+            challenger_sens, champion_sens = sensitivities
+            kept = challenger_sens >= champion_sens - cfg.max_sensitivity_drop
+            reasons.append(f"sensitivity at the operating point {challenger_sens:.4f} {'>=' if kept else '<'} "
+                           f"champion's {champion_sens:.4f} - {cfg.max_sensitivity_drop:.4f}")
+            better = better and kept
     if circumstances.champion_problem:
         reasons.append(f"the champion {circumstances.champion_version} cannot serve "
                        f"({circumstances.champion_problem}); judged as if there were none")

@@ -16,6 +16,25 @@ def _metrics_line(name: str, m: dict[str, Any]) -> str:
             f"{m['accuracy']:.4f} | {m['sensitivity']:.4f} | {m['specificity']:.4f} | {at_op} | {ece} | {m['n']} |")
 
 
+def _operating_point_section(m: dict[str, Any]) -> list[str]:
+    """Where to read the model's calls: the threshold, what it was chosen on, and its
+    sensitivity and specificity on the hold-out with their 95% intervals and counts."""
+    op = m.get("operating_point")
+    if not op or "sensitivity_ci_low" not in op:
+        return []
+    chosen_on = (f"the {op['fitted_on_images']} validation images ({op['fitted_on_positives']} with tumour) of this "
+                 "run's data" if op.get("fitted_on") == "validation" else op.get("fitted_on", "?"))
+    return ["", "## Operating point", "",
+            f"Call a patch tumour at calibrated p >= {op['threshold']:.3f}: the highest threshold reaching "
+            f"sensitivity {op['target_sensitivity']} on {chosen_on}. On the {m['n']} hold-out test images:", "",
+            f"- sensitivity {op['sensitivity']:.3f} (95% CI {op['sensitivity_ci_low']:.3f}-"
+            f"{op['sensitivity_ci_high']:.3f}, Wilson; {op['sensitivity_n']} tumour patches)",
+            f"- specificity {op['specificity']:.3f} (95% CI {op['specificity_ci_low']:.3f}-"
+            f"{op['specificity_ci_high']:.3f}, Wilson; {op['specificity_n']} normal patches)", "",
+            "Chosen and measured on images from the same slides as the training images: on unseen slides "
+            "expect a lower specificity at this threshold (see Limitations)."]
+
+
 INTENDED_USE = (
     "Research use: ranking 96x96 H&E patches of lymph-node sections by the probability of metastatic "
     "tumour in their centre 32x32 region, as in PatchCamelyon. Not a medical device; not for diagnosis.")
@@ -67,5 +86,6 @@ def render_model_card(*, model_name: str, version: str, code_version: str, data_
         lines += ["", f"Paired DeLong comparison: AUC difference {c['auc_difference']:+.4f} "
                       f"(95% CI {c['difference_ci_low']:+.4f} to {c['difference_ci_high']:+.4f}), "
                       f"one-sided p = {c['p_value']:.4f}."]
+    lines += _operating_point_section(evaluation["challenger"])
     lines += ["", "## Configuration", "", "```json", pd.Series(config).to_json(indent=2), "```", ""]
     return "\n".join(lines)

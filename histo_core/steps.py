@@ -389,11 +389,15 @@ def promote(run: RunDir, model: ModelDir, split: SplitDir, store: StoreConfig, m
     registry = open_registry(store, model_name)
     version = registry.new_version_id()
     current = registry.champion()
-    decision = decide(challenger_auc, champion_auc, cfg, p_value, Circumstances(
+    sensitivities = (evaluation["challenger"]["operating_point"]["sensitivity"],
+                     evaluation["champion"]["operating_point"]["sensitivity"]) \
+        if evaluation["champion"] and cfg.max_sensitivity_drop is not None else None
+    circumstances = Circumstances(
         champion_problem=evaluation.get("champion_problem"), champion_version=evaluation["champion_version"],
         champion_moved=(current.etag if current else None) != evaluation["champion_etag"],
         same_weights_as=current.version if current and current.record.get("sha256") == sha256_file(model.best)
-        else None))
+        else None)
+    decision = decide(challenger_auc, champion_auc, cfg, p_value, circumstances, sensitivities)
     outcome, reasons = decision.outcome, list(decision.reasons)
     record = {"outcome": outcome, "version": version, "reasons": reasons, "challenger_auc": challenger_auc,
               "champion_auc": champion_auc, "previous_champion": evaluation["champion_version"],

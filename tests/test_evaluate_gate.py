@@ -99,8 +99,15 @@ def test_model_card_lists_data_metrics_comparison_and_decision():
 
     split = pd.DataFrame({"batch": ["b1", "b1", "b2", ""], "partition": ["train", "test", "train", "val"],
                           "label": [0, 1, 1, 0]})
+    from histo_core.evaluate import rate_intervals
+
+    labels = np.array([1] * 40 + [0] * 60)
+    called = np.array([True] * 38 + [False] * 2 + [True] * 12 + [False] * 48)
+    operating_point = {"target_sensitivity": 0.95, "threshold": 0.23, "sensitivity": 0.95, "specificity": 0.8,
+                       "fitted_on": "validation", "fitted_on_images": 80, "fitted_on_positives": 33,
+                       **rate_intervals(labels, called)}
     metrics = {"auc": 0.91, "auc_ci_low": 0.88, "auc_ci_high": 0.94, "threshold": 0.5, "accuracy": 0.9,
-               "sensitivity": 0.85, "specificity": 0.95, "n": 100}
+               "sensitivity": 0.85, "specificity": 0.95, "n": 100, "operating_point": operating_point}
     evaluation = {"challenger": metrics, "champion": {**metrics, "auc": 0.89}, "champion_version": "v1",
                   "comparison": {"auc_difference": 0.02, "difference_ci_low": -0.01, "difference_ci_high": 0.05,
                                  "p_value": 0.09}}
@@ -108,8 +115,23 @@ def test_model_card_lists_data_metrics_comparison_and_decision():
                              config={"train": {"epochs": 3}}, evaluation=evaluation,
                              decision={"outcome": "promoted", "reasons": ["beats champion"]})
     for text in ("# m v2", "**promoted** — beats champion", "`abc123`", "b2", "(root)",
-                 "| 0.9100 (0.8800-0.9400) |", "champion at the time (v1)", "p = 0.0900", '"epochs":3'):
+                 "| 0.9100 (0.8800-0.9400) |", "champion at the time (v1)", "p = 0.0900", '"epochs":3',
+                 "## Operating point", "calibrated p >= 0.230", "sensitivity 0.95 on the 80 validation images (33 "
+                 "with tumour)", "sensitivity 0.950 (95% CI 0.835-0.986, Wilson; 40 tumour patches)",
+                 "specificity 0.800 (95% CI 0.682-0.882, Wilson; 60 normal patches)"):
         assert text in card, text
+
+
+def test_the_gate_can_refuse_a_better_auc_bought_with_missed_tumours():
+    cfg = GateConfig(auc_floor=0.5, max_sensitivity_drop=0.03)
+    kept = decide(0.93, 0.92, cfg, sensitivities=(0.93, 0.95))
+    assert kept.promote and "sensitivity at the operating point 0.9300 >= champion's 0.9500 - 0.0300" in kept.reasons
+    lost = decide(0.93, 0.92, cfg, sensitivities=(0.90, 0.95))
+    assert lost.outcome == "rejected" and "0.9000 < champion's 0.9500" in lost.reasons[-1]
+    assert decide(0.93, None, cfg).promote  # the first model: nothing to compare with
+    assert decide(0.93, 0.92, GateConfig(auc_floor=0.5), sensitivities=(0.5, 0.95)).promote  # off by default
+    with pytest.raises(ValueError, match="sensitivity at the operating point"):
+        decide(0.93, 0.92, cfg)
 
 
 def test_operating_point_reaches_the_target_sensitivity_on_validation():
@@ -158,6 +180,10 @@ def test_full_report_and_plots(tmp_path):
     report = full_report(val_labels, val_logits, test_labels, test_logits, 0.9, 200)
     assert report["operating_point"]["target_sensitivity"] == 0.9
     assert report["operating_point"]["sensitivity"] > 0.8
+    op = report["operating_point"]  # with Wilson intervals around both rates, and their counts
+    assert op["sensitivity_ci_low"] <= op["sensitivity"] <= op["sensitivity_ci_high"]
+    assert op["specificity_ci_low"] <= op["specificity"] <= op["specificity_ci_high"]
+    assert op["sensitivity_n"] + op["specificity_n"] == report["n"]
     assert report["ece"] <= report["ece_uncalibrated"] + 0.02
     paths = plot_curves(test_labels, {"model": sigmoid(test_logits)},
                         {name: tmp_path / f"{name}.png" for name in ("roc", "pr", "reliability")})

@@ -39,12 +39,14 @@ def test_two_runs_promote_then_gate_against_the_champion(prefect_api, tmp_path):
 
     write_kaggle_layout(data / "batches" / "b2", SyntheticSpec(count=120, seed=6))
     # An impossible margin: the second challenger must be rejected and the champion kept.
-    strict = config.model_copy(update={"gate": GateConfig(auc_floor=0.5, min_improvement=1.0)})
+    strict = config.model_copy(update={"gate": GateConfig(auc_floor=0.5, min_improvement=1.0,
+                                                          max_sensitivity_drop=0.0)})
     second = retrain(strict)
     assert second["outcome"] == "rejected"
     assert second["previous_champion"] == first["version"] == second["champion"]
     assert second["champion_auc"] is not None
     assert any("margin 1.0000" in r for r in second["reasons"])
+    assert any(r.startswith("sensitivity at the operating point") for r in second["reasons"])
 
     store = LocalStore(tmp_path / "store")
     assert store.get_json("models/pcam-cnn/champion.json")["version"] == first["version"]
@@ -58,6 +60,7 @@ def test_two_runs_promote_then_gate_against_the_champion(prefect_api, tmp_path):
         card = (tmp_path / "store" / f"models/pcam-cnn/versions/{run['version']}/model_card.md").read_text()
         assert "## Intended use" in card and "same slides as the training images" in card
         assert "trained on: cpu in " in card and "best (lowest val loss) at epoch 1" in card
+        assert "## Operating point" in card and "Wilson" in card
     events = store.list("models/pcam-cnn/events")
     assert [e.split("-")[1] for e in (Path(k).name for k in events)] == ["promoted", "rejected"]
     assert store.get_json(f"runs/{second['run_id']}/validation.json")["counts"] == {"ok": 480}
