@@ -142,13 +142,8 @@ def check_architecture(state: dict[str, Any], path: Path | str) -> None:
 
 
 def check_loadable(path: Path | str) -> None:
-    """Raise ``CheckpointError`` unless ``path`` loads (weights only) into the architecture
-    it records, every tensor matching: the test a version passes before it may serve."""
-    from histo_core.model import create_model
-
-    state = read_checkpoint(path)
-    try:
-        create_model(state["model_name"], **state["model_kwargs"]).load_state_dict(state["model"])
-    except (RuntimeError, TypeError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"{path}: its weights do not fit its recorded architecture "
-                              f"{state['model_name']!r}: {str(exc).splitlines()[0][:300]}") from None
+    """Raise ``CheckpointError`` unless ``path`` loads (weights only) and its weights fit
+    the architecture it records, every tensor's name and shape: the test a version passes
+    before it may serve. ``read_checkpoint`` makes both checks (``check_architecture``, on
+    the meta device), so no model is allocated here."""
+    read_checkpoint(path)

@@ -354,7 +354,7 @@ def evaluate_images(checkpoint: Path, table: pd.DataFrame, cfg: EvalConfig, devi
         from histo_core.data.sources import DataSourceError
 
         raise DataSourceError(f"none of the {len(scored)} images could be scored; the first: "
-                                  f"{scored['id'].iloc[0]}: {errors[0]}")
+                              f"{scored['id'].iloc[0]}: {errors[0]}")
     labels = scored["label"].astype(int).to_numpy()
     if target and partition is not None:
         part = partition[scored.index].to_numpy()

@@ -244,7 +244,8 @@ def dataset_problems(rows: pd.DataFrame, cfg: ValidationConfig, docs_dir: Path |
         judged[column] = judged[column].map(lambda text: html.escape(str(text)))
     outcome = _checkpoint("histo_data_set", _verdict_expectations(cfg, len(judged)),
                           judged[["id", "status", "reason", "usable", "usable_label"]], docs_dir, ["id", "reason"])
-    quarantine, enough, classes, balance, _ = (_by_rule(outcome)[n] for n in range(5))  # _verdict_expectations
+    rules = _by_rule(outcome)
+    quarantine, enough, classes, balance = (rules[n] for n in range(4))  # in _verdict_expectations' order
     problems = []
     if not quarantine.success:
         count, total = quarantine.result["unexpected_count"], quarantine.result["element_count"]
@@ -334,9 +335,10 @@ def validate_manifest(manifest: pd.DataFrame, cfg: ValidationConfig = Validation
                         "; ".join(verdict["reasons"]))
         kept = ~result.rows["batch"].isin(list(result.left_out()))
         result.rows = result.rows[kept].reset_index(drop=True)
-    result.problems = dataset_problems(result.rows, cfg, docs_dir if result.rows["labelled"].any() else None)
-    if docs_dir is not None and result.rows["labelled"].any():
-        write_site_index(Path(docs_dir), result)
+    docs = docs_dir if result.rows["labelled"].any() else None  # no labelled row: no GX run to render
+    result.problems = dataset_problems(result.rows, cfg, docs)
+    if docs is not None:
+        write_site_index(Path(docs), result)
     result.drift = colour_drift(result.rows, cfg.drift_threshold, newest_batch(result.batches))
     if result.drift and result.drift["warning"]:
         log.warning("colour drift: batch %s is %.2f SD from the reference data (threshold %.2f)",
