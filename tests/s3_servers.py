@@ -14,12 +14,15 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
 import pytest
 from botocore.config import Config
+
+from histo_core.storage.s3 import S3Store
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,6 +44,18 @@ class Endpoint:
     def env(self) -> dict[str, str]:
         return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
                 "AWS_REGION": "us-east-1"}
+
+    def new_store(self, monkeypatch) -> S3Store:
+        """An ``S3Store`` under a prefix of a new bucket on this server, its credentials in
+        the environment (the boto3 chain, as users give them), with a short lease settle
+        time so that lease tests take seconds."""
+        for name, value in self.env().items():
+            monkeypatch.setenv(name, value)
+        bucket = f"histo-test-{uuid.uuid4().hex[:12]}"
+        self.client().create_bucket(Bucket=bucket)
+        store = S3Store(f"s3://{bucket}/some/prefix", endpoint_url=self.url, region="us-east-1")
+        store.lease_settle_s = 0.3
+        return store
 
 
 def free_port() -> int:

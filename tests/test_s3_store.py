@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import threading
@@ -16,7 +15,6 @@ from histo_core.storage import StoreError
 from histo_core.storage.s3 import S3Store
 from s3_servers import Endpoint, endpoint_or_skip
 
-_buckets = itertools.count()
 
 
 @pytest.fixture(scope="module", params=["moto", "swift"])
@@ -28,13 +26,7 @@ def endpoint(request, tmp_path_factory):
 
 @pytest.fixture
 def store(endpoint: Endpoint, monkeypatch) -> S3Store:
-    for name, value in endpoint.env().items():
-        monkeypatch.setenv(name, value)
-    bucket = f"histo-test-{next(_buckets)}"
-    endpoint.client().create_bucket(Bucket=bucket)
-    s = S3Store(f"s3://{bucket}/some/prefix", endpoint_url=endpoint.url, region="us-east-1")
-    s.lease_settle_s = 0.3
-    return s
+    return endpoint.new_store(monkeypatch)
 
 
 def test_the_sha256_travels_as_object_metadata(store, tmp_path):

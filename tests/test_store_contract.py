@@ -9,7 +9,6 @@ test_storage_registry.py."""
 
 from __future__ import annotations
 
-import itertools
 import threading
 
 import pytest
@@ -19,7 +18,6 @@ from histo_core.registry import ChecksumError, Registry, RegistryStateError
 from histo_core.storage import ConflictError, LocalStore, StoreError, sha256_file
 from s3_servers import endpoint_or_skip
 
-_buckets = itertools.count()
 
 
 @pytest.fixture(scope="module", params=["local", "moto", "swift"])
@@ -36,15 +34,7 @@ def backend(request, tmp_path_factory):
 def store(backend, tmp_path, monkeypatch):
     if backend is None:
         return LocalStore(tmp_path / "store")
-    from histo_core.storage.s3 import S3Store
-
-    for name, value in backend.env().items():
-        monkeypatch.setenv(name, value)
-    bucket = f"contract-{next(_buckets)}"
-    backend.client().create_bucket(Bucket=bucket)
-    s3 = S3Store(f"s3://{bucket}/some/prefix", endpoint_url=backend.url, region="us-east-1")
-    s3.lease_settle_s = 0.3
-    return s3
+    return backend.new_store(monkeypatch)
 
 
 def _tamper(store, key: str, data: bytes, tmp_path) -> None:
