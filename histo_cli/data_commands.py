@@ -95,7 +95,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for batch, verdict in result.left_out().items():
         print(f"  batch {batch} {verdict['verdict']}: {'; '.join(verdict['reasons'])}")
     for row in result.rows[result.rows["status"] != "ok"].head(args.show).itertuples():
-        print(f"  {row.status:<11} {row.id}: {row.reason}")
+        print(f"  {row.status:<11} {_terminal_safe(str(row.id))}: {row.reason}")
     if result.drift:
         print(f"colour drift of batch {result.drift['batch']}: {result.drift['score']:.2f} SD "
               f"({'WARNING' if result.drift['warning'] else 'ok'}, threshold {result.drift['threshold']})")
@@ -107,6 +107,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print("histo: data set rejected: " + "; ".join(result.problems), file=sys.stderr)
         return 1
     return 0
+
+
+def _terminal_safe(text: str, limit: int = 80) -> str:
+    """An id from other people as the terminal shows it: as written when printable, else as
+    Python's repr (an escape sequence in an id must not drive the operator's terminal);
+    cut to ``limit`` characters as the reasons quote it."""
+    shown = text if text.isprintable() else repr(text)
+    return shown if len(shown) <= limit else shown[:limit] + "..."
 
 
 def cmd_batches(args: argparse.Namespace) -> int:

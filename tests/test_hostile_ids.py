@@ -55,6 +55,17 @@ def test_unsafe_ids_are_quarantined_with_a_reason_and_odd_but_harmless_ones_kept
         assert _status(result, image_id) == ("ok", ""), image_id  # text, shown escaped wherever it is shown
 
 
+def test_data_validate_prints_unsafe_ids_as_escaped_text_one_row_per_line(tmp_path, capsys):
+    """The terminal is an output too: an id with a line break or an escape sequence is
+    printed as its repr, never raw (it would forge lines or drive the terminal)."""
+    write_hostile_root(tmp_path / "data")
+    main(["data", "validate", str(tmp_path / "data"), "--show", "100", "--max-quarantine-fraction", "0.9"])
+    out = capsys.readouterr().out
+    for image_id in CONTROL_IDS:
+        assert image_id not in out and repr(image_id) in out
+    assert f"{LONG_ID[:80]}..." in out and LONG_ID not in out
+
+
 def test_written_csvs_hold_no_formula_cell_and_read_back_unchanged(tmp_path):
     labels = write_hostile_root(tmp_path / "data")
     dataset = steps.validate(str(tmp_path / "data"), DatasetDir(tmp_path / "ds"), LENIENT, tmp_path / "m")
