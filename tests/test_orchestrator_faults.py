@@ -7,7 +7,8 @@
   automation marks the run Crashed, the retry automation reschedules it, the serve
   process comes back and the run resumes from ``last.pt`` and decides;
 * a backlog of due runs (a late worker): one watcher runs, the others are cancelled by
-  the deployment's CANCEL_NEW; of three due nightly retrains only the newest works.
+  the deployment's CANCEL_NEW or, when the worker reaches them after it, by the watcher's
+  own check; of three due nightly retrains only the newest works.
 """
 
 from __future__ import annotations
@@ -168,8 +169,14 @@ def test_a_late_worker_runs_one_watcher_and_only_the_newest_due_retrain(site):
     now = dt.datetime.now(dt.timezone.utc)
     watchers = [_run("watch-new-data", scheduled_time=now - dt.timedelta(minutes=5 * k)) for k in range(4)]
     nightlies = [_run("retrain-nightly", scheduled_time=now - dt.timedelta(days=k)) for k in range(3)]
-    watched = [_final(r.id, 300).state for r in watchers]
-    assert sorted(s.type.value for s in watched) == ["CANCELLED", "CANCELLED", "CANCELLED", "COMPLETED"]
+    watched = [_final(r.id, 300) for r in watchers]
+    assert sorted(r.state.type.value for r in watched) == ["CANCELLED", "CANCELLED", "CANCELLED", "COMPLETED"]
+    # One more that was due before the look was taken (as a watcher the worker reaches in a
+    # later poll is): nothing is running, so the CANCEL_NEW limit lets it start, and it
+    # ends Cancelled itself, naming the run that looked.
+    [looked] = [r for r in watched if r.state.is_completed()]
+    late = _final(_run("watch-new-data", scheduled_time=now - dt.timedelta(minutes=1)).id, 300).state
+    assert late.is_cancelled() and f"Flow run {looked.name} ({looked.id}) looked at" in late.message, late
     retrained = [_final(r.id, 400).state for r in nightlies]
     assert retrained[0].is_completed(), retrained[0].message  # the newest: due now
     for older in retrained[1:]:
