@@ -41,6 +41,8 @@ class TrainingState:
     torch_rng: torch.Tensor
     cuda_rng: torch.Tensor | None
     world: int
+    trained_model: dict[str, torch.Tensor] | None  # the optimizer's weights, when "model" holds their average
+    averaged_steps: int
 
     @classmethod
     def from_checkpoint(cls, state: dict[str, Any], path: Path | str) -> "TrainingState":

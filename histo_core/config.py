@@ -87,6 +87,10 @@ class TrainConfig(_Frozen):
     min_epochs: int = Field(20, ge=1, description="Never stop early before this epoch: while the learning rate "
                                                  "is high the val loss is too noisy to judge convergence.")
     dropout: float = Field(0.5, ge=0, lt=1)
+    ema_epochs: float = Field(0.0, ge=0, le=1000, description=(
+        "Validate, checkpoint and serve an exponential moving average of the weights over about this many "
+        "epochs (decay per step 1 - 1/(ema_epochs x steps per epoch)) instead of the last step's weights; "
+        "0: off. See docs/benchmarks.md."))
     augment: bool = Field(True, description="Random flips, 90-degree rotations and colour jitter while training.")
     color_jitter: float = Field(0.1, ge=0, lt=1, description="Brightness/contrast/saturation jitter; 0: off. "
                                                             "See bench/augmentation.py for why 0.1.")

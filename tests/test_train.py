@@ -12,7 +12,7 @@ from histo_core.config import TrainConfig
 from histo_core.data.dataset import (PatchDataset, RandomDihedral, build_augmentation, dihedral_each,
                                      dihedral_gathered)
 from histo_core.steps import load_partitions
-from histo_core.inference import load_model
+from histo_core.inference import load_model, score_dataset
 from histo_core.layout import SplitDir
 from histo_core.train import fit
 
@@ -65,6 +65,31 @@ def test_fit_writes_checkpoints_history_and_keeps_the_best(parts, tmp_path):
         assert model(torch.zeros(2, 3, 96, 96)).shape == (2,)
 
 
+def test_the_weight_average_spans_ema_epochs_of_steps():
+    from histo_core.train import weight_average
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    average = weight_average(model, TrainConfig(ema_epochs=2), steps_per_epoch=10)  # decay 1 - 1/20
+    assert weight_average(model, TrainConfig(), steps_per_epoch=10) is None
+    with torch.no_grad():
+        model.weight.fill_(0)
+        average.update_parameters(model)  # the first update copies
+        model.weight.fill_(1)
+        for _ in range(20):
+            average.update_parameters(model)
+    assert average.module.weight.item() == pytest.approx(1 - (1 - 1 / 20) ** 20)  # 64%, not 100%
+
+
+def test_with_a_weight_average_the_validated_and_saved_weights_are_the_average(parts, tmp_path):
+    cfg = TrainConfig(epochs=2, batch_size=32, seed=1, ema_epochs=3)
+    result = fit(parts["train"], parts["val"], cfg, tmp_path)
+    last = torch.load(result.last_checkpoint, weights_only=True)
+    assert any(not torch.equal(last["model"][k], last["trained_model"][k]) for k in last["model"])
+    logits, labels = score_dataset(load_model(result.last_checkpoint), parts["val"], torch.device("cpu"))
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(torch.from_numpy(logits), torch.from_numpy(labels))
+    assert float(loss) == pytest.approx(result.history[-1]["val_loss"], rel=1e-5)
+
+
 def _train_then_die_after_epoch_1(split: str, cache: str, out: str, cfg_json: str) -> None:
     """Runs in a separate process, which kills itself (SIGKILL, no clean-up) after epoch 1."""
     def die(record):
@@ -75,12 +100,17 @@ def _train_then_die_after_epoch_1(split: str, cache: str, out: str, cfg_json: st
     fit(parts["train"], parts["val"], TrainConfig.model_validate_json(cfg_json), out, on_epoch=die)
 
 
-@pytest.mark.parametrize("device, workers", [("cpu", 0), ("cpu", 2), pytest.param("cuda", 2, marks=CUDA)])
-def test_a_killed_run_resumes_and_ends_where_an_uninterrupted_run_would(kaggle_split, tmp_path, device, workers):
+@pytest.mark.parametrize("device, workers, ema_epochs",
+                         [("cpu", 0, 0), ("cpu", 2, 0.5), pytest.param("cuda", 2, 0.5, marks=CUDA)])
+def test_a_killed_run_resumes_and_ends_where_an_uninterrupted_run_would(kaggle_split, tmp_path, device, workers,
+                                                                        ema_epochs):
+    """With ``ema_epochs`` the average (and how many steps it holds) must resume as well as
+    the trained weights."""
     split = kaggle_split
     # On CUDA two runs agree only with deterministic convolutions: two from-scratch runs
     # with cuDNN's timed choices already differed by 18% in val loss after one epoch.
-    cfg = TrainConfig(epochs=3, batch_size=32, seed=3, num_workers=0, device=device, deterministic=device == "cuda")
+    cfg = TrainConfig(epochs=3, batch_size=32, seed=3, num_workers=0, device=device, deterministic=device == "cuda",
+                      ema_epochs=ema_epochs)
     cache = tmp_path / "cache"
     parts = load_partitions(split, cache, build_augmentation())  # its random draws must resume too
     uninterrupted = fit(parts["train"], parts["val"], cfg, tmp_path / "a")
@@ -102,9 +132,11 @@ def test_a_killed_run_resumes_and_ends_where_an_uninterrupted_run_would(kaggle_s
     for a, b in zip(uninterrupted.history, resumed.history):
         assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-5)
         assert b["lr"] == pytest.approx(a["lr"])
-    final_a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["model"]
-    final_b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)["model"]
-    assert all(torch.allclose(final_a[k].float(), final_b[k].float(), atol=1e-5) for k in final_a)
+    final_a, final_b = (torch.load(tmp_path / run / "last.pt", weights_only=True) for run in "ab")
+    weights = ["model", "trained_model"] if ema_epochs else ["model"]
+    assert all(torch.allclose(final_a[w][k].float(), final_b[w][k].float(), atol=1e-5)
+               for w in weights for k in final_a[w])
+    assert final_b["averaged_steps"] == final_a["averaged_steps"] == (3 * len(parts["train"]) // 32 if ema_epochs else 0)
 
 
 @pytest.mark.parametrize("workers", [0, 2])
