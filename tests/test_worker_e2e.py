@@ -177,12 +177,19 @@ def test_scheduled_then_manual_then_event_triggered_runs_move_the_champion(site,
     nightly = deployments()["retrain-nightly"]
 
     async def pause_and_clear(client):
+        """Pause the cron and wait until no run of it is left to start: scheduled ones are
+        deleted, but one the worker already took (its prefetch) or that the scheduler wrote
+        as the pause landed must end first, or it would train on the batch uploaded below."""
         await client.pause_deployment(nightly.id)
+        left = False
         for run in await client.read_flow_runs(limit=200):
-            if run.deployment_id == nightly.id and run.state and run.state.is_scheduled():
-                await client.delete_flow_run(run.id)
+            if run.deployment_id == nightly.id and run.state and not run.state.is_final():
+                left = True
+                if run.state.is_scheduled():
+                    await client.delete_flow_run(run.id)
+        return not left
 
-    client_call(pause_and_clear)
+    wait_for(lambda: client_call(pause_and_clear), 420, "the paused cron's runs to end", 5)
     assert scheduled.state.is_completed(), f"{scheduled.state} (worker log: {site['worker_log']})"
     champion = _assert_champion_follows(site, scheduled, None)
 
