@@ -10,7 +10,6 @@ from prefect.events import emit_event
 from prefect.tasks import exponential_backoff
 
 from histo_core.config import PredictConfig, StoreConfig
-from histo_core.predict import predict_folder, weights_for
 from histo_core.registry import open_registry
 from histo_core.storage import open_store
 from histo_core.watch import batch_uri, claim_new_batches
@@ -37,6 +36,10 @@ def announce(data: str, batches: list[str]) -> None:
 def score_patches(config: PredictConfig, workdir: str) -> dict[str, Any]:
     """Write the predictions CSV; images that could not be scored are counted and listed
     in its errors CSV, not retried (a retry would fail on them again)."""
+    # Imported here, not at the top: the watcher's flow imports this module every few
+    # minutes and has no use for torch (about 9 s of CPU per run on a 2-core machine).
+    from histo_core.predict import predict_folder, weights_for
+
     weights, which = weights_for(config, workdir)
     get_run_logger().info("scoring %s with %s", config.data, which)
     result = predict_folder(weights, config.data, config.out, config.device, config.batch_size, tta=config.tta,

@@ -83,3 +83,15 @@ def test_two_watchers_claiming_at_once_announce_each_batch_once(tmp_path):
 
     (tmp_path / "data" / "batches" / "images-only" / "train_labels.csv").write_text("id,label\na,1\n")
     assert claim_new_batches(data, LocalStore(tmp_path / "state")) == ["images-only"]
+
+
+def test_the_watchers_flow_loads_without_torch():
+    """A watcher runs every few minutes in a process of its own; torch would cost it
+    seconds of CPU each time for nothing."""
+    import subprocess
+    import sys
+
+    probe = "import sys, histo_flows.watch; print(sorted({'torch', 'torchvision', 'great_expectations'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout
