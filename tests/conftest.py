@@ -29,7 +29,7 @@ PCAM_REAL = Path(os.environ.get("HISTO_PCAM_REAL", Path(__file__).resolve().pare
 
 # The modules that take minutes (real servers, workers, bench scripts) start first, so the
 # test processes (pytest-xdist, one module per process at a time) end together.
-SLOW_FIRST = ("test_worker_e2e.py", "test_deployments_e2e.py", "test_benches.py", "test_flow_retrain.py",
+SLOW_FIRST = ("test_worker_e2e.py", "test_orchestrator_faults.py", "test_benches.py", "test_flow_retrain.py",
               "test_train.py", "test_wheel.py")
 
 

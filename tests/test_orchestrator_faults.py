@@ -1,14 +1,21 @@
-"""Runs that survive the orchestrator (issue 25), on a real ``prefect server start`` and
-``histo serve``, both started here and stopped at the end:
+"""``histo serve`` against a real ``prefect server start``, both started here and stopped at
+the end: the deployments it registers, and runs that survive the orchestrator (issue 25):
 
+* the five deployments exist with their schedules, time zone and concurrency settings;
 * two retrain deployments started at once on one data root: the second waits for the run
-  guard, and a server restart while the first trains kills neither;
+  guard, and a server restart while the first trains kills neither; the run's artifacts
+  (summary, epochs, model card, data docs) are readable through the API;
 * the serving process and its flow run are SIGKILLed mid-training: the heartbeat
   automation marks the run Crashed, the retry automation reschedules it, the serve
   process comes back and the run resumes from ``last.pt`` and decides;
 * a backlog of due runs (a late worker): one watcher runs, the others are cancelled by
   the deployment's CANCEL_NEW or, when the worker reaches them after it, by the watcher's
   own check; of three due nightly retrains only the newest works.
+
+A manual run with parameters is the killed-worker test's (``prefect deployment run
+--param``). The watcher -> ``histo.data.arrived`` -> trigger path is run end to end by
+test_worker_e2e on prefect.yaml's deployments; test_deployment_files shows that
+``histo serve`` declares the same trigger, schedules and parameters.
 """
 
 from __future__ import annotations
@@ -73,19 +80,23 @@ def _serve(site) -> None:
     site["serve"] = subprocess.Popen(
         [str(Path(sys.executable).with_name("histo")), "serve", "--data", str(tmp / "data"),
          "--store", str(tmp / "store"), "--workdir", str(tmp / "work"), "--epochs", str(EPOCHS),
-         "--cron", "0 0 1 1 *", "--watch-every", "86400"],
+         "--cron", "0 0 1 1 *", "--timezone", "Europe/Amsterdam", "--watch-every", "86400"],
         cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     wait_for(lambda: len(_deployment_ids()) == 5, 120, "the served deployments")
 
 
-def _deployment_ids() -> dict[str, object]:
+def _deployments() -> dict[str, object]:
     async def read(client):
-        return {d.name: d.id for d in await client.read_deployments()}
+        return {d.name: d for d in await client.read_deployments()}
 
     try:
         return client_call(read)
     except Exception:  # the server is restarting
         return {}
+
+
+def _deployment_ids() -> dict[str, object]:
+    return {name: d.id for name, d in _deployments().items()}
 
 
 def _run(deployment: str, **kwargs):
@@ -119,6 +130,33 @@ def _final(run_id, timeout: float):
     return wait_for(finished, timeout, f"flow run {run_id} to finish", interval=2)
 
 
+def test_the_served_deployments_have_their_schedules_and_limits(site):
+    found = _deployments()
+    nightly = found["retrain-nightly"].schedules[0].schedule
+    assert (nightly.cron, nightly.timezone) == ("0 0 1 1 *", "Europe/Amsterdam")
+    assert found["watch-new-data"].schedules[0].schedule.interval.total_seconds() == 86400
+    # Retrains are serialized by the run guard, not a server lease (a restart would revoke
+    # it); the watcher keeps one slot and cancels a late worker's backlog.
+    for name in ("retrain-nightly", "retrain-on-new-data"):
+        assert found[name].global_concurrency_limit is None, name
+    on_new_data = f"prefect.deployment.{found['retrain-on-new-data'].id}"
+    [trigger] = client_call(lambda client: client.read_resource_related_automations(on_new_data))
+    assert trigger.name == "new labelled data" and trigger.trigger.expect == {"histo.data.arrived"}, trigger
+    watcher = found["watch-new-data"]
+    assert watcher.global_concurrency_limit.limit == 1
+    assert watcher.concurrency_options.collision_strategy.value == "CANCEL_NEW"
+    assert not found["predict"].schedules and not found["rollback"].schedules
+
+
+def _artifact_keys(run_id) -> dict[str, object]:
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    async def read(client):
+        return await client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
+
+    return {a.key: a for a in client_call(read)}
+
+
 def test_a_second_deployment_waits_and_a_server_restart_kills_no_run(site):
     first = _run("retrain-nightly")
     second = _run("retrain-on-new-data")
@@ -133,6 +171,10 @@ def test_a_second_deployment_waits_and_a_server_restart_kills_no_run(site):
     holder_end = _read(holder.id).end_time
     started_work = [t for t, m in _logs(waiting.id) if m.startswith("run ") and ": data " in m]
     assert started_work and started_work[0] >= holder_end, "the second run worked while the first held the root"
+    artifacts = _artifact_keys(holder.id)
+    assert {"retrain-summary", "retrain-epochs", "retrain-model-card", "retrain-data-docs"} <= set(artifacts)
+    assert re.search(r"## Retrain: \*\*(promoted|rejected)\*\*", artifacts["retrain-summary"].data)
+    assert "hold-out AUC: challenger" in artifacts["retrain-summary"].data
 
 
 def _new_last_pt(site, before: set[Path]) -> Path | None:
