@@ -63,15 +63,42 @@ def compare_paired(labels: np.ndarray, challenger: np.ndarray, champion: np.ndar
             "difference_ci_high": diff + 1.959964 * sd, "p_value": float(norm.sf(diff / sd))}
 
 
+BOOTSTRAP_BLOCK_CELLS = 2_000_000  # draw counts held at once (16 MB): resamples per block = this / images
+
+
 def bootstrap_auc_ci(labels: np.ndarray, scores: np.ndarray, n: int = 1000, seed: int = 0) -> tuple[float, float]:
-    """Percentile 95% CI of the AUC over ``n`` resamples of the images (seeded: repeatable)."""
+    """Percentile 95% CI of the AUC over ``n`` resamples of the images (seeded: repeatable).
+
+    Each resample's AUC is the Mann-Whitney U of its draw counts over the scores sorted
+    once (ties count one half, as ``roc_auc_score``), computed for a block of resamples at
+    a time: a thousand ``roc_auc_score`` calls cost seconds of validation overhead on a
+    hold-out of a few hundred images, and this costs milliseconds, with the same draws.
+    """
     rng = np.random.default_rng(seed)
-    labels = np.asarray(labels).astype(int)
+    labels, scores = np.asarray(labels).astype(int), np.asarray(scores)
+    size = len(labels)
+    order = np.argsort(scores, kind="stable")
+    ranked = scores[order]
+    ties = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])  # where each run of equal scores starts
+    positive = labels[order] == 1
+    position = np.empty(size, dtype=np.int64)
+    position[order] = np.arange(size)
     aucs = []
-    for _ in range(n):
-        idx = rng.integers(0, len(labels), len(labels))
-        if labels[idx].min() != labels[idx].max():
-            aucs.append(roc_auc_score(labels[idx], scores[idx]))
+    block = max(1, BOOTSTRAP_BLOCK_CELLS // max(size, 1))
+    for first in range(0, n, block):
+        rows = min(block, n - first)
+        draws = np.stack([rng.integers(0, size, size) for _ in range(rows)])
+        flat = (position[draws] + size * np.arange(rows)[:, None]).ravel()
+        counts = np.bincount(flat, minlength=rows * size).reshape(rows, size)
+        pos = np.add.reduceat(counts * positive, ties, axis=1)
+        neg = np.add.reduceat(counts * ~positive, ties, axis=1)
+        n_pos, n_neg = pos.sum(axis=1), neg.sum(axis=1)
+        u = (pos * (np.cumsum(neg, axis=1) - 0.5 * neg)).sum(axis=1)  # negatives below + half the tied
+        both = (n_pos > 0) & (n_neg > 0)  # a one-class resample has no AUC
+        aucs.append(u[both] / (n_pos[both] * n_neg[both]))
+    aucs = np.concatenate(aucs)
+    if not len(aucs):
+        raise ValueError(f"no resample of the {size} images has both classes: the AUC has no CI")
     low, high = np.percentile(aucs, [2.5, 97.5])
     return float(low), float(high)
 

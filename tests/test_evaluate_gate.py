@@ -170,6 +170,24 @@ def test_bootstrap_ci_brackets_the_auc_and_agrees_with_delong():
     assert (high - low) == pytest.approx(m["auc_ci_high"] - m["auc_ci_low"], rel=0.2)
 
 
+@pytest.mark.parametrize("decimals", [None, 1])  # 1: many tied scores
+def test_bootstrap_ci_is_roc_auc_score_over_the_same_resamples(decimals, monkeypatch):
+    from sklearn.metrics import roc_auc_score
+
+    import histo_core.evaluate as evaluate
+
+    rng = np.random.default_rng(8)
+    labels = rng.integers(0, 2, 60)
+    scores = labels * 0.8 + rng.normal(0, 1, 60)
+    scores = np.round(scores, decimals) if decimals else scores
+    draws = np.random.default_rng(3)
+    aucs = [roc_auc_score(labels[i], scores[i]) for i in (draws.integers(0, 60, 60) for _ in range(300))
+            if labels[i].min() != labels[i].max()]
+    monkeypatch.setattr(evaluate, "BOOTSTRAP_BLOCK_CELLS", 7 * 60)  # blocks of 7 resamples, the last short
+    assert evaluate.bootstrap_auc_ci(labels, scores, 300, seed=3) == pytest.approx(
+        tuple(np.percentile(aucs, [2.5, 97.5])), abs=1e-12)
+
+
 def test_full_report_and_plots(tmp_path):
     from histo_core.evaluate import full_report, plot_curves, sigmoid
 
