@@ -135,7 +135,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     are fitted by cross-fitting on the scored images."""
     import json
 
-
     cfg = resolve_config(EvalConfig, args, section="evaluation")
     if args.print_config:
         print_config({"evaluation": cfg})

@@ -122,25 +122,28 @@ def test_train_then_evaluate_from_the_command_line(kaggle_root, tmp_path, capsys
     assert "epoch 1/1" in captured.out and "best model:" in captured.out
     assert "epoch 1/1: 100%" in captured.err and "batch" in captured.err  # the in-epoch progress bar
     assert {p.name for p in out.iterdir()} >= {"best.pt", "last.pt", "history.json", "config.json", "split.json"}
-    assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--data", str(kaggle_root), "--tta",
+    assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--data", str(kaggle_root), "--no-tta",
                  "--json", str(tmp_path / "m.json")]) == 0
     metrics = json.loads((tmp_path / "m.json").read_text())
-    assert metrics["n"] == 300 and metrics["tta"] is True and 0 <= metrics["auc"] <= 1
+    assert metrics["n"] == 300 and metrics["tta"] is False and 0 <= metrics["auc"] <= 1
     # No validation images of its own: calibration and operating point are cross-fitted.
     assert metrics["operating_point"]["fitted_on"] == "5-fold cross-fitting" and metrics["temperature"] > 0
     captured = capsys.readouterr()
-    assert "with TTA" in captured.out and "chosen on these images by 5-fold cross-fitting" in captured.out
+    assert "with TTA" not in captured.out and "chosen on these images by 5-fold cross-fitting" in captured.out
     split = pd.read_csv(next(out.glob("data/split-*/split.csv")), dtype={"id": str})
     counts = split["partition"].value_counts()
     assert f"warning: {counts['train']} of the 300 images were used to train this model" in captured.err
 
     # Only the held-out test images, calibrated and with the operating point chosen on val, as a retrain does.
+    # With TTA, the default, here, where it scores only the test and validation images.
     assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--data", str(kaggle_root), "--split", "test",
                  "--out", str(tmp_path / "eval")]) == 0
     captured = capsys.readouterr()
     assert "were used to train" not in captured.err and "chosen on the validation images" in captured.out
+    assert "with TTA" in captured.out
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["n"] == counts["test"] and metrics["split"] == "test" and "temperature" in metrics
+    assert metrics["tta"] is True
     predictions = pd.read_csv(tmp_path / "eval" / "predictions.csv", dtype={"id": str})
     assert list(predictions.columns) == ["id", "label", "challenger"]  # the columns a retrain writes
     assert set(predictions["id"]) == set(split.loc[split["partition"] == "test", "id"])

@@ -3,6 +3,8 @@ files) give the same probability for the same image and checkpoint."""
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -43,8 +45,13 @@ def test_evaluate_and_predict_give_the_same_probabilities(kaggle_root, checkpoin
     logits, _ = score_dataset(load_model(checkpoint, torch_device), test, torch_device, tta)
     evaluated = pd.Series(sigmoid(logits), index=steps.read_split(split)["id"].to_numpy()[test.indices])
 
-    predicted = pd.read_csv(predict_folder(checkpoint, kaggle_root, tmp_path / "p.csv", device=device, tta=tta).csv,
+    files = tmp_path / "files"  # the same test images as files to predict on, no others
+    files.mkdir()
+    for name in evaluated.index:
+        shutil.copy(kaggle_root / "train" / f"{name}.tif", files)
+    predicted = pd.read_csv(predict_folder(checkpoint, files, tmp_path / "p.csv", device=device, tta=tta).csv,
                             dtype={"id": str}).set_index("id")["label"]
+    assert set(predicted.index) == set(evaluated.index)
     assert len(evaluated) > 20 and evaluated.std() > 1e-4, "an untrained model still scores images apart"
     difference = np.abs(predicted[evaluated.index].to_numpy() - evaluated.to_numpy()).max()
     print(f"{device}, tta={tta}: largest difference {difference:.2e} over {len(evaluated)} images")
