@@ -149,8 +149,7 @@ async def _task_states(flow_run_id: str) -> dict[str, str]:
         return {r.name.rsplit("-", 1)[0]: r.state.name for r in runs}
 
 
-@pytest.mark.parametrize("deleted", ["w1", "w2"])
-def test_two_workdirs_never_share_cached_outputs(prefect_api, tmp_path, deleted):
+def test_two_workdirs_never_share_cached_outputs(prefect_api, tmp_path):
     """The same data retrained from two workdirs (one Prefect home): each run trains and
     evaluates in its own workdir, and deleting either one costs the next run on it a
     recomputation, never an error or the other workdir's files."""
@@ -158,6 +157,7 @@ def test_two_workdirs_never_share_cached_outputs(prefect_api, tmp_path, deleted)
 
     data = tmp_path / "data"
     write_kaggle_layout(data, SyntheticSpec(count=160, seed=21))
+
     def config(workdir: str) -> RetrainConfig:
         return RetrainConfig(data=str(data), store=StoreConfig(uri=str(tmp_path / workdir / "store")),
                              workdir=str(tmp_path / workdir), train=TrainConfig(epochs=1, batch_size=32),
@@ -176,15 +176,15 @@ def test_two_workdirs_never_share_cached_outputs(prefect_api, tmp_path, deleted)
     owned(first, "w1")
     owned(second, "w2")
 
-    kept = "w1" if deleted == "w2" else "w2"
-    shutil.rmtree(tmp_path / deleted)
-    again = retrain(config(kept))
-    assert asyncio.run(_task_states(again["flow_run_id"]))["train-model"] == "Cached"
-    owned(again, kept)
-    assert not (tmp_path / deleted).exists(), "a run on one workdir wrote into the deleted one"
-    rebuilt = retrain(config(deleted))
-    assert asyncio.run(_task_states(rebuilt["flow_run_id"]))["train-model"] == "Completed"
-    owned(rebuilt, deleted)
+    for deleted, kept in (("w1", "w2"), ("w2", "w1")):  # the first workdir's cache, then the second's
+        shutil.rmtree(tmp_path / deleted)
+        again = retrain(config(kept))
+        assert asyncio.run(_task_states(again["flow_run_id"]))["train-model"] == "Cached"
+        owned(again, kept)
+        assert not (tmp_path / deleted).exists(), "a run on one workdir wrote into the deleted one"
+        rebuilt = retrain(config(deleted))
+        assert asyncio.run(_task_states(rebuilt["flow_run_id"]))["train-model"] == "Completed"
+        owned(rebuilt, deleted)
 
 
 def test_predict_and_rollback_flows(prefect_api, tmp_path, kaggle_root):
