@@ -3,6 +3,7 @@ data) here, and each is listed in docs/benchmarks.md's table, where its figures 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -34,14 +35,26 @@ def test_every_bench_has_a_smoke_check():
     assert set(BENCHES) == set(EXPECTED)
 
 
-@pytest.mark.parametrize("bench", BENCHES)
-def test_bench_smoke_mode_runs(bench, tmp_path):
+@pytest.fixture(scope="module")
+def smoke_runs(tmp_path_factory) -> Path:
+    """Every bench's smoke, run one after the other in one interpreter (tests/bench_smokes.py:
+    torch, Prefect and GX imported once, not 13 times)."""
+    out = tmp_path_factory.mktemp("smokes")
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    done = subprocess.run([sys.executable, str(REPO / "bench" / bench), "--smoke"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, f"{bench} --smoke failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
-    assert EXPECTED[bench] in done.stdout, done.stdout[-2000:]
-    assert "Exception in thread" not in done.stderr, done.stderr[-3000:]  # a thread's failure is a failure
+    done = subprocess.run([sys.executable, str(REPO / "tests" / "bench_smokes.py"), str(out), *BENCHES], cwd=out,
+                          env=env, capture_output=True, text=True, timeout=1800)
+    (out / "runner.log").write_text(done.stdout + done.stderr)
+    return out
+
+
+@pytest.mark.parametrize("bench", BENCHES)
+def test_bench_smoke_mode_runs(bench, smoke_runs):
+    report = smoke_runs / f"{bench}.json"
+    assert report.is_file(), f"{bench} --smoke did not finish:\n{(smoke_runs / 'runner.log').read_text()[-3000:]}"
+    done = json.loads(report.read_text())
+    assert done["exit"] == 0, f"{bench} --smoke failed:\n{done['stdout'][-2000:]}\n{done['stderr'][-3000:]}"
+    assert EXPECTED[bench] in done["stdout"], done["stdout"][-2000:]
+    assert "Exception in thread" not in done["stderr"], done["stderr"][-3000:]  # a thread's failure is a failure
 
 
 def test_every_bench_is_in_the_benchmarks_table():
