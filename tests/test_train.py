@@ -24,7 +24,10 @@ def parts(kaggle_split, tmp_path_factory):
     return load_partitions(kaggle_split, tmp_path_factory.mktemp("cache"), build_augmentation())
 
 
-def _first(dataset: PatchDataset, count: int) -> PatchDataset:
+TRAIN = 96  # training images in tests of what the trainer does: 3 batches of 32
+
+
+def _first(dataset: PatchDataset, count: int = TRAIN) -> PatchDataset:
     """The first ``count`` patches of ``dataset``: for tests of what the trainer decides,
     not of what it learns."""
     return PatchDataset(dataset.pixels, dataset.labels, dataset.indices[:count], dataset.transform)
@@ -50,7 +53,7 @@ def test_gathered_dihedral_views_are_the_looped_ones():
 
 def test_fit_writes_checkpoints_history_and_keeps_the_best(parts, tmp_path):
     cfg = TrainConfig(epochs=3, batch_size=32, seed=1)
-    result = fit(parts["train"], parts["val"], cfg, tmp_path)
+    result = fit(_first(parts["train"]), parts["val"], cfg, tmp_path)
     history = json.loads((tmp_path / "history.json").read_text())
     assert [r["epoch"] for r in history] == [1, 2, 3] == [r["epoch"] for r in result.history]
     assert all(np.isfinite(r["train_loss"]) and 0 <= r["val_auc"] <= 1 for r in history)
@@ -82,7 +85,7 @@ def test_the_weight_average_spans_ema_epochs_of_steps():
 
 def test_with_a_weight_average_the_validated_and_saved_weights_are_the_average(parts, tmp_path):
     cfg = TrainConfig(epochs=2, batch_size=32, seed=1, ema_epochs=3)
-    result = fit(parts["train"], parts["val"], cfg, tmp_path)
+    result = fit(_first(parts["train"]), parts["val"], cfg, tmp_path)
     last = torch.load(result.last_checkpoint, weights_only=True)
     assert any(not torch.equal(last["model"][k], last["trained_model"][k]) for k in last["model"])
     logits, labels = score_dataset(load_model(result.last_checkpoint), parts["val"], torch.device("cpu"))
@@ -97,7 +100,7 @@ def _train_then_die_after_epoch_1(split: str, cache: str, out: str, cfg_json: st
             os.kill(os.getpid(), signal.SIGKILL)
 
     parts = load_partitions(SplitDir(Path(split)), Path(cache), build_augmentation())
-    fit(parts["train"], parts["val"], TrainConfig.model_validate_json(cfg_json), out, on_epoch=die)
+    fit(_first(parts["train"]), parts["val"], TrainConfig.model_validate_json(cfg_json), out, on_epoch=die)
 
 
 @pytest.mark.parametrize("device, workers, ema_epochs",
@@ -113,7 +116,7 @@ def test_a_killed_run_resumes_and_ends_where_an_uninterrupted_run_would(kaggle_s
                       ema_epochs=ema_epochs)
     cache = tmp_path / "cache"
     parts = load_partitions(split, cache, build_augmentation())  # its random draws must resume too
-    uninterrupted = fit(parts["train"], parts["val"], cfg, tmp_path / "a")
+    uninterrupted = fit(_first(parts["train"]), parts["val"], cfg, tmp_path / "a")
 
     worker = multiprocessing.get_context("spawn").Process(
         target=_train_then_die_after_epoch_1, args=(str(split.root), str(cache), str(tmp_path / "b"),
@@ -125,7 +128,7 @@ def test_a_killed_run_resumes_and_ends_where_an_uninterrupted_run_would(kaggle_s
 
     # resumed with new loader workers: neither they nor their count may change the result
     trained: list[int] = []
-    resumed = fit(parts["train"], parts["val"], cfg.model_copy(update={"num_workers": workers}), tmp_path / "b",
+    resumed = fit(_first(parts["train"]), parts["val"], cfg.model_copy(update={"num_workers": workers}), tmp_path / "b",
                   on_epoch=lambda record: trained.append(record["epoch"]))
     assert trained == [2, 3], "resumed after epoch 1, not started over"
     assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
@@ -136,14 +139,14 @@ def test_a_killed_run_resumes_and_ends_where_an_uninterrupted_run_would(kaggle_s
     weights = ["model", "trained_model"] if ema_epochs else ["model"]
     assert all(torch.allclose(final_a[w][k].float(), final_b[w][k].float(), atol=1e-5)
                for w in weights for k in final_a[w])
-    assert final_b["averaged_steps"] == final_a["averaged_steps"] == (3 * len(parts["train"]) // 32 if ema_epochs else 0)
+    assert final_b["averaged_steps"] == final_a["averaged_steps"] == (3 * TRAIN // 32 if ema_epochs else 0)
 
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_augmenting_on_the_device_trains_exactly_as_augmenting_in_the_loader(parts, tmp_path, workers):
     """On a CPU both places run the same ops on the same draws, so the runs must be identical."""
     cfg = TrainConfig(epochs=2, batch_size=32, seed=5, num_workers=workers)
-    runs = {where: fit(parts["train"], parts["val"], cfg.model_copy(update={"augment_on": where}), tmp_path / where)
+    runs = {where: fit(_first(parts["train"]), parts["val"], cfg.model_copy(update={"augment_on": where}), tmp_path / where)
             for where in ("loader", "device")}
     assert [r["val_loss"] for r in runs["loader"].history] == [r["val_loss"] for r in runs["device"].history]
     weights = [torch.load(r.last_checkpoint, weights_only=True)["model"] for r in runs.values()]
