@@ -43,7 +43,7 @@ EPOCHS = 6
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("orchestrator")
-    write_kaggle_layout(tmp / "data", SyntheticSpec(count=400, seed=3))
+    write_kaggle_layout(tmp / "data", SyntheticSpec(count=200, seed=3))
     (tmp / "home").mkdir()
     with prefect_server(tmp / "server", PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="5") as server:
         # Created from automations.yaml as it stands, but for the heartbeat window: 45 s,
