@@ -1,5 +1,6 @@
 """The retrain flow end to end on a tiny generated data set, against a real (temporary)
-Prefect API server started by ``prefect_test_harness``."""
+Prefect API server started by ``prefect_test_harness``; its store in a folder or, in one
+test, on a real S3 endpoint (moto's server)."""
 
 import asyncio
 import json
@@ -14,6 +15,7 @@ from histo_core.config import EvalConfig, GateConfig, RetrainConfig, StoreConfig
 from histo_core.data.synthetic import SyntheticSpec, write_kaggle_layout
 from histo_core.storage import LocalStore
 from conftest import tree_fingerprint
+from s3_servers import start_moto
 
 
 # Evaluation is not what these tests are about: no TTA, fewer bootstrap draws.
@@ -351,3 +353,41 @@ def test_a_run_that_crashed_max_attempts_times_gives_up_and_says_so(prefect_api,
     assert not (tmp_path / "w").exists() and not (tmp_path / "s").exists()  # nothing was started
     [gave_up] = _events({events.GAVE_UP}, data, expected=1)
     assert gave_up["payload"]["attempts"] == 4 and gave_up["payload"]["flow_run_id"] == str(state.state_details.flow_run_id)
+
+
+@pytest.fixture
+def moto(tmp_path_factory):
+    endpoint = start_moto(tmp_path_factory.mktemp("moto"))
+    yield endpoint
+    endpoint.stop()
+
+
+def test_retrain_to_s3_keeps_credentials_out_of_logs_and_artifacts(prefect_api, moto, tmp_path, monkeypatch, caplog,
+                                                                  capsys):
+    """The store on a real S3 endpoint (moto's server); the credentials, in the environment
+    only, never reach a log line or a stored artifact."""
+    for name, value in moto.env().items():
+        monkeypatch.setenv(name, value)
+    client = moto.client()
+    client.create_bucket(Bucket="histo-flow")
+    data = tmp_path / "data"
+    write_kaggle_layout(data, SyntheticSpec(count=300, seed=4))
+    config = RetrainConfig(data=str(data), workdir=str(tmp_path / "work"),
+                           store=StoreConfig(uri="s3://histo-flow/team-a", endpoint_url=moto.url),
+                           train=TrainConfig(epochs=1), evaluation=FAST, gate=GateConfig(auc_floor=0.0))
+    result = retrain(config)
+    assert result["outcome"] == "promoted"
+    assert result["artifacts"].startswith("s3://histo-flow/team-a/runs/")
+
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket="histo-flow")["Contents"]]
+    assert "team-a/models/pcam-cnn/champion.json" in keys
+    assert f"team-a/models/pcam-cnn/versions/{result['version']}/model_card.md" in keys
+    secrets = [moto.secret_key.encode(), moto.access_key.encode()]
+    for key in keys:
+        body = client.get_object(Bucket="histo-flow", Key=key)["Body"].read()
+        assert not any(s in body for s in secrets), key
+    for path in Path(tmp_path / "work").rglob("*"):
+        if path.is_file():
+            assert not any(s in path.read_bytes() for s in secrets), path
+    logged = caplog.text + "".join(capsys.readouterr())
+    assert "champion" in logged and not any(s.decode() in logged for s in secrets)
