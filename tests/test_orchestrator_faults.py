@@ -33,7 +33,7 @@ import pytest
 import yaml
 
 from histo_core.data.synthetic import SyntheticSpec, write_kaggle_layout
-from prefect_server import client_call, prefect_server, stop_group, wait_for
+from prefect_server import client_call, deployments, prefect_server, stop_group, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -85,18 +85,11 @@ def _serve(site) -> None:
     wait_for(lambda: len(_deployment_ids()) == 5, 120, "the served deployments")
 
 
-def _deployments() -> dict[str, object]:
-    async def read(client):
-        return {d.name: d for d in await client.read_deployments()}
-
+def _deployment_ids() -> dict[str, object]:
     try:
-        return client_call(read)
+        return {name: d.id for name, d in deployments().items()}
     except Exception:  # the server is restarting
         return {}
-
-
-def _deployment_ids() -> dict[str, object]:
-    return {name: d.id for name, d in _deployments().items()}
 
 
 def _run(deployment: str, **kwargs):
@@ -131,7 +124,7 @@ def _final(run_id, timeout: float):
 
 
 def test_the_served_deployments_have_their_schedules_and_limits(site):
-    found = _deployments()
+    found = deployments()
     nightly = found["retrain-nightly"].schedules[0].schedule
     assert (nightly.cron, nightly.timezone) == ("0 0 1 1 *", "Europe/Amsterdam")
     assert found["watch-new-data"].schedules[0].schedule.interval.total_seconds() == 86400
@@ -148,7 +141,7 @@ def test_the_served_deployments_have_their_schedules_and_limits(site):
     assert not found["predict"].schedules and not found["rollback"].schedules
 
 
-def _artifact_keys(run_id) -> dict[str, object]:
+def _artifacts(run_id) -> dict[str, object]:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
     async def read(client):
@@ -171,7 +164,7 @@ def test_a_second_deployment_waits_and_a_server_restart_kills_no_run(site):
     holder_end = _read(holder.id).end_time
     started_work = [t for t, m in _logs(waiting.id) if m.startswith("run ") and ": data " in m]
     assert started_work and started_work[0] >= holder_end, "the second run worked while the first held the root"
-    artifacts = _artifact_keys(holder.id)
+    artifacts = _artifacts(holder.id)
     assert {"retrain-summary", "retrain-epochs", "retrain-model-card", "retrain-data-docs"} <= set(artifacts)
     assert re.search(r"## Retrain: \*\*(promoted|rejected)\*\*", artifacts["retrain-summary"].data)
     assert "hold-out AUC: challenger" in artifacts["retrain-summary"].data
