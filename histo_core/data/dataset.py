@@ -14,7 +14,6 @@ from typing import Callable
 import numpy as np
 import torch
 from torch.utils.data import BatchSampler, Dataset, Sampler
-from torchvision.transforms import v2
 
 from histo_core.model import PCAM_MEAN, PCAM_STD
 
@@ -181,6 +180,8 @@ def build_augmentation(color_jitter: float = 0.1, hue_jitter: float = 0.0, hed_j
     if hed_jitter > 0 or color_jitter > 0 or stain_vector_jitter > 0:
         steps.append(RandomColourJitter(hed_jitter, color_jitter, stain_vector_jitter))
     if hue_jitter > 0:
+        from torchvision.transforms import v2  # here, not above: importing torchvision costs a run ~2 s
+
         steps.append(EachImage(v2.ColorJitter(hue=hue_jitter)))
     return torch.nn.Sequential(*steps)
 
