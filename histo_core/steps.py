@@ -395,8 +395,10 @@ def promote(run: RunDir, model: ModelDir, split: SplitDir, store: StoreConfig, m
     circumstances = Circumstances(
         champion_problem=evaluation.get("champion_problem"), champion_version=evaluation["champion_version"],
         champion_moved=(current.etag if current else None) != evaluation["champion_etag"],
-        same_weights_as=current.version if current and current.record.get("sha256") == sha256_file(model.best)
-        else None)
+        # A champion whose stored weights are broken is no copy of the challenger, even if its
+        # record names the same bytes: re-filing them as a new version restores the service.
+        same_weights_as=current.version if current and not evaluation.get("champion_problem")
+        and current.record.get("sha256") == sha256_file(model.best) else None)
     decision = decide(challenger_auc, champion_auc, cfg, p_value, circumstances, sensitivities)
     outcome, reasons = decision.outcome, list(decision.reasons)
     record = {"outcome": outcome, "version": version, "reasons": reasons, "challenger_auc": challenger_auc,

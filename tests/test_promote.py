@@ -4,6 +4,7 @@ champion moved after this run evaluated it, or while it was writing the pointer.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -193,9 +194,12 @@ def test_the_audit_trail_is_written_before_the_pointer_moves(split, tmp_path, mo
     assert registry.events()[0]["version"] == decision["version"]
 
 
-def test_a_champion_that_cannot_serve_is_reported_and_the_run_goes_on(split, tmp_path):
+@pytest.mark.parametrize("challenger", ["new weights", "the champion's own weights"])
+def test_a_champion_that_cannot_serve_is_reported_and_the_run_goes_on(split, tmp_path, challenger):
     """Its weights were deleted from the store: the challenger is judged as if there were
-    no champion, the reason is recorded, and a winner replaces the broken one."""
+    no champion, the reason is recorded, and a winner replaces the broken one, even when
+    it is the champion's own weights trained again (a re-run on unchanged data): filed
+    anew, they serve again."""
     from histo_core.config import EvalConfig
 
     store = StoreConfig(uri=str(tmp_path / "store"))
@@ -205,12 +209,16 @@ def test_a_champion_that_cannot_serve_is_reported_and_the_run_goes_on(split, tmp
     _corrupt(tmp_path / "store", broken, "deleted")
     run, model = RunDir(tmp_path / "run"), ModelDir(tmp_path / "model")
     model.root.mkdir()
-    write_weights(model.best, seed=6)
+    if challenger == "new weights":
+        write_weights(model.best, seed=6)
+    else:
+        shutil.copy(tmp_path / "w5.pt", model.best)  # the bytes the broken version's record names
     model.history.write_text("[]")
     steps.evaluate(split, model, run, tmp_path / "cache", store, "m", EvalConfig(tta=False, bootstrap=100))
     evaluation = json.loads(run.evaluation.read_text())
     assert evaluation["champion"] is None and "no such object" in evaluation["champion_problem"]
     steps.promote(run, model, split, store, "m", GateConfig(auc_floor=0.0))
     decision = _decision(run)
-    assert decision["outcome"] == "promoted" and registry.champion().version == decision["version"]
+    assert decision["outcome"] == "promoted" and registry.champion().version == decision["version"] != broken
     assert any(f"the champion {broken} cannot serve" in r for r in decision["reasons"])
+    assert not registry.verify(decision["version"])  # the new champion serves
