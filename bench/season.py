@@ -21,7 +21,7 @@ night whose run did not end in a decision (an exception or a failed run): on a s
 a person would have had to look.
 
     .venv/bin/python bench/season.py [--nights 30] [--batch-rows 400] [--epochs 2]
-    .venv/bin/python bench/season.py --smoke     # 5 nights on generated patches
+    .venv/bin/python bench/season.py --smoke     # 3 nights on generated patches
 """
 
 from __future__ import annotations
@@ -55,8 +55,9 @@ from histo_core.storage import open_store  # noqa: E402
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "pcam_real"
 SCRIPT = [["good", "good"], [], ["good", "corrupt"], ["wrong-size"], ["flipped"], ["stain", "s3-markers"],
           ["second-workdir"], ["good", "delete-workdir"], ["corrupt-champion"], ["good", "killed-run"]]
-SMOKE_SCRIPT = [["good", "good"], ["corrupt", "good", "s3-markers"], ["wrong-size", "delete-workdir"],
-                ["corrupt-champion"], ["good", "killed-run"]]
+# Every kind of night in three: fewer retrains, the same faults.
+SMOKE_SCRIPT = [["good", "good"], ["corrupt", "wrong-size", "s3-markers", "delete-workdir", "corrupt-champion"],
+                ["good", "killed-run"]]
 WORLD = {"delete-workdir", "corrupt-champion", "second-workdir", "s3-markers", "killed-run"}  # no batch written
 REPO = Path(__file__).resolve().parents[1]
 BAD = {"corrupt", "wrong-size", "flipped"}
@@ -117,13 +118,25 @@ def _add_folder_markers(data_uri: str, batches: list[str]) -> None:
         store.client.put_object(Bucket=store.bucket, Key=f"{store.prefix}/{key}", Body=b"")
 
 
+def _api_url() -> str:
+    """The Prefect API of this process's runs (the temporary server Prefect starts for a
+    process without ``PREFECT_API_URL``): the run to kill reports to it too, as a worker's
+    runs share one server, and does not spend seconds starting a server of its own."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return str(client.api_url)
+
+
 def _kill_a_run(config: RetrainConfig, workdir: Path) -> str:
     """Start a retrain in a process of its own and SIGKILL its process group once training
-    has started (a model folder appears): what a dying worker or an OOM kill leaves."""
+    has started (a new model folder appears): what a dying worker or an OOM kill leaves."""
+    before = set((workdir / "models").glob("*/"))  # earlier nights' models
     child = subprocess.Popen([sys.executable, __file__, "--run-one", config.model_dump_json()], cwd=REPO,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                             env={**os.environ, "PREFECT_API_URL": _api_url()}, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 600
-    while time.monotonic() < deadline and child.poll() is None and not list((workdir / "models").glob("*/")):
+    while time.monotonic() < deadline and child.poll() is None and not set((workdir / "models").glob("*/")) - before:
         time.sleep(0.2)
     if child.poll() is not None:
         return f"the run to kill ended first (exit {child.returncode})"
@@ -220,7 +233,7 @@ def main() -> None:
     parser.add_argument("--nights", type=int, default=30)
     parser.add_argument("--batch-rows", type=int, default=400)
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--smoke", action="store_true", help="5 nights, 60-patch batches of generated data")
+    parser.add_argument("--smoke", action="store_true", help="3 nights, 60-patch batches of generated data")
     parser.add_argument("--run-one", help=argparse.SUPPRESS)  # the run that _kill_a_run kills
     args = parser.parse_args()
     if args.run_one:
@@ -235,7 +248,7 @@ def main() -> None:
             labels = pd.read_csv(generated / "train_labels.csv", dtype=str)
             pool = pd.DataFrame({"path": [str(generated / "train" / f"{i}.tif") for i in labels["id"]],
                                  "label": labels["label"]})
-            run(pool, out, 5, SMOKE_SCRIPT, 60, 1)
+            run(pool, out, len(SMOKE_SCRIPT), SMOKE_SCRIPT, 60, 1)
         else:
             if not args.data.is_dir():
                 raise SystemExit(f"no data at {args.data} (the shared real patches); --smoke runs on generated ones")
