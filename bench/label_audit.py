@@ -51,22 +51,26 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench-out/label_audit"))
     parser.add_argument("--epochs", type=int, nargs="+", default=[3, 1], help="one champion per value")
     parser.add_argument("--batch-rows", type=int, default=300)
-    parser.add_argument("--smoke", action="store_true", help="1000 generated patches, 1 epoch, 16-row batches")
+    parser.add_argument("--smoke", action="store_true", help="400 generated patches (80%% val/test), 1 epoch, "
+                                                              "16-row batches")
     args = parser.parse_args()
     if args.smoke:
         with tempfile.TemporaryDirectory() as tmp:
-            data = write_kaggle_layout(Path(tmp) / "data", SyntheticSpec(count=1000, seed=9))
-            run(data, Path(tmp) / "out", [1], 16, ValidationConfig(label_audit_min_rows=15))
+            # 17 batches of 16 need 272 val/test rows: 80% of 400 rather than 30% of 1000 (less to train on).
+            data = write_kaggle_layout(Path(tmp) / "data", SyntheticSpec(count=400, seed=9))
+            run(data, Path(tmp) / "out", [1], 16, ValidationConfig(label_audit_min_rows=15),
+                SplitConfig(val_fraction=0.4, test_fraction=0.4))
     else:
         if not args.data.is_dir():
             raise SystemExit(f"no data at {args.data} (the shared real patches); --smoke runs on generated ones")
-        run(args.data, args.out, args.epochs, args.batch_rows, ValidationConfig())
+        run(args.data, args.out, args.epochs, args.batch_rows, ValidationConfig(), SplitConfig())
 
 
-def run(data: Path, out: Path, epochs: list[int], batch_rows: int, cfg: ValidationConfig) -> None:
+def run(data: Path, out: Path, epochs: list[int], batch_rows: int, cfg: ValidationConfig,
+        split_config: SplitConfig) -> None:
     started = time.perf_counter()
     dataset = steps.validate(str(data), DatasetDir(out / "data"), ValidationConfig(), out / "manifests")
-    split = steps.split(dataset, SplitConfig())
+    split = steps.split(dataset, split_config)
     rows = steps.read_split(split)
     pool = rows[rows["partition"].isin(["val", "test"])].sample(frac=1.0, random_state=0).reset_index(drop=True)
     table, names, flips = _batches(pool, batch_rows, out / "stained")

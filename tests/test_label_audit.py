@@ -32,10 +32,11 @@ def _flip(batch: Path, fraction: float, seed: int = 0) -> None:
 
 @pytest.fixture(scope="module")
 def champion_store(kaggle_split, tmp_path_factory) -> StoreConfig:
-    """A store whose champion is a simple_cnn trained for a few epochs on generated patches."""
+    """A store whose champion is a simple_cnn trained for one epoch on generated patches
+    (AUC 0.82-0.89 on the clean batches below, 0.12 on the flipped one)."""
     tmp = tmp_path_factory.mktemp("audit-champion")
     model = ModelDir(tmp / "model")
-    steps.train(kaggle_split, model, tmp / "cache", TrainConfig(epochs=4, min_epochs=1, num_workers=0))
+    steps.train(kaggle_split, model, tmp / "cache", TrainConfig(epochs=1, min_epochs=1, num_workers=0))
     store = StoreConfig(uri=str(tmp / "store"))
     registry = open_registry(store, "pcam-cnn")
     version = registry.new_version_id()
