@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 from pathlib import Path
 
 # Before Prefect is imported: the temporary API server's telemetry races its first
@@ -105,7 +106,19 @@ def publish_version(registry, folder: Path, tag: str, size: int = 5000) -> str:
 
 @pytest.fixture(scope="session")
 def installed_env(tmp_path_factory: pytest.TempPathFactory):
-    """The wheel of this checkout installed into a new environment (see installed.py)."""
-    from installed import make_installed_env
+    """The wheel of this checkout installed into a new environment (see installed.py),
+    built once per pytest run: the test processes of pytest-xdist share it."""
+    from filelock import FileLock
 
-    return make_installed_env(tmp_path_factory.mktemp("installed"))
+    from installed import InstalledEnv, make_installed_env
+
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return make_installed_env(tmp_path_factory.mktemp("installed"))
+    shared = tmp_path_factory.getbasetemp().parent  # this run's folder, holding each xdist process's own
+    folder = shared / "installed"
+    with FileLock(shared / "installed.lock"):
+        if not (folder / "ready").is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            env = make_installed_env(folder)
+            (folder / "ready").write_text(str(env.wheel))
+    return InstalledEnv(folder / "venv", Path((folder / "ready").read_text()))

@@ -90,10 +90,11 @@ def build_wheel(out: Path) -> Path:
 
 def install(wheel: Path, root: Path) -> InstalledEnv:
     base = getattr(sys, "_base_executable", sys.executable)
-    subprocess.run([base, "-m", "venv", str(root)], check=True, capture_output=True)
+    # No pip of its own (ensurepip costs seconds): this environment's pip installs into it.
+    subprocess.run([base, "-m", "venv", "--without-pip", str(root)], check=True, capture_output=True)
     env = InstalledEnv(root, wheel)
-    subprocess.run([str(env.python), "-m", "pip", "install", "--no-deps", "--no-index", "--quiet", str(wheel)],
-                   check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(env.python), "install", "--no-deps", "--no-index",
+                    "--quiet", str(wheel)], check=True, capture_output=True)
     purelib = subprocess.run([str(env.python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                              check=True, capture_output=True, text=True).stdout.strip()
     (Path(purelib) / "zz_histo_test_dependencies.pth").write_text("\n".join(site.getsitepackages()) + "\n")
