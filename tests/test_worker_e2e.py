@@ -8,10 +8,12 @@ server), with credentials only in the worker's environment.
 ``definitions`` (data root, store, a one-epoch schedule, a gate floor that a one-epoch
 model clears, evaluation without TTA: the served deployments' runs in
 test_orchestrator_faults evaluate with it) and the nightly cron, made every minute so
-that the scheduler fires while a manual run trains, and the watcher's interval schedule
-off, as the test runs it by hand. A manual run, a scheduled run and a run triggered by
-the watcher's ``histo.data.arrived`` event each complete, and after each the champion
-pointer in the bucket is what that run's decision says.
+that the scheduler fires while the test waits, and the watcher's interval schedule off,
+as the test runs it by hand. A scheduled run, a manual run and a run triggered by the
+watcher's ``histo.data.arrived`` event each complete, and after each the champion
+pointer in the bucket is what that run's decision says. (The scheduled run comes first
+and the cron is paused before the manual run: a cron run that came due while an
+identical manual run was starting would supersede it, as a late worker's backlog is.)
 """
 
 from __future__ import annotations
@@ -171,15 +173,10 @@ def test_deployed_from_prefect_yaml_with_no_path_of_this_machine(site):
         assert site["moto"].secret_key not in parameters and site["moto"].access_key not in parameters
 
 
-def test_manual_scheduled_and_event_triggered_runs_move_the_champion(site, tmp_path):
+def test_scheduled_then_manual_then_event_triggered_runs_move_the_champion(site, tmp_path):
     from prefect.deployments import run_deployment
 
-    # 1. A run by hand with the deployment's own parameters, and the scheduler's run of
-    #    retrain-nightly (cron every minute here), due while the first one trains. The
-    #    worker takes one run at a time: whichever starts first promotes; the other has the
-    #    same data and settings, so the worker's cached model is the champion already.
-    manual = run_deployment("retrain/retrain-nightly", timeout=420)
-    assert manual.state.is_completed(), f"{manual.state} (worker log: {site['worker_log']})"
+    # 1. The scheduler's run of retrain-nightly (cron every minute here).
     scheduled = _completed("retrain-nightly", lambda r: r.auto_scheduled)
     nightly = deployments()["retrain-nightly"]
 
@@ -198,10 +195,14 @@ def test_manual_scheduled_and_event_triggered_runs_move_the_champion(site, tmp_p
 
     wait_for(lambda: client_call(pause_and_clear), 420, "the paused cron's runs to end", 5)
     assert scheduled.state.is_completed(), f"{scheduled.state} (worker log: {site['worker_log']})"
-    first, second = sorted([manual, scheduled], key=lambda run: run.start_time)
-    champion = _assert_champion_follows(site, first, None)
-    champion = _assert_champion_follows(site, second, champion)
-    assert _decision_of(site, second)["outcome"] == "rejected"
+    champion = _assert_champion_follows(site, scheduled, None)
+
+    # 2. A run by hand with the deployment's own parameters.
+    manual = run_deployment("retrain/retrain-nightly", timeout=420)
+    assert manual.state.is_completed(), f"{manual.state} (worker log: {site['worker_log']})"
+    champion = _assert_champion_follows(site, manual, champion)
+    # The same data and settings: the worker's cached model is the champion already.
+    assert _decision_of(site, manual)["outcome"] == "rejected"
 
     # 3. A new batch lands; the watcher (run by hand here) announces it; the trigger runs
     #    retrain-on-new-data on the data root named by the event.
