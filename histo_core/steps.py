@@ -392,19 +392,20 @@ def promote(run: RunDir, model: ModelDir, split: SplitDir, store: StoreConfig, m
     sensitivities = (evaluation["challenger"]["operating_point"]["sensitivity"],
                      evaluation["champion"]["operating_point"]["sensitivity"]) \
         if evaluation["champion"] and cfg.max_sensitivity_drop is not None else None
+    digest = sha256_file(model.best)
     circumstances = Circumstances(
         champion_problem=evaluation.get("champion_problem"), champion_version=evaluation["champion_version"],
         champion_moved=(current.etag if current else None) != evaluation["champion_etag"],
         # A champion whose stored weights are broken is no copy of the challenger, even if its
         # record names the same bytes: re-filing them as a new version restores the service.
         same_weights_as=current.version if current and not evaluation.get("champion_problem")
-        and current.record.get("sha256") == sha256_file(model.best) else None)
+        and current.record.get("sha256") == digest else None)
     decision = decide(challenger_auc, champion_auc, cfg, p_value, circumstances, sensitivities)
     outcome, reasons = decision.outcome, list(decision.reasons)
     record = {"outcome": outcome, "version": version, "reasons": reasons, "challenger_auc": challenger_auc,
               "champion_auc": champion_auc, "previous_champion": evaluation["champion_version"],
               "champion": current.version if current else None}
-    if outcome != "promoted" and (filed := _filed_with_same_weights(registry, current, model.best)):
+    if outcome != "promoted" and (filed := _filed_with_same_weights(registry, current, digest)):
         # Unchanged data and settings, night after night: record the decision, not another copy.
         record.update(version=filed, reasons=[*reasons, f"weights identical to the filed version {filed}: "
                                               "the decision is recorded, no new version is filed"])
@@ -432,9 +433,8 @@ def promote(run: RunDir, model: ModelDir, split: SplitDir, store: StoreConfig, m
     return run
 
 
-def _filed_with_same_weights(registry: Registry, champion: Any, weights: Path) -> str | None:
-    """The champion or the newest version when its weights are these (sha256), else None."""
-    digest = sha256_file(weights)
+def _filed_with_same_weights(registry: Registry, champion: Any, digest: str) -> str | None:
+    """The champion or the newest version when its weights have this sha256, else None."""
     if champion is not None and champion.record.get("sha256") == digest:
         return champion.version
     newest = registry.versions()[-1:]
