@@ -100,6 +100,12 @@ class TrainConfig(_Frozen):
     stain_vector_jitter: float = Field(0.2, ge=0, lt=1, description=(
         "Turns the haematoxylin and eosin colours themselves, as another lab's stains would be; 0: off. "
         "See bench/stain_sweep.sh for why 0.2."))
+    blur_sigma: float = Field(0.0, ge=0, le=3, description=(
+        "Gaussian blur of each training image with a standard deviation drawn from U(0, blur_sigma) pixels, "
+        "as another scanner's focus would blur it; 0: off. See docs/benchmarks.md."))
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description=(
+        "Train towards labels eps/2 and 1 - eps/2 instead of 0 and 1 (validation loss stays plain); 0: off. "
+        "See docs/benchmarks.md."))
     augment_on: Literal["auto", "loader", "device"] = Field("auto", description=(
         "Where training batches are augmented: in the loader (CPU), or on the training device after the copy. "
         "auto: on a CUDA GPU from batch 128 up the device, else the loader (see train.augments_on_device). "

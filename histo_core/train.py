@@ -59,7 +59,19 @@ def training_augmentation(cfg: TrainConfig) -> Callable[[torch.Tensor], torch.Te
     """The augmentation ``cfg`` asks for, or None when it asks for none."""
     if not cfg.augment:
         return None
-    return build_augmentation(cfg.color_jitter, cfg.hue_jitter, cfg.hed_jitter, cfg.stain_vector_jitter)
+    return build_augmentation(cfg.color_jitter, cfg.hue_jitter, cfg.hed_jitter, cfg.stain_vector_jitter,
+                              cfg.blur_sigma)
+
+
+def training_loss(label_smoothing: float = 0.0) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Binary cross-entropy on logits, towards labels ``label_smoothing / 2`` and
+    ``1 - label_smoothing / 2``: a model then gains nothing from ever more confident logits
+    on patches it already ranks right. Only training uses it; the val loss that picks the
+    checkpoint stays the plain one, comparable across settings."""
+    def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        targets = labels * (1 - label_smoothing) + label_smoothing / 2 if label_smoothing else labels
+        return nn.functional.binary_cross_entropy_with_logits(logits, targets)
+    return loss
 
 
 def configure_backend(device: torch.device, num_threads: int | None = None, deterministic: bool = False) -> None:
@@ -117,7 +129,7 @@ def batch_on_device(images: torch.Tensor, seeds: list[torch.Tensor], device: tor
 
 
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
-                    loss_fn: nn.Module, device: torch.device,
+                    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], device: torch.device,
                     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
                     scaler: torch.amp.GradScaler | None = None,
                     on_batch: Callable[[int, int], None] | None = None,
@@ -245,7 +257,7 @@ def fit(train_set: PatchDataset, val_set: PatchDataset, cfg: TrainConfig, out_di
     total_steps = cfg.epochs * len(train_loader)
     scheduler = warmup_cosine(optimizer, total_steps, warmup_steps=min(len(train_loader), total_steps // 10 + 1))
     scaler = torch.amp.GradScaler("cuda") if amp_dtype(device) == torch.float16 else None
-    loss_fn = nn.BCEWithLogitsLoss()
+    loss_fn = training_loss(cfg.label_smoothing)
     average = weight_average(model, cfg, len(train_loader))
 
     history: list[dict[str, float]] = []

@@ -358,3 +358,57 @@ def test_batches_are_augmented_on_a_gpu_only_from_batch_128_unless_told():
     assert augments_on_device(TrainConfig(batch_size=64, augment_on="device"), gpu)
     assert augments_on_device(TrainConfig(augment_on="device"), cpu)
     assert not augments_on_device(TrainConfig(batch_size=256, augment_on="loader"), gpu)
+
+
+def test_blur_is_torchvisions_gaussian_blur_per_image_and_sigma_zero_leaves_images_alone():
+    from torchvision.transforms.v2.functional import gaussian_blur
+
+    from histo_core.data.dataset import gaussian_blur_each
+
+    images = torch.randint(0, 256, (3, 3, 96, 96), dtype=torch.uint8)
+    sigma = torch.tensor([0.0, 0.6, 1.5])
+    out = gaussian_blur_each(images, sigma, radius=5)
+    assert torch.equal(out[0], images[0])
+    for i in (1, 2):
+        reference = gaussian_blur(images[i].float(), kernel_size=[11, 11], sigma=[float(sigma[i])] * 2)
+        assert (out[i].float() - reference).abs().max() <= 0.5 + 1e-3
+    assert out[2].float().diff(dim=2).abs().mean() < out[1].float().diff(dim=2).abs().mean() < \
+        images[1].float().diff(dim=2).abs().mean()
+
+
+def test_blur_draws_its_sigma_per_image_after_every_other_draw():
+    """A run with blur sees the same flips and colours as one without, then blurred: the
+    blur's draws come last, so adding it leaves every other augmentation's as they were."""
+    from histo_core.data.dataset import gaussian_blur_each
+
+    images = torch.randint(0, 256, (8, 3, 96, 96), dtype=torch.uint8)
+    torch.manual_seed(3)
+    blurred = build_augmentation(blur_sigma=1.0)(images)
+    torch.manual_seed(3)
+    plain = build_augmentation()(images)
+    sigma = torch.rand(8) * 1.0
+    assert torch.equal(blurred, gaussian_blur_each(plain, sigma, radius=3))
+    assert len(set(sigma.tolist())) == 8
+
+
+def test_label_smoothing_pulls_the_training_target_in_from_0_and_1():
+    from histo_core.train import training_loss
+
+    labels = torch.tensor([1.0, 0.0])
+    logits = torch.tensor([8.0, -8.0])
+    plain = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
+    assert torch.equal(training_loss(0.0)(logits, labels), plain)
+    # with eps = 0.1 the loss is lowest where the model says 0.95 and 0.05, not at ever larger logits
+    best = torch.tensor([1.0, -1.0]) * float(np.log(0.95 / 0.05))
+    best.requires_grad_(True)
+    training_loss(0.1)(best, labels).backward()
+    assert best.grad.abs().max() < 1e-6
+    assert training_loss(0.1)(logits, labels) > training_loss(0.1)(best.detach(), labels)
+
+
+@pytest.mark.parametrize("field, value", [("blur_sigma", 3.5), ("blur_sigma", -0.1), ("label_smoothing", 0.5)])
+def test_blur_and_label_smoothing_out_of_range_are_refused_when_the_config_is_built(field, value):
+    import pydantic
+
+    with pytest.raises(pydantic.ValidationError, match=field):
+        TrainConfig(**{field: value})

@@ -165,10 +165,40 @@ def turned_stain_vectors(noise: torch.Tensor) -> torch.Tensor:
     return torch.cat([stains, rgb_from_hed[2:].expand(len(noise), 1, 3)], 1)
 
 
+class RandomBlur(torch.nn.Module):
+    """Gaussian blur of each image of a uint8 (B, C, H, W) batch, with a standard deviation
+    drawn from U(0, ``max_sigma``) pixels per image: scanners focus differently, and a model
+    that only knows one scanner's sharpness may read another's softer nuclei differently.
+    The draw comes from the CPU generator, as every other augmentation's."""
+
+    def __init__(self, max_sigma: float) -> None:
+        super().__init__()
+        self.max_sigma = max_sigma
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        sigma = to_device(torch.rand(len(batch)) * self.max_sigma, batch.device)
+        return gaussian_blur_each(batch, sigma, radius=max(1, math.ceil(3 * self.max_sigma)))
+
+
+def gaussian_blur_each(batch: torch.Tensor, sigma: torch.Tensor, radius: int) -> torch.Tensor:
+    """Image i of a uint8 (B, C, H, W) batch blurred with standard deviation ``sigma[i]``
+    (a kernel of ``2 * radius + 1`` taps, edges reflected; sigma 0 leaves it as it is).
+    One grouped convolution per direction for the whole batch, not one call per image."""
+    n, c, h, w = batch.shape
+    taps = torch.arange(-radius, radius + 1, device=batch.device, dtype=torch.float32)
+    kernels = torch.exp(-taps**2 / (2 * sigma.float().clamp(min=1e-3)[:, None] ** 2))
+    kernels = (kernels / kernels.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (B * C, taps)
+    x = torch.nn.functional.pad(batch.reshape(1, n * c, h, w).float(), (radius,) * 4, mode="reflect")
+    x = torch.nn.functional.conv2d(x, kernels[:, None, None, :], groups=n * c)
+    x = torch.nn.functional.conv2d(x, kernels[:, None, :, None], groups=n * c)
+    return x.round_().clamp_(0, 255).to(torch.uint8).reshape(batch.shape)
+
+
 def build_augmentation(color_jitter: float = 0.1, hue_jitter: float = 0.0, hed_jitter: float = 0.05,
-                       stain_vector_jitter: float = 0.2) -> Callable[[torch.Tensor], torch.Tensor]:
+                       stain_vector_jitter: float = 0.2,
+                       blur_sigma: float = 0.0) -> Callable[[torch.Tensor], torch.Tensor]:
     """Training augmentation of uint8 (B, C, H, W) batches, each image drawn independently:
-    dihedral symmetries, stain and colour jitter.
+    dihedral symmetries, stain and colour jitter, then (if asked) blur.
 
     Hue jitter is separate and off by default: torchvision's HSV round trip, image by
     image, is ~6x slower than the stain, brightness, contrast and saturation jitter
@@ -183,6 +213,8 @@ def build_augmentation(color_jitter: float = 0.1, hue_jitter: float = 0.0, hed_j
         from torchvision.transforms import v2  # here, not above: importing torchvision costs a run ~2 s
 
         steps.append(EachImage(v2.ColorJitter(hue=hue_jitter)))
+    if blur_sigma > 0:
+        steps.append(RandomBlur(blur_sigma))
     return torch.nn.Sequential(*steps)
 
 
