@@ -332,8 +332,11 @@ def fit(train_set: PatchDataset, val_set: PatchDataset, cfg: TrainConfig, out_di
 def _same_run(saved: dict[str, object], cfg: TrainConfig) -> bool:
     """Whether a checkpoint's config is ``cfg``'s, up to the loader worker count, which
     does not change results (augmentation is seeded per batch): a retry on a machine
-    with more cores still resumes."""
-    return {**saved, "num_workers": None} == {**cfg.model_dump(), "num_workers": None}
+    with more cores still resumes. A setting the checkpoint's version did not have yet
+    counts as its default, which is what that version did: a run killed before an
+    upgrade resumes after it."""
+    defaults = TrainConfig().model_dump()
+    return {**defaults, **saved, "num_workers": None} == {**cfg.model_dump(), "num_workers": None}
 
 
 def _stale_epochs(history: list[dict[str, float]]) -> int:

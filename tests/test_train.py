@@ -203,6 +203,18 @@ def test_checkpoint_from_another_config_is_not_resumed(parts, tmp_path):
     assert [r["epoch"] for r in result.history] == [1]
 
 
+def test_a_checkpoint_from_before_a_setting_existed_resumes_when_the_setting_is_at_its_default():
+    """An upgrade that adds a training setting must not make a killed run start over: the
+    old version trained as the new default does."""
+    from histo_core.train import _same_run
+
+    cfg = TrainConfig(epochs=3)
+    older = {k: v for k, v in cfg.model_dump().items() if k not in ("blur_sigma", "label_smoothing")}
+    assert _same_run(older, cfg)
+    assert not _same_run(older, cfg.model_copy(update={"blur_sigma": 0.5}))
+    assert not _same_run({**older, "lr": 5e-4}, cfg)
+
+
 def test_dataset_items_are_uint8_chw_with_float_labels(parts):
     image, label = parts["val"][0]
     assert image.dtype == torch.uint8 and image.shape == (3, 96, 96)
