@@ -16,7 +16,7 @@ so that variants started side by side afterwards share that work.
     .venv/bin/python bench/augmentation.py --name hed10-x --set hed_jitter=0.1 --hold-out-stain purple
     .venv/bin/python bench/augmentation.py --smoke    # seconds: 240 generated patches, 1 epoch
 
-Its figures are in the README.
+Its figures are in docs/benchmarks.md.
 """
 
 from __future__ import annotations

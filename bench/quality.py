@@ -10,7 +10,7 @@ scores the same test patches re-stained as eight "virtual labs" (``stain_shift.p
     .venv/bin/python bench/quality.py [--data DIR] [--out DIR] [--epochs N]
     .venv/bin/python bench/quality.py --smoke     # seconds: 240 generated patches, 1 epoch
 
-Its figures are in the README's benchmark table.
+Its figures are in docs/benchmarks.md.
 """
 
 from __future__ import annotations
