@@ -14,7 +14,12 @@ so that variants started side by side afterwards share that work.
 
     .venv/bin/python bench/augmentation.py --name hed10 --set hed_jitter=0.1 [--epochs 10]
     .venv/bin/python bench/augmentation.py --name hed10-x --set hed_jitter=0.1 --hold-out-stain purple
+    .venv/bin/python bench/augmentation.py --ensemble seed1 seed2   # the variants' mean logit, scored
     .venv/bin/python bench/augmentation.py --smoke    # seconds: 240 generated patches, 1 epoch
+
+Each variant keeps its logits beside its result (``NAME-logits.npz``), so ``--ensemble``
+scores several trained variants as one model (the mean of their logits, as TTA averages
+views) without scoring any image again.
 
 Its figures are in docs/benchmarks.md.
 """
@@ -83,6 +88,8 @@ def main() -> None:
     parser.add_argument("--split", type=Path, help="a split folder made earlier from --data: skips validation "
                                                    "(for a machine without Great Expectations)")
     parser.add_argument("--out", type=Path, default=Path("bench-out/augmentation"))
+    parser.add_argument("--ensemble", nargs="+", metavar="NAME", help="score these trained variants (in --out) "
+                                                                       "as one model: the mean of their logits")
     parser.add_argument("--smoke", action="store_true", help="seconds: 240 generated patches, 1 epoch")
     args = parser.parse_args()
     if args.smoke:
@@ -90,6 +97,10 @@ def main() -> None:
             args.data = write_kaggle_layout(Path(tmp) / "data", SyntheticSpec(count=240, seed=6))
             args.out, args.epochs, args.name = Path(tmp) / "out", 1, args.name or "smoke"
             run(args)
+            ensemble(args.out, [args.name, args.name])  # the path only: one model twice is that model
+        return
+    if args.ensemble:
+        ensemble(args.out, args.ensemble)
         return
     if not (args.prepare or args.name):
         parser.error("--name is required unless --prepare")
@@ -124,13 +135,36 @@ def run(args: argparse.Namespace) -> None:
         scored["held_out_stain"] = PatchDataset(test.pixels, test.labels, np.flatnonzero(groups == held_out))
     device = pick_device()
     net = load_model(best, device)
+    scores = {}
     for tta in (False, True):
         for name, dataset in scored.items():
-            logits, labels = score_dataset(net, dataset, device, tta)
-            result[f"{name}_auc{'_tta' if tta else ''}"] = round(float(roc_auc_score(labels, logits)), 4)
+            key = f"{name}_auc{'_tta' if tta else ''}"
+            scores[key], scores[f"labels_{name}"] = score_dataset(net, dataset, device, tta)
+            result[key] = round(float(roc_auc_score(scores[f"labels_{name}"], scores[key])), 4)
+    np.savez(args.out / f"{args.name}-logits.npz", **scores)
     (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=2))
-    print(f"{args.name}: " + ", ".join(f"{name} AUC {result[name + '_auc']} ({result[name + '_auc_tta']} with TTA)"
-                                       for name in scored) + f"; {result['train_min']:.1f} min training", flush=True)
+    print(f"{args.name}: {summary(result, list(scored))}; {result['train_min']:.1f} min training", flush=True)
+
+
+def summary(result: dict[str, float], parts: list[str]) -> str:
+    return ", ".join(f"{name} AUC {result[name + '_auc']} ({result[name + '_auc_tta']} with TTA)" for name in parts)
+
+
+def ensemble(out: Path, names: list[str]) -> None:
+    """Score trained variants as one model: the mean of their logits on each partition
+    (TTA's logits with TTA's), from the logits each run kept."""
+    runs = [np.load(out / f"{name}-logits.npz") for name in names]
+    parts = [key.removeprefix("labels_") for key in runs[0].files if key.startswith("labels_")]
+    result = {}
+    for part in parts:
+        labels = runs[0][f"labels_{part}"]
+        if any(set(run.files) != set(runs[0].files) or not np.array_equal(run[f"labels_{part}"], labels)
+               for run in runs):
+            raise SystemExit(f"{', '.join(names)}: not scored on the same patches; train them on one --out")
+        for key in (f"{part}_auc", f"{part}_auc_tta"):
+            mean = np.mean([run[key] for run in runs], axis=0)
+            result[key] = round(float(roc_auc_score(labels, mean)), 4)
+    print(f"ensemble of {' + '.join(names)}: {summary(result, parts)}", flush=True)
 
 
 if __name__ == "__main__":
