@@ -388,6 +388,20 @@ def test_blur_is_torchvisions_gaussian_blur_per_image_and_sigma_zero_leaves_imag
         images[1].float().diff(dim=2).abs().mean()
 
 
+def test_blur_on_images_smaller_than_its_kernel_uses_the_widest_kernel_they_allow():
+    from torchvision.transforms.v2.functional import gaussian_blur
+
+    images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    torch.manual_seed(0)
+    out = build_augmentation(color_jitter=0, hed_jitter=0, stain_vector_jitter=0, blur_sigma=3.0)(images)
+    torch.manual_seed(0)
+    views = build_augmentation(color_jitter=0, hed_jitter=0, stain_vector_jitter=0)(images)
+    sigma = torch.rand(2) * 3.0
+    for i in range(2):  # radius 3 of the 9 that sigma 3 asks for: 8 rows reflect at most 3
+        reference = gaussian_blur(views[i].float(), kernel_size=[7, 7], sigma=[float(sigma[i])] * 2)
+        assert (out[i].float() - reference).abs().max() <= 0.5 + 1e-3
+
+
 def test_blur_draws_its_sigma_per_image_after_every_other_draw():
     """A run with blur sees the same flips and colours as one without, then blurred: the
     blur's draws come last, so adding it leaves every other augmentation's as they were."""

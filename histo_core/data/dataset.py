@@ -183,8 +183,11 @@ class RandomBlur(torch.nn.Module):
 def gaussian_blur_each(batch: torch.Tensor, sigma: torch.Tensor, radius: int) -> torch.Tensor:
     """Image i of a uint8 (B, C, H, W) batch blurred with standard deviation ``sigma[i]``
     (a kernel of ``2 * radius + 1`` taps, edges reflected; sigma 0 leaves it as it is).
-    One grouped convolution per direction for the whole batch, not one call per image."""
+    One grouped convolution per direction for the whole batch, not one call per image.
+    An image too small to reflect ``radius`` pixels gets the widest kernel it can (a
+    96-pixel patch never does: the largest blur_sigma, 3, needs 9)."""
     n, c, h, w = batch.shape
+    radius = min(radius, (min(h, w) - 1) // 2)
     taps = torch.arange(-radius, radius + 1, device=batch.device, dtype=torch.float32)
     kernels = torch.exp(-taps**2 / (2 * sigma.float().clamp(min=1e-3)[:, None] ** 2))
     kernels = (kernels / kernels.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (B * C, taps)
