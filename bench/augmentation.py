@@ -153,6 +153,10 @@ def summary(result: dict[str, float], parts: list[str]) -> str:
 def ensemble(out: Path, names: list[str]) -> None:
     """Score trained variants as one model: the mean of their logits on each partition
     (TTA's logits with TTA's), from the logits each run kept."""
+    missing = [name for name in names if not (out / f"{name}-logits.npz").is_file()]
+    if missing:
+        raise SystemExit(f"no logits of {', '.join(missing)} in {out}: train each there first (runs from before "
+                         "the logits were kept have only their .json)")
     runs = [np.load(out / f"{name}-logits.npz") for name in names]
     parts = [key.removeprefix("labels_") for key in runs[0].files if key.startswith("labels_")]
     result = {}
