@@ -157,18 +157,23 @@ def ensemble(out: Path, names: list[str]) -> None:
     if missing:
         raise SystemExit(f"no logits of {', '.join(missing)} in {out}: train each there first (runs from before "
                          "the logits were kept have only their .json)")
-    runs = [np.load(out / f"{name}-logits.npz") for name in names]
-    parts = [key.removeprefix("labels_") for key in runs[0].files if key.startswith("labels_")]
-    result = {}
+    runs = [dict(np.load(out / f"{name}-logits.npz")) for name in names]
+    parts = [key.removeprefix("labels_") for key in runs[0] if key.startswith("labels_")]
+    if any(run.keys() != runs[0].keys() or any(not np.array_equal(run[f"labels_{part}"], runs[0][f"labels_{part}"])
+                                              for part in parts) for run in runs):
+        raise SystemExit(f"{', '.join(names)}: not scored on the same patches; train them on one --out")
+    result, agreement = {}, []
     for part in parts:
         labels = runs[0][f"labels_{part}"]
-        if any(set(run.files) != set(runs[0].files) or not np.array_equal(run[f"labels_{part}"], labels)
-               for run in runs):
-            raise SystemExit(f"{', '.join(names)}: not scored on the same patches; train them on one --out")
         for key in (f"{part}_auc", f"{part}_auc_tta"):
-            mean = np.mean([run[key] for run in runs], axis=0)
-            result[key] = round(float(roc_auc_score(labels, mean)), 4)
+            result[key] = round(float(roc_auc_score(labels, np.mean([run[key] for run in runs], axis=0))), 4)
+        # Do the members err on the same patches? (averaging only helps where they do not)
+        tta = np.stack([run[f"{part}_auc_tta"] for run in runs])
+        wrong = (tta > 0) != (labels > 0.5)
+        agreement.append(f"{part} logit correlation {np.corrcoef(tta).min():.3f}, wrong at p = 0.5: "
+                         f"{'/'.join(str(int(w.sum())) for w in wrong)}, {int(wrong.all(0).sum())} by all")
     print(f"ensemble of {' + '.join(names)}: {summary(result, parts)}", flush=True)
+    print("members with TTA: " + "; ".join(agreement), flush=True)
 
 
 if __name__ == "__main__":
