@@ -30,7 +30,7 @@ def refuse_credentials(url: str | None) -> str | None:
 Url = Annotated[str, AfterValidator(refuse_credentials)]
 # The architectures of histo_core.model.MODELS (which checks that the two agree), named here
 # so that a config with an unknown one fails when it is built, before any data is read.
-ModelName = Literal["simple_cnn", "resnet18", "resnet34", "resnet50"]
+ModelName = Literal["simple_cnn", "simple_cnn_ibn", "resnet18", "resnet34", "resnet50"]
 
 
 class _Frozen(BaseModel):

@@ -36,3 +36,30 @@ def test_torchvision_resnets_train_from_scratch_with_our_dropout_head():
     assert model.net.fc[1].out_features == 1
     fresh = create_model("resnet18", dropout=0.2)  # random init each time: no pretrained weights
     assert not torch.equal(model.net.conv1.weight, fresh.net.conv1.weight)
+
+
+def test_the_ibn_variant_is_the_seed_cnn_with_per_image_normalisation_in_its_first_two_blocks():
+    from histo_core.model import InstanceBatchNorm
+
+    ibn, seed = create_model("simple_cnn_ibn"), create_model("simple_cnn")
+    norms = [block[1] for block in ibn.features]
+    assert [isinstance(n, InstanceBatchNorm) for n in norms] == [True, True, False, False, False]
+    assert [c.out_channels for c in ibn.modules() if isinstance(c, nn.Conv2d)] == list(CHANNELS)
+    assert [tuple(v.shape) for k, v in ibn.head.state_dict().items()] == [
+        tuple(v.shape) for k, v in seed.head.state_dict().items()]
+
+
+def test_instance_batch_norm_normalises_half_the_channels_per_image_and_half_per_batch():
+    """The instance half forgets an image's own per-channel scale and offset (its stain, in
+    the first layers) and never looks at the other images; the batch half does both."""
+    from histo_core.model import InstanceBatchNorm
+
+    norm = InstanceBatchNorm(8).train()
+    x = torch.randn(4, 8, 12, 12)
+    restained = x.clone()
+    restained[0] = x[0] * torch.linspace(0.5, 3.0, 8).view(8, 1, 1) + torch.linspace(-2, 2, 8).view(8, 1, 1)
+    out, out_restained = norm(x), norm(restained)
+    assert torch.allclose(out[:, :4], out_restained[:, :4], atol=1e-4)  # every image, instance half
+    assert not torch.allclose(out[:, 4:], out_restained[:, 4:], atol=1e-2)  # the batch half sees image 0 change
+    assert torch.allclose(out[1:2, :4], norm(x[1:2])[:, :4], atol=1e-5)  # alone or in a batch: the same
+    assert norm(x.to(memory_format=torch.channels_last)).allclose(out, atol=1e-5)
