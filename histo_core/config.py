@@ -78,7 +78,9 @@ class SplitConfig(_Frozen):
 class TrainConfig(_Frozen):
     """How the challenger is trained."""
 
-    model: ModelName = Field("simple_cnn", description="Architecture name, see histo_core.model.MODELS.")
+    model: ModelName = Field("simple_cnn_ibn", description=(
+        "Architecture name, see histo_core.model.MODELS. The default is the original project's CNN with IBN-Net's "
+        "normalisation in its first two blocks; 'simple_cnn' is the original as it was."))
     epochs: int = Field(30, ge=1, description="Upper bound; early stopping usually ends sooner.")
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0, description="Peak learning rate (linear warm-up, then cosine decay).")

@@ -40,7 +40,7 @@ def histo(*args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("model") / "best.pt"
-    write_checkpoint(path, model_record(create_model("simple_cnn"), TrainConfig()))
+    write_checkpoint(path, model_record(create_model(TrainConfig().model), TrainConfig()))
     return path
 
 
@@ -83,7 +83,7 @@ def test_predict_with_a_named_registry_version_and_the_options_of_its_config(che
     data = _images(tmp_path / "test", 96)
     registry = Registry(LocalStore(tmp_path / "store"), "pcam-cnn")
     other = tmp_path / "other.pt"
-    torch_model = create_model("simple_cnn")
+    torch_model = create_model(TrainConfig().model)
     for parameter in torch_model.parameters():  # a different model: different scores
         parameter.data.normal_(0, 0.1)
     write_checkpoint(other, model_record(torch_model, TrainConfig()))
