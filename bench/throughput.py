@@ -1,4 +1,4 @@
-"""Training, loading and inference speed of the default model, in one run.
+"""Training, loading and inference speed of one model (by default the config's), in one run.
 
 Same model, batch size and thread count throughout:
   * training img/s of the library trainer (``train_one_epoch``: sampler, DataLoader,
@@ -7,7 +7,7 @@ Same model, batch size and thread count throughout:
     the augmentation where the trainer runs it (goal: >= 20x the training rate);
   * inference img/s, eager and with ``torch.compile`` (goal on 2 CPU cores: >= 250).
 
-    .venv/bin/python bench/throughput.py [--device cuda] [--batches 30] [--batch-size 64] [--workers N]
+    .venv/bin/python bench/throughput.py [--device cuda] [--model NAME] [--batches 30] [--batch-size 64] [--workers N]
         [--augment-on auto|loader|device] [--repeats 3] [--no-compile]
     .venv/bin/python bench/throughput.py --smoke      # seconds: 2 batches, 1 repeat, no compile
 On CUDA the trainer uses AMP (bf16 where supported), channels_last, the fused AdamW,
@@ -21,13 +21,14 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from typing import get_args
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
 
-from histo_core.config import TrainConfig
+from histo_core.config import ModelName, TrainConfig
 from histo_core.data.dataset import PatchDataset, SeededBatchSampler, to_model_input
 from histo_core.inference import amp_dtype, pick_device
 from histo_core.model import create_model
@@ -59,6 +60,8 @@ def bare_loop(model: nn.Module, batches: list[torch.Tensor], labels: torch.Tenso
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--model", choices=get_args(ModelName), default=TrainConfig.model_fields["model"].default,
+                        help="architecture (default: the config's)")
     parser.add_argument("--batches", type=int, default=30)
     parser.add_argument("--batch-size", type=int, help="default: the trainer's")
     parser.add_argument("--workers", type=int, help="loader processes (default: the trainer's choice)")
@@ -75,7 +78,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     configure_backend(device)
-    cfg = TrainConfig(num_workers=args.workers, augment_on=args.augment_on,
+    cfg = TrainConfig(model=args.model, num_workers=args.workers, augment_on=args.augment_on,
                       **({"batch_size": args.batch_size} if args.batch_size else {}))
     workers = loader_workers(cfg, device)
     bs, n = cfg.batch_size, cfg.batch_size * args.batches

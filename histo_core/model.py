@@ -27,48 +27,53 @@ PCAM_MEAN = (0.702, 0.546, 0.696)
 PCAM_STD = (0.239, 0.282, 0.216)
 
 
-class InstanceBatchNorm(nn.Module):
-    """IBN-Net's normalisation (Pan et al., ECCV 2018): the first half of the channels
-    normalised per image (InstanceNorm), the rest per batch (BatchNorm).
-
-    Per-image statistics of early feature maps carry an image's appearance (its stain,
-    its scanner) more than its content, so normalising them away in shallow layers helps
-    a network carry across appearance shifts; the BatchNorm half keeps what the
-    contrast between images says (how dark a nucleus is)."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.split = channels // 2
-        # InstanceNorm2d as GroupNorm with one channel per group: the same sums, but it keeps
-        # channels_last where InstanceNorm2d does not (its eval was 35% slower on a CPU)
-        self.instance = nn.GroupNorm(self.split, self.split)
-        self.batch = nn.BatchNorm2d(channels - self.split)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        first, rest = torch.split(x, [self.split, x.shape[1] - self.split], dim=1)
-        return torch.cat([self.instance(first), self.batch(rest)], dim=1)
-
-
-def _conv_block(in_ch: int, out_ch: int, ibn: bool = False) -> nn.Sequential:
+def _conv_block(in_ch: int, out_ch: int, norm: nn.Module | None = None) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(in_ch, out_ch, kernel_size=3, padding=1, bias=False),  # BN makes a bias redundant
-        InstanceBatchNorm(out_ch) if ibn else nn.BatchNorm2d(out_ch),
+        norm if norm is not None else nn.BatchNorm2d(out_ch),
         nn.ReLU(inplace=True),
         nn.MaxPool2d(2),
     )
 
 
+class IBNBlock(nn.Module):
+    """A conv block with IBN-Net's normalisation (Pan et al., ECCV 2018): the first half of
+    its output channels normalised per image (instance normalisation), the rest per batch.
+
+    Per-image statistics of shallow feature maps carry an image's appearance (its stain,
+    its scanner) more than its content, so normalising them away there helps a network
+    carry across appearance shifts; the batch-normalised half keeps what the contrast
+    between images says (how dark a nucleus is).
+
+    Built as two half-width blocks whose pooled outputs are concatenated: the same
+    function of the same parameters as one conv whose output is split, normalised and
+    joined (ReLU and pooling act channel by channel), with the same initial weights from
+    the same seed (the instance half's conv is drawn first), but without splitting and
+    joining the full-resolution maps: that cost 1.6x the seed CNN's training time on
+    two CPU cores; this costs 1.1x. Instance normalisation is ``GroupNorm`` with one
+    channel per group, which keeps channels_last where ``InstanceNorm2d`` does not."""
+
+    def __init__(self, in_ch: int, out_ch: int) -> None:
+        super().__init__()
+        half = out_ch // 2
+        self.instance = _conv_block(in_ch, half, nn.GroupNorm(half, half))
+        self.batch = _conv_block(in_ch, out_ch - half)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.instance(x), self.batch(x)], dim=1)
+
+
 class SimpleCNN(nn.Module):
     """The original 5-block CNN for 96x96 RGB patches; outputs one logit per image.
 
-    ``ibn_blocks``: how many of the first blocks use ``InstanceBatchNorm`` (0: the
-    original network)."""
+    ``ibn_blocks``: how many of the first blocks are ``IBNBlock`` (0: the original
+    network)."""
 
     def __init__(self, dropout: float = 0.5, hidden: int = 256, image_size: int = 96, ibn_blocks: int = 0) -> None:
         super().__init__()
         blocks, in_ch = [], 3
         for i, out_ch in enumerate(CHANNELS):
-            blocks.append(_conv_block(in_ch, out_ch, ibn=i < ibn_blocks))
+            blocks.append(IBNBlock(in_ch, out_ch) if i < ibn_blocks else _conv_block(in_ch, out_ch))
             in_ch = out_ch
         self.features = nn.Sequential(*blocks)
         side = image_size // 2 ** len(CHANNELS)  # 96 -> 3

@@ -39,27 +39,48 @@ def test_torchvision_resnets_train_from_scratch_with_our_dropout_head():
 
 
 def test_the_ibn_variant_is_the_seed_cnn_with_per_image_normalisation_in_its_first_two_blocks():
-    from histo_core.model import InstanceBatchNorm
+    from histo_core.model import IBNBlock
 
     ibn, seed = create_model("simple_cnn_ibn"), create_model("simple_cnn")
-    norms = [block[1] for block in ibn.features]
-    assert [isinstance(n, InstanceBatchNorm) for n in norms] == [True, True, False, False, False]
-    assert [c.out_channels for c in ibn.modules() if isinstance(c, nn.Conv2d)] == list(CHANNELS)
-    assert [tuple(v.shape) for k, v in ibn.head.state_dict().items()] == [
-        tuple(v.shape) for k, v in seed.head.state_dict().items()]
+    assert [isinstance(block, IBNBlock) for block in ibn.features] == [True, True, False, False, False]
+    widths = [sum(c.out_channels for c in block.modules() if isinstance(c, nn.Conv2d)) for block in ibn.features]
+    assert widths == list(CHANNELS)
+    assert [tuple(v.shape) for v in ibn.head.state_dict().values()] == [
+        tuple(v.shape) for v in seed.head.state_dict().values()]
 
 
-def test_instance_batch_norm_normalises_half_the_channels_per_image_and_half_per_batch():
-    """The instance half forgets an image's own per-channel scale and offset (its stain, in
-    the first layers) and never looks at the other images; the batch half does both."""
-    from histo_core.model import InstanceBatchNorm
+def test_an_ibn_block_is_one_conv_whose_output_is_split_normalised_per_image_and_per_batch_and_joined():
+    """The two-branch block computes what IBN-Net describes, from the initial weights one
+    conv of the full width would have had with the same seed."""
+    from torch.nn import functional as F
 
-    norm = InstanceBatchNorm(8).train()
-    x = torch.randn(4, 8, 12, 12)
-    restained = x.clone()
-    restained[0] = x[0] * torch.linspace(0.5, 3.0, 8).view(8, 1, 1) + torch.linspace(-2, 2, 8).view(8, 1, 1)
-    out, out_restained = norm(x), norm(restained)
-    assert torch.allclose(out[:, :4], out_restained[:, :4], atol=1e-4)  # every image, instance half
-    assert not torch.allclose(out[:, 4:], out_restained[:, 4:], atol=1e-2)  # the batch half sees image 0 change
-    assert torch.allclose(out[1:2, :4], norm(x[1:2])[:, :4], atol=1e-5)  # alone or in a batch: the same
-    assert norm(x.to(memory_format=torch.channels_last)).allclose(out, atol=1e-5)
+    from histo_core.model import IBNBlock
+
+    torch.manual_seed(0)
+    block = IBNBlock(3, 32).train()
+    torch.manual_seed(0)
+    assert torch.equal(nn.Conv2d(3, 32, 3, padding=1, bias=False).weight,
+                       torch.cat([block.instance[0].weight, block.batch[0].weight]))
+    with torch.no_grad():
+        for p in block.parameters():  # away from the initial ones and zeros
+            p.add_(torch.randn_like(p) * 0.1)
+    x = torch.randn(6, 3, 20, 20)
+    joined = F.conv2d(x, torch.cat([block.instance[0].weight, block.batch[0].weight]), padding=1)
+    gn, bn = block.instance[1], block.batch[1]
+    normalised = torch.cat([F.group_norm(joined[:, :16], 16, gn.weight, gn.bias, gn.eps),
+                            F.batch_norm(joined[:, 16:], None, None, bn.weight, bn.bias, True, 0.0, bn.eps)], dim=1)
+    assert torch.allclose(block(x), F.max_pool2d(F.relu(normalised), 2), atol=1e-5)
+
+
+def test_the_instance_half_forgets_an_images_own_contrast_and_never_looks_at_the_others():
+    from histo_core.model import IBNBlock
+
+    block = IBNBlock(3, 16).train()
+    x = torch.rand(4, 3, 24, 24)
+    rescaled = x.clone()
+    rescaled[0] *= 3.0  # one image with three times the contrast (no bias: the conv scales with it)
+    out, out_rescaled = block(x), block(rescaled)
+    assert torch.allclose(out[:, :8], out_rescaled[:, :8], atol=1e-3)  # every image, instance half (up to eps)
+    assert not torch.allclose(out[:, 8:], out_rescaled[:, 8:], atol=1e-2)  # the batch half sees image 0 change
+    assert torch.allclose(out[1:2, :8], block(x[1:2])[:, :8], atol=1e-5)  # alone or in a batch: the same
+    assert torch.allclose(block(x.to(memory_format=torch.channels_last)), out, atol=1e-5)
