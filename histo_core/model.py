@@ -6,7 +6,7 @@ ending in a single logit (trained with BCEWithLogits, the numerically stable for
 Sigmoid + BCELoss). The default, ``simple_cnn_ibn``, is the same network with IBN-Net's
 half-instance normalisation in its first two blocks: across the shared patches' two
 staining groups, and on their test partition, it scored higher than the original in every
-seed (docs/benchmarks.md), for 1.4x the CPU training time. torchvision's ResNets, trained
+seed (docs/benchmarks.md), for about 1.1x the CPU training time. torchvision's ResNets, trained
 from scratch with the same one-logit head, are registered for comparison
 (``TrainConfig.model``).
 """
