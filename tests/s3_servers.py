@@ -9,6 +9,7 @@ Both are real HTTP servers reached through boto3; the fixtures start and stop th
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -64,6 +65,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port_block(count: int) -> int:
+    """The first of ``count`` consecutive free ports, below the kernel's range for the local
+    ports of outgoing connections: in that range a port that nothing listens on can still be
+    the local end of a client's connection (boto3's to moto, say), and a server's bind to it
+    then fails after its 30 s of retries."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0]) \
+        if Path("/proc/sys/net/ipv4/ip_local_port_range").is_file() else 32768
+    rng = random.Random()
+    for _ in range(200):
+        first = rng.randrange(10_000, max(10_001, low - count))
+        if all(_bindable(first + k) for k in range(count)):
+            return first
+    raise RuntimeError(f"no {count} consecutive free ports found between 10000 and {low}")
+
+
 def _wait_for_port(port: int, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -94,15 +119,14 @@ def swift_available() -> bool:
 
 
 def start_swift(tmp: Path, attempts: int = 3) -> Endpoint:
-    """Swift's proxy on a free port, its account/container/object servers on port+2..4.
-    Another process can take one of those ports between the check and the bind (the suite
-    runs several at once), so a start that fails is tried again on other ports, in a new
-    folder (the rings record their ports)."""
+    """Swift's proxy on a free port, its account/container/object servers on port+2..4, all
+    below the outgoing connections' range (see ``free_port_block``). Another process can
+    still take one of those ports between the check and the bind (the suite runs several at
+    once), so a start that fails is tried again on other ports, in a new folder (the rings
+    record their ports)."""
     script = REPO / "scripts" / "swift-s3.sh"
     for attempt in range(attempts):
-        folder, port = tmp / ("swift" if attempt == 0 else f"swift-{attempt}"), free_port()
-        while any(socket.socket().connect_ex(("127.0.0.1", port + k)) == 0 for k in range(5)):
-            port = free_port()
+        folder, port = tmp / ("swift" if attempt == 0 else f"swift-{attempt}"), free_port_block(5)
 
         def start(folder: Path = folder, port: int = port) -> None:
             subprocess.run(["bash", str(script), "start", str(folder), str(port)], check=True, capture_output=True)
