@@ -39,6 +39,43 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FIRST)))
 
 
+# Modules that pytest-xdist gives to one process, as if they were one file, so that the
+# session fixtures they share start once there (``s3_endpoints``: Swift's start alone is
+# 20 s of two cores).
+SAME_PROCESS = {"tests/test_s3_store.py": "s3 endpoints", "tests/test_store_contract.py": "s3 endpoints"}
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    if config.getvalue("dist") != "loadfile":
+        return None  # another --dist, asked for on the command line: xdist's own
+    from xdist.scheduler import LoadFileScheduling
+
+    class FileScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            scope = super()._split_scope(nodeid)
+            return SAME_PROCESS.get(scope, scope)
+
+    return FileScheduling(config, log)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoints(tmp_path_factory: pytest.TempPathFactory):
+    """``endpoint(kind)``: this test process's moto or Swift server (see s3_servers),
+    started when first asked for and stopped at the end. Each test makes its own bucket."""
+    from s3_servers import endpoint_or_skip
+
+    started = {}
+
+    def endpoint(kind: str):
+        if kind not in started:
+            started[kind] = endpoint_or_skip(kind, tmp_path_factory.mktemp(kind))
+        return started[kind]
+
+    yield endpoint
+    for running in started.values():
+        running.stop()
+
+
 @pytest.fixture(autouse=True)
 def _seeded() -> None:
     random.seed(0)

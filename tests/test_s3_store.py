@@ -13,15 +13,13 @@ from conftest import publish_version
 from histo_core.registry import Registry
 from histo_core.storage import StoreError
 from histo_core.storage.s3 import S3Store
-from s3_servers import Endpoint, endpoint_or_skip
+from s3_servers import Endpoint
 
 
 
 @pytest.fixture(scope="module", params=["moto", "swift"])
-def endpoint(request, tmp_path_factory):
-    ep = endpoint_or_skip(request.param, tmp_path_factory.mktemp(request.param))
-    yield ep
-    ep.stop()
+def endpoint(request, s3_endpoints) -> Endpoint:
+    return s3_endpoints(request.param)
 
 
 @pytest.fixture

@@ -16,18 +16,12 @@ import pytest
 from conftest import publish_version
 from histo_core.registry import ChecksumError, Registry, RegistryStateError
 from histo_core.storage import ConflictError, LocalStore, StoreError, sha256_file
-from s3_servers import endpoint_or_skip
 
 
 
 @pytest.fixture(scope="module", params=["local", "moto", "swift"])
-def backend(request, tmp_path_factory):
-    if request.param == "local":
-        yield None
-        return
-    endpoint = endpoint_or_skip(request.param, tmp_path_factory.mktemp(request.param))
-    yield endpoint
-    endpoint.stop()
+def backend(request, s3_endpoints):
+    return None if request.param == "local" else s3_endpoints(request.param)
 
 
 @pytest.fixture
