@@ -27,12 +27,13 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-def stop_group(proc: subprocess.Popen) -> None:
-    """Stop a process started with ``start_new_session`` and everything it started."""
+def stop_group(proc: subprocess.Popen, grace: float = 20) -> None:
+    """Stop a process started with ``start_new_session`` and everything it started: SIGTERM,
+    then SIGKILL after ``grace`` seconds."""
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(20)
+            proc.wait(grace)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)

@@ -37,7 +37,7 @@ from prefect_server import client_call, deployments, prefect_server, stop_group,
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-EPOCHS = 6
+EPOCHS = 3  # long enough to restart the server or kill the worker mid-training
 
 
 @pytest.fixture(scope="module")

@@ -112,7 +112,7 @@ def test_a_killed_run_resumes_and_ends_where_an_uninterrupted_run_would(kaggle_s
     split = kaggle_split
     # On CUDA two runs agree only with deterministic convolutions: two from-scratch runs
     # with cuDNN's timed choices already differed by 18% in val loss after one epoch.
-    cfg = TrainConfig(epochs=3, batch_size=32, seed=3, num_workers=0, device=device, deterministic=device == "cuda",
+    cfg = TrainConfig(epochs=2, batch_size=32, seed=3, num_workers=0, device=device, deterministic=device == "cuda",
                       ema_epochs=ema_epochs)
     cache = tmp_path / "cache"
     parts = load_partitions(split, cache, build_augmentation())  # its random draws must resume too
@@ -130,8 +130,8 @@ def test_a_killed_run_resumes_and_ends_where_an_uninterrupted_run_would(kaggle_s
     trained: list[int] = []
     resumed = fit(_first(parts["train"]), parts["val"], cfg.model_copy(update={"num_workers": workers}), tmp_path / "b",
                   on_epoch=lambda record: trained.append(record["epoch"]))
-    assert trained == [2, 3], "resumed after epoch 1, not started over"
-    assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
+    assert trained == [2], "resumed after epoch 1, not started over"
+    assert [r["epoch"] for r in resumed.history] == [1, 2]
     for a, b in zip(uninterrupted.history, resumed.history):
         assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-5)
         assert b["lr"] == pytest.approx(a["lr"])
@@ -139,7 +139,7 @@ def test_a_killed_run_resumes_and_ends_where_an_uninterrupted_run_would(kaggle_s
     weights = ["model", "trained_model"] if ema_epochs else ["model"]
     assert all(torch.allclose(final_a[w][k].float(), final_b[w][k].float(), atol=1e-5)
                for w in weights for k in final_a[w])
-    assert final_b["averaged_steps"] == final_a["averaged_steps"] == (3 * TRAIN // 32 if ema_epochs else 0)
+    assert final_b["averaged_steps"] == final_a["averaged_steps"] == (2 * TRAIN // 32 if ema_epochs else 0)
 
 
 @pytest.mark.parametrize("workers", [0, 2])

@@ -121,7 +121,7 @@ def site(tmp_path_factory, installed_env):
                 yield {"tmp": tmp, "s3": s3, "moto": moto, "worker_log": tmp / "worker.log",
                        "worker_home": tmp / "worker" / "home"}
         finally:
-            stop_group(worker)
+            stop_group(worker, grace=3)  # it waits 20 s or more on SIGTERM; nothing of it is checked after
             moto.stop()
 
 
