@@ -31,6 +31,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -160,7 +161,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[20_000, 80_000, 262_144])
     parser.add_argument("--layouts", nargs="+", choices=["kaggle", "pcam"], default=["kaggle", "pcam"])
     parser.add_argument("--source", type=Path, default=SHARED, help="folder of labels.csv + images (pcam_real)")
-    parser.add_argument("--out", type=Path, default=REPO / "bench-out" / "scale")
+    parser.add_argument("--out", type=Path, help="default: bench-out/scale of the checkout; with --smoke, a "
+                                                 "temporary folder (a smoke never touches a real run's results)")
     parser.add_argument("--keep", action="store_true", help="keep the data and work folders afterwards")
     parser.add_argument("--smoke", action="store_true", help="seconds: 200 generated source patches, sizes 400 and "
                                                              "800, steps run in this process (figures not meaningful)")
@@ -171,6 +173,17 @@ def main() -> None:
     if args.step:
         print(json.dumps(run_step(args.step, args.data, args.work)))
         return
+    if args.out is None and args.smoke:
+        with tempfile.TemporaryDirectory(prefix="histo-scale-smoke-") as tmp:
+            args.out = Path(tmp) / "scale"
+            run(args)
+        return
+    args.out = args.out or REPO / "bench-out" / "scale"
+    run(args)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Write each layout at each size, time every step on it twice, print the table."""
     sizes = [400, 800] if args.smoke else sorted(args.sizes)
     if not args.smoke and not (args.source / "labels.csv").is_file():
         raise SystemExit(f"no labels.csv in {args.source}: pass --source, or --smoke for generated patches")
