@@ -71,11 +71,12 @@ def _stamp_nucleus(
     x0, x1 = max(0, int(cx) - half), min(PATCH_SIZE, int(cx) + half + 1)
     if y0 >= y1 or x0 >= x1:
         return
-    yy, xx = np.mgrid[y0:y1, x0:x1]
-    dy, dx = yy - cy, xx - cx
+    # A column and a row, broadcast: the same per-pixel arithmetic as a full grid, without one.
+    dy, dx = np.arange(y0, y1)[:, None] - cy, np.arange(x0, x1)[None, :] - cx
     angle = rng.uniform(0, np.pi)
-    u = dx * np.cos(angle) + dy * np.sin(angle)
-    v = -dx * np.sin(angle) + dy * np.cos(angle)
+    cos, sin = np.cos(angle), np.sin(angle)
+    u = dx * cos + dy * sin
+    v = -dx * sin + dy * cos
     theta = np.arctan2(v, u)
     # A wobbly boundary: a few harmonics with random phase make the outline irregular.
     wobble = 1 + irregularity * (
