@@ -29,9 +29,11 @@ PCAM_REAL = Path(os.environ.get("HISTO_PCAM_REAL", Path(__file__).resolve().pare
 
 
 # The modules that take minutes (real servers, workers, bench scripts) start first, so the
-# test processes (pytest-xdist, one module per process at a time) end together.
+# test processes (pytest-xdist, one module per process at a time) end together. pyproject's
+# --no-loadscope-reorder keeps this order: xdist's default puts the modules with the most
+# tests first, and so the end-to-end modules (2 and 4 tests) last, alone at the end.
 SLOW_FIRST = ("test_worker_e2e.py", "test_orchestrator_faults.py", "test_benches.py", "test_flow_retrain.py",
-              "test_train.py", "test_wheel.py")
+              "test_train.py", "test_wheel.py", "test_s3_store.py", "test_store_contract.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -43,6 +45,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 # session fixtures they share start once there (``s3_endpoints``: Swift's start alone is
 # 20 s of two cores).
 SAME_PROCESS = {"tests/test_s3_store.py": "s3 endpoints", "tests/test_store_contract.py": "s3 endpoints"}
+# The benches' smokes run in two interpreters (test_benches.py), one per group, and each
+# group is a unit of work of its own: one interpreter running all of them was the last
+# process left, alone on the machine, for a minute or more. Those that run flows share
+# one group, and so one Prefect API server.
+SMOKE_GROUPS = {"season.py": "flows", "flow_overhead.py": "flows", "scale.py": "flows", "learnability.py": "flows",
+                "throughput.py": "flows"}
+
+
+def smoke_group(bench: str) -> str:
+    return SMOKE_GROUPS.get(bench, "steps")
+
+
+def _work_unit(nodeid: str, file: str) -> str:
+    if file == "tests/test_benches.py" and nodeid.endswith(".py]"):
+        return f"{file}[{smoke_group(nodeid.rsplit('[', 1)[1][:-1])}]"
+    return SAME_PROCESS.get(file, file)
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
@@ -52,10 +70,18 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
 
     class FileScheduling(LoadFileScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            scope = super()._split_scope(nodeid)
-            return SAME_PROCESS.get(scope, scope)
+            return _work_unit(nodeid, super()._split_scope(nodeid))
 
     return FileScheduling(config, log)
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """One test process more than cores (``-n auto``; pyproject caps it at 4): the end-to-end
+    tests wait for a cron, a heartbeat window, a server restart, and a third process uses
+    the cores meanwhile (936 s against 988 on 2 cores, the same commit)."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None  # xdist reads it
+    return (os.cpu_count() or 1) + 1
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import SMOKE_GROUPS, smoke_group
+
 REPO = Path(__file__).resolve().parents[1]
 BENCHES = sorted(p.name for p in (REPO / "bench").glob("*.py"))
 # What each smoke run must print: the line its figures come from.
@@ -33,24 +35,38 @@ EXPECTED = {
 
 def test_every_bench_has_a_smoke_check():
     assert set(BENCHES) == set(EXPECTED)
+    assert set(SMOKE_GROUPS) <= set(BENCHES), "conftest.SMOKE_GROUPS names a bench that is gone"
 
 
-@pytest.fixture(scope="module")
-def smoke_runs(tmp_path_factory) -> Path:
-    """Every bench's smoke, run one after the other in one interpreter (tests/bench_smokes.py:
-    torch, Prefect and GX imported once, not 13 times)."""
-    out = tmp_path_factory.mktemp("smokes")
+def _run_smokes(out: Path, benches: list[str]) -> Path:
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    done = subprocess.run([sys.executable, str(REPO / "tests" / "bench_smokes.py"), str(out), *BENCHES], cwd=out,
+    done = subprocess.run([sys.executable, str(REPO / "tests" / "bench_smokes.py"), str(out), *benches], cwd=out,
                           env=env, capture_output=True, text=True, timeout=1800)
     (out / "runner.log").write_text(done.stdout + done.stderr)
     return out
 
 
+@pytest.fixture(scope="module")
+def smoke_runs(tmp_path_factory):
+    """``folder(group)``: the smokes of one group (conftest.SMOKE_GROUPS), run one after the
+    other in one interpreter (tests/bench_smokes.py: torch, Prefect and GX imported once
+    per group, not once per bench) when the group's first test asks for them."""
+    folders: dict[str, Path] = {}
+
+    def folder(group: str) -> Path:
+        if group not in folders:
+            folders[group] = _run_smokes(tmp_path_factory.mktemp(f"smokes-{group}"),
+                                         [b for b in BENCHES if smoke_group(b) == group])
+        return folders[group]
+
+    return folder
+
+
 @pytest.mark.parametrize("bench", BENCHES)
 def test_bench_smoke_mode_runs(bench, smoke_runs):
-    report = smoke_runs / f"{bench}.json"
-    assert report.is_file(), f"{bench} --smoke did not finish:\n{(smoke_runs / 'runner.log').read_text()[-3000:]}"
+    folder = smoke_runs(smoke_group(bench))
+    report = folder / f"{bench}.json"
+    assert report.is_file(), f"{bench} --smoke did not finish:\n{(folder / 'runner.log').read_text()[-3000:]}"
     done = json.loads(report.read_text())
     assert done["exit"] == 0, f"{bench} --smoke failed:\n{done['stdout'][-2000:]}\n{done['stderr'][-3000:]}"
     assert EXPECTED[bench] in done["stdout"], done["stdout"][-2000:]
