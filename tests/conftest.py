@@ -47,8 +47,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 SAME_PROCESS = {"tests/test_s3_store.py": "s3 endpoints", "tests/test_store_contract.py": "s3 endpoints"}
 # The benches' smokes run in two interpreters (test_benches.py), one per group, and each
 # group is a unit of work of its own: one interpreter running all of them was the last
-# process left, alone on the machine, for a minute or more. Those that run flows share
-# one group, and so one Prefect API server.
+# process left, alone on the machine, for a minute or more. The two that run flows share
+# a group, and so one Prefect API server; three light ones join them to even the groups.
 SMOKE_GROUPS = {"season.py": "flows", "flow_overhead.py": "flows", "scale.py": "flows", "learnability.py": "flows",
                 "throughput.py": "flows"}
 
