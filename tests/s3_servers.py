@@ -79,8 +79,8 @@ def free_port_block(count: int) -> int:
     ports of outgoing connections: in that range a port that nothing listens on can still be
     the local end of a client's connection (boto3's to moto, say), and a server's bind to it
     then fails after its 30 s of retries."""
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0]) \
-        if Path("/proc/sys/net/ipv4/ip_local_port_range").is_file() else 32768
+    ephemeral = Path("/proc/sys/net/ipv4/ip_local_port_range")
+    low = int(ephemeral.read_text().split()[0]) if ephemeral.is_file() else 32768
     rng = random.Random()
     for _ in range(200):
         first = rng.randrange(10_000, max(10_001, low - count))
