@@ -61,7 +61,7 @@ def model_record(model: nn.Module, cfg: TrainConfig) -> dict[str, Any]:
     """The part of every checkpoint that rebuilds the model: weights, architecture, config."""
     model = model.module if isinstance(model, DistributedDataParallel) else model
     return {"model": model.state_dict(), "model_name": cfg.model,
-            "model_kwargs": {"dropout": cfg.dropout}, "config": cfg.model_dump()}
+            "model_kwargs": cfg.model_kwargs(), "config": cfg.model_dump()}
 
 
 def write_checkpoint(path: Path, record: dict[str, Any], state: TrainingState | None = None,

@@ -20,9 +20,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from histo_core.config import ModelName, TrainConfig
+from histo_core.config import SEED_CNN_WIDTH, ModelName, TrainConfig
 
-CHANNELS = (32, 64, 128, 256, 512)
+BLOCKS = 5  # each halves the side: 96 -> 3
 # Per-channel statistics of H&E patches (PCam training set); used to centre the input.
 PCAM_MEAN = (0.702, 0.546, 0.696)
 PCAM_STD = (0.239, 0.282, 0.216)
@@ -64,24 +64,30 @@ class IBNBlock(nn.Module):
         return torch.cat([self.instance(x), self.batch(x)], dim=1)
 
 
+def block_channels(width: int = SEED_CNN_WIDTH) -> tuple[int, ...]:
+    """Output channels of the five blocks: ``width`` doubled in each (32 -> 512 in the original)."""
+    return tuple(width * 2 ** i for i in range(BLOCKS))
+
+
 class SimpleCNN(nn.Module):
     """The original 5-block CNN for 96x96 RGB patches; outputs one logit per image.
 
     ``ibn_blocks``: how many of the first blocks are ``IBNBlock`` (0: the original
-    network)."""
+    network). ``width``: the first block's channels (``TrainConfig.width``)."""
 
-    def __init__(self, dropout: float = 0.5, hidden: int = 256, image_size: int = 96, ibn_blocks: int = 0) -> None:
+    def __init__(self, dropout: float = 0.5, hidden: int = 256, image_size: int = 96, ibn_blocks: int = 0,
+                 width: int = SEED_CNN_WIDTH) -> None:
         super().__init__()
-        blocks, in_ch = [], 3
-        for i, out_ch in enumerate(CHANNELS):
+        blocks, in_ch, channels = [], 3, block_channels(width)
+        for i, out_ch in enumerate(channels):
             blocks.append(IBNBlock(in_ch, out_ch) if i < ibn_blocks else _conv_block(in_ch, out_ch))
             in_ch = out_ch
         self.features = nn.Sequential(*blocks)
-        side = image_size // 2 ** len(CHANNELS)  # 96 -> 3
+        side = image_size // 2 ** BLOCKS  # 96 -> 3
         self.head = nn.Sequential(
             nn.Flatten(),
             nn.Dropout(dropout),
-            nn.Linear(CHANNELS[-1] * side * side, hidden),
+            nn.Linear(channels[-1] * side * side, hidden),
             nn.ReLU(inplace=True),
             nn.Dropout(dropout),
             nn.Linear(hidden, 1),
@@ -110,9 +116,10 @@ def _resnet(arch: str) -> Callable[..., nn.Module]:
     return lambda dropout=0.5: TorchvisionResNet(arch, dropout)
 
 
-def _simple_cnn_ibn(dropout: float = 0.5, hidden: int = 256, image_size: int = 96) -> SimpleCNN:
+def _simple_cnn_ibn(dropout: float = 0.5, hidden: int = 256, image_size: int = 96,
+                    width: int = SEED_CNN_WIDTH) -> SimpleCNN:
     # IBN-Net puts it in the shallow half of a network and keeps deep layers BatchNorm
-    return SimpleCNN(dropout, hidden, image_size, ibn_blocks=2)
+    return SimpleCNN(dropout, hidden, image_size, ibn_blocks=2, width=width)
 
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -135,7 +142,8 @@ class SimpleCNNArguments(_Arguments):
     checkpoint asking for a 10**7-unit head would otherwise allocate 184 GB."""
 
     hidden: int = Field(256, ge=1, le=4096)
-    image_size: int = Field(96, ge=2 ** len(CHANNELS), le=1024, description="at least 32: five 2x poolings")
+    image_size: int = Field(96, ge=2 ** BLOCKS, le=1024, description="at least 32: five 2x poolings")
+    width: int = TrainConfig.model_fields["width"]
 
 
 ARGUMENTS: dict[str, type[_Arguments]] = {name: SimpleCNNArguments if name.startswith("simple_cnn") else _Arguments

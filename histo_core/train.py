@@ -52,7 +52,7 @@ class TrainResult:
 
 
 def build_model(cfg: TrainConfig) -> nn.Module:
-    return create_model(cfg.model, dropout=cfg.dropout)
+    return create_model(cfg.model, **cfg.model_kwargs())
 
 
 def training_augmentation(cfg: TrainConfig) -> Callable[[torch.Tensor], torch.Tensor] | None:

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from histo_core.model import MODELS, CHANNELS, create_model
+from histo_core.model import MODELS, block_channels, create_model
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -17,12 +17,38 @@ def test_every_registered_model_gives_one_logit_per_image(name):
 def test_default_model_is_the_original_five_block_cnn():
     model = create_model("simple_cnn", dropout=0.3)
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    assert [c.out_channels for c in convs] == list(CHANNELS) == [32, 64, 128, 256, 512]
+    assert [c.out_channels for c in convs] == list(block_channels()) == [32, 64, 128, 256, 512]
     assert all(c.kernel_size == (3, 3) for c in convs)
     assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 5
     assert sum(isinstance(m, nn.MaxPool2d) for m in model.modules()) == 5
     assert any(isinstance(m, nn.Dropout) and m.p == 0.3 for m in model.modules())
     assert model.head[-1].out_features == 1
+
+
+def test_a_narrower_seed_cnn_halves_its_channels_and_checkpoints_say_so_only_when_not_the_default():
+    from histo_core.checkpoint import model_record
+    from histo_core.config import TrainConfig
+    from histo_core.train import build_model
+
+    narrow = TrainConfig(model="simple_cnn_ibn", width=8)
+    model = build_model(narrow)
+    convs = [sum(c.out_channels for c in block.modules() if isinstance(c, nn.Conv2d)) for block in model.features]
+    assert convs == [8, 16, 32, 64, 128] and model.head[2].in_features == 128 * 3 * 3
+    record = model_record(model, narrow)
+    assert record["model_kwargs"] == {"dropout": 0.5, "width": 8}
+    rebuilt = create_model(record["model_name"], **record["model_kwargs"])  # as inference rebuilds it
+    rebuilt.load_state_dict(record["model"])
+    assert model_record(build_model(TrainConfig()), TrainConfig())["model_kwargs"] == {"dropout": 0.5}
+    # the default is the original network, parameter for parameter, from the same seed
+    torch.manual_seed(3)
+    default = create_model("simple_cnn")
+    torch.manual_seed(3)
+    explicit = create_model("simple_cnn", width=32)
+    assert all(torch.equal(a, b) for a, b in zip(default.state_dict().values(), explicit.state_dict().values()))
+    with pytest.raises(ValueError, match="width applies to the simple_cnn models only"):
+        TrainConfig(model="resnet18", width=8)
+    with pytest.raises(ValueError, match="width"):
+        create_model("simple_cnn", width=1)
 
 
 def test_unknown_model_name_lists_the_valid_ones():
@@ -44,7 +70,7 @@ def test_the_ibn_variant_is_the_seed_cnn_with_per_image_normalisation_in_its_fir
     ibn, seed = create_model("simple_cnn_ibn"), create_model("simple_cnn")
     assert [isinstance(block, IBNBlock) for block in ibn.features] == [True, True, False, False, False]
     widths = [sum(c.out_channels for c in block.modules() if isinstance(c, nn.Conv2d)) for block in ibn.features]
-    assert widths == list(CHANNELS)
+    assert widths == list(block_channels())
     assert [tuple(v.shape) for v in ibn.head.state_dict().values()] == [
         tuple(v.shape) for v in seed.head.state_dict().values()]
 
