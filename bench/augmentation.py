@@ -39,7 +39,7 @@ from stain_groups import GROUPS, describe, stain_groups
 from stain_shift import restained
 
 from histo_core import steps
-from histo_core.config import SplitConfig, TrainConfig, ValidationConfig
+from histo_core.config import SMOKE_WIDTH, SplitConfig, TrainConfig, ValidationConfig
 from histo_core.data.cache import cache_key
 from histo_core.data.dataset import PatchDataset
 from histo_core.data.synthetic import SyntheticSpec, write_kaggle_layout
@@ -90,12 +90,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench-out/augmentation"))
     parser.add_argument("--ensemble", nargs="+", metavar="NAME", help="score these trained variants (in --out) "
                                                                        "as one model: the mean of their logits")
-    parser.add_argument("--smoke", action="store_true", help="seconds: 240 generated patches, 1 epoch")
+    parser.add_argument("--smoke", action="store_true", help="seconds: 240 generated patches, 1 epoch, a narrow network")
     args = parser.parse_args()
     if args.smoke:
         with tempfile.TemporaryDirectory() as tmp:
             args.data = write_kaggle_layout(Path(tmp) / "data", SyntheticSpec(count=240, seed=6))
             args.out, args.epochs, args.name = Path(tmp) / "out", 1, args.name or "smoke"
+            args.overrides = [f"width={SMOKE_WIDTH}", *args.overrides]
             run(args)
             ensemble(args.out, [args.name, args.name])  # the path only: one model twice is that model
         return

@@ -23,7 +23,7 @@ from prefect import flow  # noqa: E402
 
 from histo_flows.retrain import retrain  # noqa: E402
 from histo_core import steps  # noqa: E402
-from histo_core.config import GateConfig, RetrainConfig, StoreConfig, TrainConfig  # noqa: E402
+from histo_core.config import SMOKE_WIDTH, GateConfig, RetrainConfig, StoreConfig, TrainConfig  # noqa: E402
 from histo_core.data.synthetic import SyntheticSpec, write_kaggle_layout  # noqa: E402
 from histo_core.layout import DatasetDir, ModelDir, RunDir  # noqa: E402
 
@@ -49,16 +49,16 @@ def _direct(config: RetrainConfig, root: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--smoke", action="store_true", help="120 generated patches, 1 epoch")
+    parser.add_argument("--smoke", action="store_true", help="120 generated patches, 1 epoch, a narrow network")
     args = parser.parse_args()
-    count, epochs = (120, 1) if args.smoke else (600, 2)
+    count, epochs, width = (120, 1, SMOKE_WIDTH) if args.smoke else (600, 2, TrainConfig().width)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         write_kaggle_layout(root / "data", SyntheticSpec(count=count, seed=3))
 
         def config(name: str) -> RetrainConfig:
             return RetrainConfig(data=str(root / "data"), store=StoreConfig(uri=str(root / name / "store")),
-                                 workdir=str(root / name / "work"), train=TrainConfig(epochs=epochs),
+                                 workdir=str(root / name / "work"), train=TrainConfig(epochs=epochs, width=width),
                                  gate=GateConfig(auc_floor=0.0))
 
         start = time.perf_counter()

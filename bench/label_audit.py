@@ -30,7 +30,7 @@ import pandas as pd
 from PIL import Image
 
 from histo_core import steps
-from histo_core.config import SplitConfig, TrainConfig, ValidationConfig
+from histo_core.config import SMOKE_WIDTH, SplitConfig, TrainConfig, ValidationConfig
 from histo_core.data.synthetic import SyntheticSpec, write_kaggle_layout
 from histo_core.label_audit import audit_batches
 from histo_core.layout import DatasetDir, ModelDir
@@ -59,7 +59,7 @@ def main() -> None:
             # 17 batches of 16 need 272 val/test rows: 80% of 400 rather than 30% of 1000 (less to train on).
             data = write_kaggle_layout(Path(tmp) / "data", SyntheticSpec(count=400, seed=9))
             run(data, Path(tmp) / "out", [1], 16, ValidationConfig(label_audit_min_rows=15),
-                SplitConfig(val_fraction=0.4, test_fraction=0.4))
+                SplitConfig(val_fraction=0.4, test_fraction=0.4), SMOKE_WIDTH)
     else:
         if not args.data.is_dir():
             raise SystemExit(f"no data at {args.data} (the shared real patches); --smoke runs on generated ones")
@@ -67,7 +67,7 @@ def main() -> None:
 
 
 def run(data: Path, out: Path, epochs: list[int], batch_rows: int, cfg: ValidationConfig,
-        split_config: SplitConfig) -> None:
+        split_config: SplitConfig, width: int = TrainConfig().width) -> None:
     started = time.perf_counter()
     dataset = steps.validate(str(data), DatasetDir(out / "data"), ValidationConfig(), out / "manifests")
     split = steps.split(dataset, split_config)
@@ -76,7 +76,7 @@ def run(data: Path, out: Path, epochs: list[int], batch_rows: int, cfg: Validati
     table, names, flips = _batches(pool, batch_rows, out / "stained")
     for n in epochs:
         model = steps.train(split, ModelDir(out / f"model-{n}-epochs"), out / "cache",
-                            TrainConfig(epochs=n, min_epochs=1))
+                            TrainConfig(epochs=n, min_epochs=1, width=width))
         logits, _ = score_paths(model.best, table["path"].tolist(), device="auto")
         print(f"champion: {n} epoch(s) on {int((rows['partition'] == 'train').sum())} patches; {len(table)} "
               f"held-out patches scored ({time.perf_counter() - started:.0f} s so far)", flush=True)

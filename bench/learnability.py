@@ -23,7 +23,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from histo_core import steps
-from histo_core.config import RetrainConfig, TrainConfig
+from histo_core.config import SMOKE_WIDTH, RetrainConfig, TrainConfig
 from histo_core.data.cache import open_cache
 from histo_core.data.synthetic import SyntheticSpec, write_kaggle_layout
 from histo_core.evaluate import binary_metrics, sigmoid
@@ -33,14 +33,14 @@ from histo_core.layout import DatasetDir, ModelDir
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--smoke", action="store_true", help="seconds: 200 patches, 1 epoch")
+    parser.add_argument("--smoke", action="store_true", help="seconds: 200 patches, 1 epoch, a narrow network")
     args = parser.parse_args()
-    count, epochs = (200, 1) if args.smoke else (2000, 3)
+    count, epochs, width = (200, 1, SMOKE_WIDTH) if args.smoke else (2000, 3, TrainConfig().width)
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         write_kaggle_layout(root / "data", SyntheticSpec(count=count, seed=1))
-        cfg = RetrainConfig(data=str(root / "data"), train=TrainConfig(epochs=epochs))
+        cfg = RetrainConfig(data=str(root / "data"), train=TrainConfig(epochs=epochs, width=width))
         split = steps.split(steps.validate(cfg.data, DatasetDir(root / "dataset"), cfg.validation), cfg.split)
         start = time.perf_counter()
         model = steps.train(split, ModelDir(root / "model"), root / "cache", cfg.train)

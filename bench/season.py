@@ -46,7 +46,7 @@ from PIL import Image  # noqa: E402
 from stain_shift import stain_shifted  # noqa: E402
 
 from histo_core.batch_verdicts import USABLE, VerdictStore  # noqa: E402
-from histo_core.config import (EvalConfig, GateConfig, OperationsConfig, RetrainConfig, StoreConfig,  # noqa: E402
+from histo_core.config import (SMOKE_WIDTH, EvalConfig, GateConfig, OperationsConfig, RetrainConfig, StoreConfig,  # noqa: E402
                                TrainConfig)
 from histo_core.data.synthetic import SyntheticSpec, write_kaggle_layout  # noqa: E402
 from histo_core.registry import open_registry  # noqa: E402
@@ -145,7 +145,8 @@ def _kill_a_run(config: RetrainConfig, workdir: Path) -> str:
     return "a run killed while training"
 
 
-def run(pool: pd.DataFrame, out: Path, nights: int, script: list[list[str]], batch_rows: int, epochs: int) -> None:
+def run(pool: pd.DataFrame, out: Path, nights: int, script: list[list[str]], batch_rows: int, epochs: int,
+        width: int = TrainConfig().width) -> None:
     from prefect.exceptions import PrefectException
 
     from histo_flows.retrain import retrain
@@ -182,7 +183,7 @@ def run(pool: pd.DataFrame, out: Path, nights: int, script: list[list[str]], bat
                     bad_batches.append(batch)
         config = RetrainConfig(
             data=data, store=store, workdir=str(workdir), operations=OperationsConfig(lock_dir=str(out / "locks")),
-            train=TrainConfig(epochs=epochs, min_epochs=1), evaluation=EvalConfig(tta=False, bootstrap=100),
+            train=TrainConfig(epochs=epochs, min_epochs=1, width=width), evaluation=EvalConfig(tta=False, bootstrap=100),
             gate=GateConfig(auc_floor=0.6))
         killed = _kill_a_run(config, workdir) + "; " if "killed-run" in events else ""
         started = time.perf_counter()
@@ -248,7 +249,7 @@ def main() -> None:
             labels = pd.read_csv(generated / "train_labels.csv", dtype=str)
             pool = pd.DataFrame({"path": [str(generated / "train" / f"{i}.tif") for i in labels["id"]],
                                  "label": labels["label"]})
-            run(pool, out, len(SMOKE_SCRIPT), SMOKE_SCRIPT, 60, 1)
+            run(pool, out, len(SMOKE_SCRIPT), SMOKE_SCRIPT, 60, 1, SMOKE_WIDTH)
         else:
             if not args.data.is_dir():
                 raise SystemExit(f"no data at {args.data} (the shared real patches); --smoke runs on generated ones")

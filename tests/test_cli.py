@@ -7,6 +7,7 @@ import pytest
 from conftest import write_weights
 
 from histo_cli.main import main
+from histo_core.config import SMOKE_WIDTH
 
 
 def test_help_lists_the_commands():
@@ -116,7 +117,7 @@ def test_train_then_evaluate_from_the_command_line(kaggle_root, tmp_path, capsys
 
     out = tmp_path / "run"
     assert main(["train", "--data", str(kaggle_root), "--out", str(out), "--epochs", "1", "--batch-size", "32",
-                 "--augment-on", "device"]) == 0
+                 "--augment-on", "device", "--width", str(SMOKE_WIDTH)]) == 0
     assert json.loads((out / "config.json").read_text())["train"]["augment_on"] == "device"
     captured = capsys.readouterr()
     assert "epoch 1/1" in captured.out and "best model:" in captured.out

@@ -11,7 +11,7 @@ import pytest
 from prefect.testing.utilities import prefect_test_harness
 
 from histo_flows.retrain import retrain
-from histo_core.config import EvalConfig, GateConfig, RetrainConfig, StoreConfig, TrainConfig
+from histo_core.config import SMOKE_WIDTH, EvalConfig, GateConfig, RetrainConfig, StoreConfig, TrainConfig
 from histo_core.data.synthetic import SyntheticSpec, write_kaggle_layout
 from histo_core.storage import LocalStore
 from conftest import tree_fingerprint
@@ -33,7 +33,7 @@ def test_two_runs_promote_then_gate_against_the_champion(prefect_api, tmp_path):
     write_kaggle_layout(data / "batches" / "b1", SyntheticSpec(count=360, seed=5))
     before = tree_fingerprint(data)
     config = RetrainConfig(data=str(data), store=StoreConfig(uri=str(tmp_path / "store")), workdir=str(tmp_path / "work"),
-                           train=TrainConfig(epochs=1, batch_size=32), evaluation=FAST, gate=GateConfig(auc_floor=0.5))
+                           train=TrainConfig(epochs=1, width=SMOKE_WIDTH, batch_size=32), evaluation=FAST, gate=GateConfig(auc_floor=0.5))
 
     first = retrain(config)
     assert first["outcome"] == "promoted" and first["champion"] == first["version"]
@@ -109,7 +109,7 @@ def test_a_rerun_on_unchanged_data_skips_validation_split_and_training(prefect_a
     data = tmp_path / "data"
     write_kaggle_layout(data, SyntheticSpec(count=300, seed=12))
     config = RetrainConfig(data=str(data), store=StoreConfig(uri=str(tmp_path / "s")), workdir=str(tmp_path / "w"),
-                           train=TrainConfig(epochs=1), evaluation=FAST, gate=GateConfig(auc_floor=0.0))
+                           train=TrainConfig(epochs=1, width=SMOKE_WIDTH), evaluation=FAST, gate=GateConfig(auc_floor=0.0))
     first, second = retrain(config), retrain(config)
 
     async def task_states(flow_run_id):
@@ -162,7 +162,7 @@ def test_two_workdirs_never_share_cached_outputs(prefect_api, tmp_path):
 
     def config(workdir: str) -> RetrainConfig:
         return RetrainConfig(data=str(data), store=StoreConfig(uri=str(tmp_path / workdir / "store")),
-                             workdir=str(tmp_path / workdir), train=TrainConfig(epochs=1, batch_size=32),
+                             workdir=str(tmp_path / workdir), train=TrainConfig(epochs=1, width=SMOKE_WIDTH, batch_size=32),
                              evaluation=FAST, gate=GateConfig(auc_floor=0.0))
 
     def owned(result: dict, workdir: str) -> None:
@@ -299,7 +299,7 @@ def test_a_bad_batch_costs_itself_and_is_announced_and_a_rejected_data_set_is_re
     for image in sorted((data / "batches" / "corrupt" / "train").iterdir())[:10]:
         image.write_bytes(b"\x00" * 64)  # truncated uploads
     config = RetrainConfig(data=str(data), store=StoreConfig(uri=str(tmp_path / "store")),
-                           workdir=str(tmp_path / "work"), train=TrainConfig(epochs=1, batch_size=32),
+                           workdir=str(tmp_path / "work"), train=TrainConfig(epochs=1, width=SMOKE_WIDTH, batch_size=32),
                            evaluation=EvalConfig(tta=False, bootstrap=100), gate=GateConfig(auc_floor=0.0))
     first = retrain(config)
     assert first["outcome"] == "promoted"
@@ -374,7 +374,7 @@ def test_retrain_to_s3_keeps_credentials_out_of_logs_and_artifacts(prefect_api, 
     write_kaggle_layout(data, SyntheticSpec(count=300, seed=4))
     config = RetrainConfig(data=str(data), workdir=str(tmp_path / "work"),
                            store=StoreConfig(uri="s3://histo-flow/team-a", endpoint_url=moto.url),
-                           train=TrainConfig(epochs=1), evaluation=FAST, gate=GateConfig(auc_floor=0.0))
+                           train=TrainConfig(epochs=1, width=SMOKE_WIDTH), evaluation=FAST, gate=GateConfig(auc_floor=0.0))
     result = retrain(config)
     assert result["outcome"] == "promoted"
     assert result["artifacts"].startswith("s3://histo-flow/team-a/runs/")

@@ -14,7 +14,7 @@ import pytest
 from conftest import tree_fingerprint
 from histo_core import steps
 from histo_core.batch_verdicts import VerdictStore
-from histo_core.config import StoreConfig, TrainConfig, ValidationConfig
+from histo_core.config import SMOKE_WIDTH, StoreConfig, TrainConfig, ValidationConfig
 from histo_core.data.synthetic import SyntheticSpec, write_kaggle_layout
 from histo_core.label_audit import audit_batches, auc_variance, random_effects
 from histo_core.layout import DatasetDir, ModelDir
@@ -32,11 +32,12 @@ def _flip(batch: Path, fraction: float, seed: int = 0) -> None:
 
 @pytest.fixture(scope="module")
 def champion_store(kaggle_split, tmp_path_factory) -> StoreConfig:
-    """A store whose champion is a simple_cnn trained for one epoch on generated patches
-    (AUC 0.82-0.89 on the clean batches below, 0.12 on the flipped one)."""
+    """A store whose champion is the default architecture at SMOKE_WIDTH, trained for one
+    epoch on generated patches (AUC 0.81-0.91 on the clean batches below, 0.07 on the
+    flipped one)."""
     tmp = tmp_path_factory.mktemp("audit-champion")
     model = ModelDir(tmp / "model")
-    steps.train(kaggle_split, model, tmp / "cache", TrainConfig(epochs=1, min_epochs=1, num_workers=0))
+    steps.train(kaggle_split, model, tmp / "cache", TrainConfig(epochs=1, min_epochs=1, num_workers=0, width=SMOKE_WIDTH))
     store = StoreConfig(uri=str(tmp / "store"))
     registry = open_registry(store, "pcam-cnn")
     version = registry.new_version_id()

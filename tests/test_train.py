@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from histo_core.config import TrainConfig
+from histo_core.config import SMOKE_WIDTH, TrainConfig
 from histo_core.data.dataset import (PatchDataset, RandomDihedral, build_augmentation, dihedral_each,
                                      dihedral_gathered)
 from histo_core.steps import load_partitions
@@ -52,6 +52,8 @@ def test_gathered_dihedral_views_are_the_looped_ones():
 
 
 def test_fit_writes_checkpoints_history_and_keeps_the_best(parts, tmp_path):
+    """The default architecture, as a retrain trains it; the trainer's other tests run the
+    same code on a narrower network (SMOKE_WIDTH)."""
     cfg = TrainConfig(epochs=3, batch_size=32, seed=1)
     result = fit(_first(parts["train"]), parts["val"], cfg, tmp_path)
     history = json.loads((tmp_path / "history.json").read_text())
@@ -84,7 +86,7 @@ def test_the_weight_average_spans_ema_epochs_of_steps():
 
 
 def test_with_a_weight_average_the_validated_and_saved_weights_are_the_average(parts, tmp_path):
-    cfg = TrainConfig(epochs=2, batch_size=32, seed=1, ema_epochs=3)
+    cfg = TrainConfig(epochs=2, batch_size=32, seed=1, ema_epochs=3, width=SMOKE_WIDTH)
     result = fit(_first(parts["train"]), parts["val"], cfg, tmp_path)
     last = torch.load(result.last_checkpoint, weights_only=True)
     assert any(not torch.equal(last["model"][k], last["trained_model"][k]) for k in last["model"])
@@ -113,7 +115,7 @@ def test_a_killed_run_resumes_and_ends_where_an_uninterrupted_run_would(kaggle_s
     # On CUDA two runs agree only with deterministic convolutions: two from-scratch runs
     # with cuDNN's timed choices already differed by 18% in val loss after one epoch.
     cfg = TrainConfig(epochs=2, batch_size=32, seed=3, num_workers=0, device=device, deterministic=device == "cuda",
-                      ema_epochs=ema_epochs)
+                      ema_epochs=ema_epochs, width=SMOKE_WIDTH)
     cache = tmp_path / "cache"
     parts = load_partitions(split, cache, build_augmentation())  # its random draws must resume too
     uninterrupted = fit(_first(parts["train"]), parts["val"], cfg, tmp_path / "a")
@@ -145,7 +147,7 @@ def test_a_killed_run_resumes_and_ends_where_an_uninterrupted_run_would(kaggle_s
 @pytest.mark.parametrize("workers", [0, 2])
 def test_augmenting_on_the_device_trains_exactly_as_augmenting_in_the_loader(parts, tmp_path, workers):
     """On a CPU both places run the same ops on the same draws, so the runs must be identical."""
-    cfg = TrainConfig(epochs=2, batch_size=32, seed=5, num_workers=workers)
+    cfg = TrainConfig(epochs=2, batch_size=32, seed=5, num_workers=workers, width=SMOKE_WIDTH)
     runs = {where: fit(_first(parts["train"]), parts["val"], cfg.model_copy(update={"augment_on": where}), tmp_path / where)
             for where in ("loader", "device")}
     assert [r["val_loss"] for r in runs["loader"].history] == [r["val_loss"] for r in runs["device"].history]
@@ -188,18 +190,18 @@ def test_training_stops_early_when_val_loss_stops_improving(parts, tmp_path, mon
     # the evaluation is pinned to a constant: epoch 1 improves on infinity, 2 and 3 don't.
     monkeypatch.setattr(trainer, "evaluate_loss_auc", lambda *a, **k: (0.5, 0.5, len(parts["val"])))
     small = _first(parts["train"], 64)  # what is counted is epochs, not what they learn
-    result = fit(small, parts["val"], TrainConfig(epochs=6, patience=2, min_epochs=1, batch_size=32), tmp_path)
+    result = fit(small, parts["val"], TrainConfig(epochs=6, patience=2, min_epochs=1, batch_size=32, width=SMOKE_WIDTH), tmp_path)
     assert [r["improved"] for r in result.history] == [True, False, False]
     # ... but never before min_epochs, however long the val loss has been flat
-    later = fit(small, parts["val"], TrainConfig(epochs=6, patience=2, min_epochs=4, batch_size=32),
+    later = fit(small, parts["val"], TrainConfig(epochs=6, patience=2, min_epochs=4, batch_size=32, width=SMOKE_WIDTH),
                 tmp_path / "later")
     assert len(later.history) == 4
 
 
 def test_checkpoint_from_another_config_is_not_resumed(parts, tmp_path):
     small = _first(parts["train"], 64)
-    fit(small, parts["val"], TrainConfig(epochs=1, batch_size=32), tmp_path)
-    result = fit(small, parts["val"], TrainConfig(epochs=1, batch_size=32, lr=5e-4), tmp_path)
+    fit(small, parts["val"], TrainConfig(epochs=1, batch_size=32, width=SMOKE_WIDTH), tmp_path)
+    result = fit(small, parts["val"], TrainConfig(epochs=1, batch_size=32, lr=5e-4, width=SMOKE_WIDTH), tmp_path)
     assert [r["epoch"] for r in result.history] == [1]
 
 
@@ -335,7 +337,8 @@ def test_two_process_ddp_on_cpu_trains_on_all_data_and_only_rank_0_writes(kaggle
 
     out = tmp_path / "ddp"
     result = subprocess.run([sys.executable, "-m", "histo_cli.main", "train", "--data", str(kaggle_root),
-                             "--out", str(out), "--epochs", "2", "--batch-size", "16", "--nproc", "2"],
+                             "--out", str(out), "--epochs", "2", "--batch-size", "16", "--nproc", "2",
+                             "--width", str(SMOKE_WIDTH)],
                             capture_output=True, text=True, timeout=600,
                             cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]

@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from histo_core.config import SMOKE_WIDTH
 from histo_core.data.synthetic import SyntheticSpec, write_kaggle_layout
 from installed import REPO
 from prefect_server import client_call, deployments, flow_runs, prefect_server, stop_group, wait_for
@@ -64,6 +65,7 @@ def site_prefect_yaml(endpoint: str) -> str:
     _mapping_set(store, "region", "us-east-1")
     config = _child(definitions, "retrain_config")
     _mapping_set(_child(config, "train"), "epochs", "1")
+    _mapping_set(_child(config, "train"), "width", str(SMOKE_WIDTH))  # the pipeline is under test, not the model
     _mapping_set(config, "gate", "{auc_floor: 0.5}")
     _mapping_set(config, "evaluation", "{bootstrap: 200, tta: false}")  # TTA: the served deployments' runs
     [nightly] = [d for d in _child(root, "deployments").value if _child(d, "name").value == "retrain-nightly"]
