@@ -25,7 +25,7 @@ import torch
 from stain_shift import restained
 
 from histo_core import steps
-from histo_core.config import EvalConfig, SplitConfig, TrainConfig, ValidationConfig
+from histo_core.config import SMOKE_WIDTH, EvalConfig, SplitConfig, TrainConfig, ValidationConfig
 from histo_core.data.synthetic import SyntheticSpec, write_kaggle_layout
 from histo_core.evaluate import binary_metrics, bootstrap_auc_ci, full_report, sigmoid
 from histo_core.inference import load_model, pick_device, score_dataset
@@ -40,12 +40,12 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--out", type=Path, default=Path("bench-out/quality"))
     parser.add_argument("--epochs", type=int, default=TrainConfig().epochs, help="default: the default config's")
-    parser.add_argument("--smoke", action="store_true", help="seconds: 240 generated patches, 1 epoch")
+    parser.add_argument("--smoke", action="store_true", help="seconds: 240 generated patches, 1 epoch, a narrow network")
     args = parser.parse_args()
     if args.smoke:
         with tempfile.TemporaryDirectory() as tmp:
             data = write_kaggle_layout(Path(tmp) / "data", SyntheticSpec(count=240, seed=5))
-            run(data, Path(tmp) / "out", TrainConfig(epochs=1), bootstrap=50)
+            run(data, Path(tmp) / "out", TrainConfig(epochs=1, width=SMOKE_WIDTH), bootstrap=50)
     else:
         run(args.data, args.out, TrainConfig(epochs=args.epochs))
 

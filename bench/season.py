@@ -21,7 +21,7 @@ night whose run did not end in a decision (an exception or a failed run): on a s
 a person would have had to look.
 
     .venv/bin/python bench/season.py [--nights 30] [--batch-rows 400] [--epochs 2]
-    .venv/bin/python bench/season.py --smoke     # 3 nights on generated patches
+    .venv/bin/python bench/season.py --smoke     # 2 nights on generated patches
 """
 
 from __future__ import annotations
@@ -55,9 +55,9 @@ from histo_core.storage import open_store  # noqa: E402
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "pcam_real"
 SCRIPT = [["good", "good"], [], ["good", "corrupt"], ["wrong-size"], ["flipped"], ["stain", "s3-markers"],
           ["second-workdir"], ["good", "delete-workdir"], ["corrupt-champion"], ["good", "killed-run"]]
-# Every kind of night in three: fewer retrains, the same faults.
-SMOKE_SCRIPT = [["good", "good"], ["corrupt", "wrong-size", "s3-markers", "delete-workdir", "corrupt-champion"],
-                ["good", "killed-run"]]
+# Every kind of night in two: fewer retrains, the same faults.
+SMOKE_SCRIPT = [["good", "good"],
+                ["good", "corrupt", "wrong-size", "s3-markers", "delete-workdir", "corrupt-champion", "killed-run"]]
 WORLD = {"delete-workdir", "corrupt-champion", "second-workdir", "s3-markers", "killed-run"}  # no batch written
 REPO = Path(__file__).resolve().parents[1]
 BAD = {"corrupt", "wrong-size", "flipped"}
@@ -234,7 +234,7 @@ def main() -> None:
     parser.add_argument("--nights", type=int, default=30)
     parser.add_argument("--batch-rows", type=int, default=400)
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--smoke", action="store_true", help="3 nights, 60-patch batches of generated data")
+    parser.add_argument("--smoke", action="store_true", help="2 nights, 60-patch batches of generated data")
     parser.add_argument("--run-one", help=argparse.SUPPRESS)  # the run that _kill_a_run kills
     args = parser.parse_args()
     if args.run_one:

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
 
-from histo_core.config import ModelName, TrainConfig
+from histo_core.config import SMOKE_WIDTH, ModelName, TrainConfig
 from histo_core.data.dataset import PatchDataset, SeededBatchSampler, to_model_input
 from histo_core.inference import amp_dtype, pick_device
 from histo_core.model import create_model
@@ -71,7 +71,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                         help="also time inference under torch.compile")
-    parser.add_argument("--smoke", action="store_true", help="seconds: 2 batches of 16, 1 repeat, no compile")
+    parser.add_argument("--smoke", action="store_true", help="seconds: 2 batches of 16, 1 repeat, no compile, a narrow network")
     args = parser.parse_args()
     if args.smoke:
         args.batches, args.batch_size, args.repeats, args.compile = 2, 16, 1, False
@@ -79,7 +79,8 @@ def main() -> None:
     device = pick_device(args.device)
     configure_backend(device)
     cfg = TrainConfig(model=args.model, num_workers=args.workers, augment_on=args.augment_on,
-                      **({"batch_size": args.batch_size} if args.batch_size else {}))
+                      **({"batch_size": args.batch_size} if args.batch_size else {}),
+                      **({"width": SMOKE_WIDTH} if args.smoke else {}))
     workers = loader_workers(cfg, device)
     bs, n = cfg.batch_size, cfg.batch_size * args.batches
     rng = np.random.default_rng(0)
@@ -108,7 +109,7 @@ def main() -> None:
 
     def fresh_model() -> nn.Module:
         torch.manual_seed(0)
-        return create_model(cfg.model).to(device, memory_format=torch.channels_last)
+        return create_model(cfg.model, **cfg.model_kwargs()).to(device, memory_format=torch.channels_last)
 
     # Warm-up (allocator, cuDNN autotune), then the two training loops on the same work.
     warm = [to_model_input(torch.from_numpy(pixels[:bs]).permute(0, 3, 1, 2), device)] * 3
