@@ -22,6 +22,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from histo_core.config import SEED_CNN_WIDTH, SMOKE_WIDTH
 from histo_core.data.synthetic import SyntheticSpec, write_kaggle_layout
 
 # Shared real PCam/Kaggle patches, beside the repository; never copied into it.
@@ -142,12 +143,15 @@ def tree_fingerprint(root: Path) -> dict[str, tuple[int, int]]:
     return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def write_weights(path: Path, seed: int = 0, model: str = "simple_cnn") -> Path:
-    """A real (untrained) checkpoint of ``model``, as training writes them."""
+def write_weights(path: Path, seed: int = 0, model: str = "simple_cnn", width: int = SMOKE_WIDTH) -> Path:
+    """A real (untrained) checkpoint of ``model``, as training writes them; narrow by
+    default (SMOKE_WIDTH), as what is tested is what is done with it."""
     from histo_core.model import create_model
 
     torch.manual_seed(seed)
-    torch.save({"model": create_model(model).state_dict(), "model_name": model, "model_kwargs": {}}, path)
+    kwargs = {"width": width} if model.startswith("simple_cnn") and width != SEED_CNN_WIDTH else {}
+    torch.save({"model": create_model(model, **kwargs).state_dict(), "model_name": model, "model_kwargs": kwargs},
+               path)
     return path
 
 

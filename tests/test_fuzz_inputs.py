@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from conftest import PCAM_REAL, tree_fingerprint
+from histo_core.config import SMOKE_WIDTH
 from histo_core.data.manifest import build_manifest, inspect_image
 from histo_core.data.sources import DataSourceError, list_images
 
@@ -154,8 +155,8 @@ def test_predict_scores_or_names_every_mutated_file_and_opens_nothing_outside(tm
     from histo_core.predict import predict_folder
 
     checkpoint = tmp_path / "model.pt"
-    torch.save({"model": create_model("simple_cnn", dropout=0.5).state_dict(), "model_name": "simple_cnn",
-                "model_kwargs": {"dropout": 0.5}}, checkpoint)
+    torch.save({"model": create_model("simple_cnn", dropout=0.5, width=SMOKE_WIDTH).state_dict(),
+                "model_name": "simple_cnn", "model_kwargs": {"dropout": 0.5, "width": SMOKE_WIDTH}}, checkpoint)
     rng = random.Random(7)
     folder = tmp_path / "to-score"
     folder.mkdir()
@@ -193,8 +194,8 @@ def test_evaluate_scores_the_readable_rows_and_counts_the_rest(tmp_path):
     from histo_core.model import create_model
 
     checkpoint = tmp_path / "model.pt"
-    torch.save({"model": create_model("simple_cnn", dropout=0.5).state_dict(), "model_name": "simple_cnn",
-                "model_kwargs": {"dropout": 0.5}}, checkpoint)
+    torch.save({"model": create_model("simple_cnn", dropout=0.5, width=SMOKE_WIDTH).state_dict(),
+                "model_name": "simple_cnn", "model_kwargs": {"dropout": 0.5, "width": SMOKE_WIDTH}}, checkpoint)
     rng = random.Random(11)
     data = tmp_path / "data"
     (data / "images").mkdir(parents=True)

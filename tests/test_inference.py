@@ -12,7 +12,7 @@ import torch
 
 from histo_core import steps
 from histo_core.checkpoint import model_record, write_checkpoint
-from histo_core.config import TrainConfig
+from histo_core.config import SMOKE_WIDTH, TrainConfig
 from histo_core.evaluate import sigmoid
 from histo_core.inference import load_model, pick_device, score_dataset
 from histo_core.model import create_model
@@ -21,11 +21,12 @@ from histo_core.predict import predict_folder
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    """An untrained model's checkpoint: what is compared is the scoring, not the model."""
+    """An untrained model's checkpoint: what is compared is the scoring, not the model
+    (the default architecture, narrowed)."""
     torch.manual_seed(3)
     path = tmp_path_factory.mktemp("model") / "best.pt"
-    cfg = TrainConfig()
-    write_checkpoint(path, model_record(create_model(cfg.model, dropout=cfg.dropout), cfg))
+    cfg = TrainConfig(width=SMOKE_WIDTH)
+    write_checkpoint(path, model_record(create_model(cfg.model, **cfg.model_kwargs()), cfg))
     return path
 
 
