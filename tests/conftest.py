@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import signal
 from pathlib import Path
 
 # Before Prefect is imported: the temporary API server's telemetry races its first
@@ -23,11 +24,14 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from histo_core.config import SEED_CNN_WIDTH, SMOKE_WIDTH
+from prefect_server import TEMPLATE_DB, start_migrating_template
 from histo_core.data.synthetic import SyntheticSpec, write_kaggle_layout
 
 # Shared real PCam/Kaggle patches, beside the repository; never copied into it.
 PCAM_REAL = Path(os.environ.get("HISTO_PCAM_REAL", Path(__file__).resolve().parents[2] / "shared/data/pcam_real"))
 
+
+_TEMPLATE = pytest.StashKey[tuple]()
 
 # The modules that take minutes (real servers, workers, bench scripts) start first, so the
 # test processes (pytest-xdist, one module per process at a time) end together. pyproject's
@@ -35,6 +39,28 @@ PCAM_REAL = Path(os.environ.get("HISTO_PCAM_REAL", Path(__file__).resolve().pare
 # tests first, and so the end-to-end modules (2 and 4 tests) last, alone at the end.
 SLOW_FIRST = ("test_worker_e2e.py", "test_orchestrator_faults.py", "test_benches.py", "test_flow_retrain.py",
               "test_train.py", "test_wheel.py", "test_s3_store.py", "test_store_contract.py")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In the controlling process only (xdist's processes inherit its environment): start
+    migrating the template database that the test Prefect servers copy (prefect_server)."""
+    if hasattr(config, "workerinput") or os.environ.get(TEMPLATE_DB):
+        return
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="histo-test-prefect-db-"))
+    os.environ[TEMPLATE_DB] = str(folder)
+    config.stash[_TEMPLATE] = (folder, start_migrating_template(folder))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _TEMPLATE in config.stash:
+        folder, migrating = config.stash[_TEMPLATE]
+        if migrating.poll() is None:
+            os.killpg(migrating.pid, signal.SIGKILL)
+            migrating.wait()
+        shutil.rmtree(folder, ignore_errors=True)
+        os.environ.pop(TEMPLATE_DB, None)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -17,6 +17,43 @@ from typing import Any, Callable, Iterator
 from s3_servers import free_port
 
 
+# A migrated, empty Prefect database that the pytest run migrates once, in the background
+# while its test processes start (conftest), and every test server starts from a copy of:
+# migrating a new SQLite database is about 17 of a server start's 29 CPU-seconds.
+TEMPLATE_DB = "HISTO_TEST_PREFECT_DB"
+
+
+def start_migrating_template(folder: Path) -> subprocess.Popen:
+    """``prefect server database upgrade`` into ``folder/building``, renamed to
+    ``folder/ready`` when it succeeds (or ``folder/failed``): a reader never sees half a file."""
+    env = {**os.environ, "PREFECT_HOME": str(folder / "home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{folder}/building/prefect.db"}
+    (folder / "building").mkdir(parents=True)
+    prefect = Path(sys.executable).with_name("prefect")
+    script = f'"{prefect}" server database upgrade -y >upgrade.log 2>&1 && mv building ready || mv building failed'
+    return subprocess.Popen(["sh", "-c", script], cwd=folder, env=env, start_new_session=True)
+
+
+def copy_migrated_db(dest: Path, timeout: float = 180) -> bool:
+    """Put the template database at ``dest`` (waiting for it to be ready); False, leaving
+    ``dest`` alone, where there is none (a test run outside pytest, or the migration
+    failed): the server then migrates a new database itself, as it always could."""
+    import shutil
+
+    folder = os.environ.get(TEMPLATE_DB)
+    if not folder:
+        return False
+    ready = Path(folder) / "ready" / "prefect.db"
+    deadline = time.monotonic() + timeout
+    while not ready.is_file() and (Path(folder) / "building").is_dir() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if not ready.is_file():
+        return False
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(ready, dest)
+    return True
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 1.0) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -69,6 +106,8 @@ def prefect_server(home: Path, **settings: str) -> Iterator[dict[str, Any]]:
         stop_group(procs[-1])
         start()
 
+    if not (home / "prefect.db").exists():
+        copy_migrated_db(home / "prefect.db")
     try:
         start()
         yield {"api": api, "home": home, "env": {**env, "PREFECT_API_URL": api}, "restart": restart}

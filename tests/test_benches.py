@@ -3,8 +3,10 @@ data) here, and each is listed in docs/benchmarks.md's table, where its figures 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SMOKE_GROUPS, smoke_group
+from prefect_server import copy_migrated_db
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHES = sorted(p.name for p in (REPO / "bench").glob("*.py"))
@@ -39,10 +42,23 @@ def test_every_bench_has_a_smoke_check():
 
 
 def _run_smokes(out: Path, benches: list[str]) -> Path:
-    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    done = subprocess.run([sys.executable, str(REPO / "tests" / "bench_smokes.py"), str(out), *benches], cwd=out,
-                          env=env, capture_output=True, text=True, timeout=1800)
-    (out / "runner.log").write_text(done.stdout + done.stderr)
+    """The interpreter's output goes to ``runner.log``, not to pipes: a process it leaves
+    behind (Prefect's temporary server, once its start timed out) would hold a pipe open
+    and so the suite; whatever is left of its process group is killed afterwards."""
+    # Prefect's temporary API server for the flow benches: in the run's folder, from the
+    # migrated template (not the user's ~/.prefect), with time to start on a busy machine.
+    copy_migrated_db(out / "prefect-home" / "prefect.db")
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_HOME": str(out / "prefect-home"),
+           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
+    with open(out / "runner.log", "w") as log:
+        runner = subprocess.Popen([sys.executable, str(REPO / "tests" / "bench_smokes.py"), str(out), *benches],
+                                  cwd=out, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            runner.wait(timeout=1800)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(runner.pid, signal.SIGKILL)
+            runner.wait()
     return out
 
 

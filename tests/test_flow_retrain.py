@@ -1,6 +1,6 @@
 """The retrain flow end to end on a tiny generated data set, against a real (temporary)
-Prefect API server started by ``prefect_test_harness``; its store in a folder or, in one
-test, on a real S3 endpoint (moto's server)."""
+``prefect server start`` (tests/prefect_server.py); its store in a folder or, in one test,
+on a real S3 endpoint (moto's server)."""
 
 import asyncio
 import json
@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from prefect.testing.utilities import prefect_test_harness
 
 from histo_flows.retrain import retrain
 from histo_core.config import SMOKE_WIDTH, EvalConfig, GateConfig, RetrainConfig, StoreConfig, TrainConfig
 from histo_core.data.synthetic import SyntheticSpec, write_kaggle_layout
 from histo_core.storage import LocalStore
 from conftest import tree_fingerprint
+from prefect_server import prefect_server
 from s3_servers import start_moto
 
 
@@ -23,9 +23,12 @@ FAST = EvalConfig(tta=False, bootstrap=100)
 
 
 @pytest.fixture(scope="module")
-def prefect_api():
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
+def prefect_api(tmp_path_factory):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with prefect_server(tmp_path_factory.mktemp("prefect")) as server:
+        with temporary_settings(updates={PREFECT_API_URL: server["api"]}):
+            yield
 
 
 def test_two_runs_promote_then_gate_against_the_champion(prefect_api, tmp_path):
