@@ -97,9 +97,16 @@ def dataset_dir(workdir: Workdir, data: str, cfg: ValidationConfig) -> DatasetDi
     return workdir.dataset(content_key(fingerprint, cfg.model_dump())) if fingerprint else None
 
 
+# Training settings added after model folders were first keyed: part of the key only when
+# changed from their default, so that an upgraded worker still finds the models it trained.
+KEYED_ONLY_WHEN_SET = ("width",)
+
+
 def model_dir(workdir: Workdir, split: SplitDir, cfg: TrainConfig) -> ModelDir:
     """Where ``train`` writes for this split and config: a retry or re-run resumes there."""
-    return workdir.model(content_key(sha256_file(split.csv), cfg.model_dump()))
+    settings = {name: value for name, value in cfg.model_dump().items()
+                if name not in KEYED_ONLY_WHEN_SET or value != TrainConfig.model_fields[name].default}
+    return workdir.model(content_key(sha256_file(split.csv), settings))
 
 
 def validate(data: str, dataset: DatasetDir, cfg: ValidationConfig, manifest_cache: Path | None = None,
