@@ -32,12 +32,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from histo_core.config import SMOKE_WIDTH
 from histo_core.data.synthetic import SyntheticSpec, write_kaggle_layout
 from prefect_server import client_call, deployments, prefect_server, stop_group, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-EPOCHS = 3  # long enough to restart the server or kill the worker mid-training
+# Long enough to restart the server or kill the worker mid-training: at SMOKE_WIDTH an
+# epoch of these 200 patches takes a second or two on one core.
+EPOCHS = 8
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +82,7 @@ def _serve(site) -> None:
     site["serve"] = subprocess.Popen(
         [str(Path(sys.executable).with_name("histo")), "serve", "--data", str(tmp / "data"),
          "--store", str(tmp / "store"), "--workdir", str(tmp / "work"), "--epochs", str(EPOCHS),
+         "--train.width", str(SMOKE_WIDTH),
          "--cron", "0 0 1 1 *", "--timezone", "Europe/Amsterdam", "--watch-every", "86400"],
         cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     wait_for(lambda: len(_deployment_ids()) == 5, 120, "the served deployments")
