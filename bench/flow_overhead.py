@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")  # as histo_cli: 20 s is short on 2 busy cores
 
 from prefect import flow  # noqa: E402
 

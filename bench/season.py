@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")  # as histo_cli: 20 s is short on 2 busy cores
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
