@@ -105,46 +105,6 @@ def test_a_rejected_data_set_fails_the_run_with_its_reason(prefect_api, tmp_path
     assert len(reports) == 1 and json.loads(reports[0].read_text())["verdict"] == "stopped"
 
 
-def test_a_rerun_on_unchanged_data_skips_validation_split_and_training(prefect_api, tmp_path):
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    data = tmp_path / "data"
-    write_kaggle_layout(data, SyntheticSpec(count=300, seed=12))
-    config = RetrainConfig(data=str(data), store=StoreConfig(uri=str(tmp_path / "s")), workdir=str(tmp_path / "w"),
-                           train=TrainConfig(epochs=1, width=SMOKE_WIDTH), evaluation=FAST, gate=GateConfig(auc_floor=0.0))
-    first, second = retrain(config), retrain(config)
-
-    async def task_states(flow_run_id):
-        async with get_client() as client:
-            runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-            return {r.name.rsplit("-", 1)[0]: r.state.name for r in runs}
-
-    assert asyncio.run(task_states(first["flow_run_id"]))["train-model"] == "Completed"
-    states = asyncio.run(task_states(second["flow_run_id"]))
-    assert {k: states[k] for k in ("split-data", "train-model")} == {"split-data": "Cached", "train-model": "Cached"}
-    # Validation runs, and finds its earlier verdict standing (it depends on the store's batch verdicts too).
-    assert states["validate-data"] == "Completed"
-    assert states["evaluate-models"] == states["promote-model"] == "Completed"
-    assert second["challenger_auc"] == first["challenger_auc"]  # the same model, scored again
-    # ... and not filed as a new champion: the pointer stays on the first version.
-    assert (second["outcome"], second["champion"]) == ("rejected", first["version"])
-    assert "weights are the champion's" in second["reasons"][-2]
-    # ... nor filed at all: the decision names the version it repeats, and no 11 MB copy is made.
-    assert second["version"] == first["version"] and "no new version is filed" in second["reasons"][-1]
-    from histo_core.registry import open_registry
-
-    registry = open_registry(config.store, config.model_name)
-    assert registry.versions() == [first["version"]]
-    assert [e["kind"] for e in registry.events()][-1] == "rejected"
-    # The cached outputs are gone: the tasks run again instead of pointing at nothing.
-    import shutil
-
-    shutil.rmtree(tmp_path / "w" / "models")
-    third = retrain(config)
-    assert asyncio.run(task_states(third["flow_run_id"]))["train-model"] == "Completed"
-
-
 async def _task_states(flow_run_id: str) -> dict[str, str]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -154,11 +114,14 @@ async def _task_states(flow_run_id: str) -> dict[str, str]:
         return {r.name.rsplit("-", 1)[0]: r.state.name for r in runs}
 
 
-def test_two_workdirs_never_share_cached_outputs(prefect_api, tmp_path):
+def test_reruns_reuse_their_own_workdir_and_a_deleted_one_is_rebuilt(prefect_api, tmp_path):
     """The same data retrained from two workdirs (one Prefect home): each run trains and
-    evaluates in its own workdir, and deleting either one costs the next run on it a
+    evaluates in its own workdir. A rerun on unchanged data skips the split and training
+    (Cached) and files nothing new; deleting a workdir costs the next run on it a
     recomputation, never an error or the other workdir's files."""
     import shutil
+
+    from histo_core.registry import open_registry
 
     data = tmp_path / "data"
     write_kaggle_layout(data, SyntheticSpec(count=160, seed=21))
@@ -177,17 +140,32 @@ def test_two_workdirs_never_share_cached_outputs(prefect_api, tmp_path):
 
     first = retrain(config("w1"))
     second = retrain(config("w2"))
-    assert asyncio.run(_task_states(second["flow_run_id"]))["train-model"] == "Completed"
+    for run in (first, second):
+        assert asyncio.run(_task_states(run["flow_run_id"]))["train-model"] == "Completed"
     owned(first, "w1")
     owned(second, "w2")
 
-    # The first workdir deleted: the second's run still finds its own cache (its training
-    # above was not the first's), and the first's run rebuilds rather than borrowing it.
+    # The first workdir deleted. The second's rerun on unchanged data finds its own cache
+    # (its training above was not the first's) ...
     shutil.rmtree(tmp_path / "w1")
     again = retrain(config("w2"))
-    assert asyncio.run(_task_states(again["flow_run_id"]))["train-model"] == "Cached"
+    states = asyncio.run(_task_states(again["flow_run_id"]))
+    assert {k: states[k] for k in ("split-data", "train-model")} == {"split-data": "Cached", "train-model": "Cached"}
+    # Validation runs, and finds its earlier verdict standing (it depends on the store's batch verdicts too).
+    assert states["validate-data"] == states["evaluate-models"] == states["promote-model"] == "Completed"
+    assert again["challenger_auc"] == second["challenger_auc"]  # the same model, scored again
+    # ... and does not make it a new champion: the pointer stays where it was ...
+    assert (again["outcome"], again["champion"]) == ("rejected", second["version"])
+    assert "weights are the champion's" in again["reasons"][-2]
+    # ... nor at all: the decision names the version it repeats, and no 11 MB copy is made.
+    assert again["version"] == second["version"] and "no new version is filed" in again["reasons"][-1]
+    registry = open_registry(config("w2").store, config("w2").model_name)
+    assert registry.versions() == [second["version"]]
+    assert [e["kind"] for e in registry.events()][-1] == "rejected"
     owned(again, "w2")
     assert not (tmp_path / "w1").exists(), "a run on one workdir wrote into the deleted one"
+    # The deleted workdir's cached outputs are gone: its tasks run again instead of
+    # pointing at nothing (Prefect's cache records of them are still there).
     rebuilt = retrain(config("w1"))
     assert asyncio.run(_task_states(rebuilt["flow_run_id"]))["train-model"] == "Completed"
     owned(rebuilt, "w1")
