@@ -50,7 +50,8 @@ def _run_smokes(out: Path, benches: list[str], runs_flows: bool) -> Path:
     # The other group starts no server: it does not wait for the template.
     if runs_flows:
         copy_migrated_db(out / "prefect-home" / "prefect.db")
-    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_HOME": str(out / "prefect-home"),
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false",
+           "PREFECT_HOME": str(out / "prefect-home"),
            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
     with open(out / "runner.log", "w") as log:
         runner = subprocess.Popen([sys.executable, str(REPO / "tests" / "bench_smokes.py"), str(out), *benches],
