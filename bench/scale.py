@@ -53,7 +53,7 @@ def source_patches(source: Path | None, smoke_dir: Path) -> tuple[np.ndarray, np
     if source is None:
         from histo_core.data.synthetic import SyntheticSpec, write_kaggle_layout
 
-        source = write_kaggle_layout(smoke_dir / "source", SyntheticSpec(count=200, seed=3))
+        source = write_kaggle_layout(smoke_dir / "source", SyntheticSpec(count=100, seed=3))
         table = pd.read_csv(source / "train_labels.csv", dtype={"id": str})
         table["filename"] = "train/" + table["id"] + ".tif"
     else:
@@ -164,8 +164,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="default: bench-out/scale of the checkout; with --smoke, a "
                                                  "temporary folder (a smoke never touches a real run's results)")
     parser.add_argument("--keep", action="store_true", help="keep the data and work folders afterwards")
-    parser.add_argument("--smoke", action="store_true", help="seconds: 200 generated source patches, sizes 200 and "
-                                                             "400, steps run in this process (figures not meaningful)")
+    parser.add_argument("--smoke", action="store_true", help="seconds: 100 generated source patches, sizes 100 and "
+                                                             "200, steps run in this process (figures not meaningful)")
     parser.add_argument("--step", choices=STEPS, help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
@@ -184,7 +184,7 @@ def main() -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Write each layout at each size, time every step on it twice, print the table."""
-    sizes = [200, 400] if args.smoke else sorted(args.sizes)
+    sizes = [100, 200] if args.smoke else sorted(args.sizes)
     if not args.smoke and not (args.source / "labels.csv").is_file():
         raise SystemExit(f"no labels.csv in {args.source}: pass --source, or --smoke for generated patches")
     shutil.rmtree(args.out, ignore_errors=True)

@@ -31,12 +31,12 @@ def _garble_labels(batch: Path, every: int) -> None:
 def root(tmp_path: Path) -> Path:
     """b1, b4: good; b2: a fifth of its labels garbage; b3: a labels file that is not UTF-8."""
     data = tmp_path / "data"
-    write_kaggle_layout(data / "batches" / "b1", SyntheticSpec(count=120, seed=31))
+    write_kaggle_layout(data / "batches" / "b1", SyntheticSpec(count=60, seed=31))
     write_kaggle_layout(data / "batches" / "b2", SyntheticSpec(count=40, seed=32))
     _garble_labels(data / "batches" / "b2", every=5)
     write_kaggle_layout(data / "batches" / "b3", SyntheticSpec(count=20, seed=33))
     (data / "batches" / "b3" / "train_labels.csv").write_bytes(b"id,label\n\xe9t\xe9,1\n")
-    write_kaggle_layout(data / "batches" / "b4", SyntheticSpec(count=120, seed=34))
+    write_kaggle_layout(data / "batches" / "b4", SyntheticSpec(count=60, seed=34))
     return data
 
 
@@ -58,7 +58,7 @@ def test_bad_batches_are_left_out_once_and_the_good_ones_train(root, tmp_path, c
         report["batches"]["b2"]["reasons"][0]
     assert "not UTF-8" in report["batches"]["b3"]["reasons"][0]
     manifest = steps.read_manifest(tmp_path / "dataset" / "manifest.csv")
-    assert set(manifest["batch"]) == {"b1", "b4"} and len(manifest) == 240
+    assert set(manifest["batch"]) == {"b1", "b4"} and len(manifest) == 120
     assert tree_fingerprint(root) == before, "the data root is read-only to the pipeline"
 
     recorded = VerdictStore(LocalStore(tmp_path / "store"), str(root)).all()

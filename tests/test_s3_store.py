@@ -103,7 +103,7 @@ def test_an_s3_data_root_is_mirrored_and_validated(store, endpoint, kaggle_root,
     from histo_core.data.sources import list_images
     from histo_core.layout import DatasetDir
 
-    files = [kaggle_root / "train_labels.csv", *sorted((kaggle_root / "train").iterdir())[:40]]
+    files = [kaggle_root / "train_labels.csv", *sorted((kaggle_root / "train").iterdir())[:20]]
     for path in files:
         store.put_file(path, f"data/batches/b1/{path.relative_to(kaggle_root)}")
     uri = f"{store.uri}/data"
@@ -114,7 +114,7 @@ def test_an_s3_data_root_is_mirrored_and_validated(store, endpoint, kaggle_root,
     rows = steps.read_manifest(dataset.manifest)
     mirrored = tmp_path / "mirror" / store.bucket / "some/prefix/data"
     assert len(rows) == len(list_images(mirrored)) == 300
-    assert (rows["status"] == "ok").sum() == 40 and rows["path"].str.startswith(str(mirrored)).all()
+    assert (rows["status"] == "ok").sum() == 20 and rows["path"].str.startswith(str(mirrored)).all()
     assert rows.loc[rows["status"] == "quarantined", "reason"].str.startswith("no image file at").all()
 
 
@@ -168,7 +168,7 @@ def test_the_mirror_follows_the_s3_data_model(store, endpoint, tmp_path, caplog)
     from histo_core.data.synthetic import SyntheticSpec, write_kaggle_layout
     from histo_core.layout import DatasetDir
 
-    kaggle_root = write_kaggle_layout(tmp_path / "batch", SyntheticSpec(count=30, seed=4))
+    kaggle_root = write_kaggle_layout(tmp_path / "batch", SyntheticSpec(count=20, seed=4))  # min_rows
     client, base = endpoint.client(), f"{store.prefix}/data"
     files = [kaggle_root / "train_labels.csv", *sorted((kaggle_root / "train").iterdir())]
     for batch in ("b1", "b2", "b3"):

@@ -41,7 +41,7 @@ def test_tumour_patches_have_more_dark_nuclei_in_the_centre():
 
 
 def test_mean_colour_alone_does_not_separate_the_classes():
-    table = generate_labels(SyntheticSpec(count=800, seed=11, label_noise=0.0))
+    table = generate_labels(SyntheticSpec(count=400, seed=11, label_noise=0.0))
     means = np.stack([render_patch(11, i, int(t)).reshape(-1, 3).mean(axis=0)
                       for i, t in enumerate(table["true_label"])])
     y = table["true_label"].to_numpy()
