@@ -65,12 +65,27 @@ use = egg:swift#$kind
 [${kind}-updater]
 [${kind}-auditor]
 CONF
-  if [ ! -f "$dir/$kind.ring.gz" ]; then
-    (cd "$dir" && swift-ring-builder $kind.builder create 10 1 1 >/dev/null &&
-      swift-ring-builder $kind.builder add r1z1-127.0.0.1:$p/d1 1 >/dev/null &&
-      swift-ring-builder $kind.builder rebalance >/dev/null)
-  fi
 done
+
+# The three one-device rings, made in one process with Swift's own RingBuilder: what
+# swift-ring-builder's create, add and rebalance make, without nine interpreter starts
+# (5 s of CPU each ring, against 1.6 s for all three).
+if [ ! -f "$dir/object.ring.gz" ]; then
+  swift_python=$(sed -n '1s/^#! *//p' "$(command -v swift-ring-builder)")
+  "$swift_python" - "$dir" $acc $con $obj <<'PY'
+import sys
+
+from swift.common.ring import RingBuilder
+
+folder, ports = sys.argv[1], dict(zip(("account", "container", "object"), map(int, sys.argv[2:])))
+for kind, port in ports.items():
+    builder = RingBuilder(10, 1, 1)  # 2**10 partitions, 1 replica, 1 hour between moves
+    builder.add_dev({"region": 1, "zone": 1, "ip": "127.0.0.1", "port": port, "device": "d1", "weight": 1,
+                     "replication_ip": "127.0.0.1", "replication_port": port})
+    builder.rebalance()
+    builder.get_ring().save(f"{folder}/{kind}.ring.gz")  # object last: its file says all three are there
+PY
+fi
 
 cat > "$dir/proxy-server.conf" <<CONF
 [DEFAULT]
