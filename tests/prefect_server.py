@@ -117,6 +117,24 @@ def prefect_server(home: Path, **settings: str) -> Iterator[dict[str, Any]]:
             stop_group(procs[-1])
 
 
+def drain_prefect_clients() -> None:
+    """Send what this process's flows left queued (logs, events) while the server is up, as
+    ``prefect_test_harness`` does: queued at exit, they were retried against a stopped
+    server for over a minute ("Error logging to API") before the interpreter ended."""
+    import inspect
+
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    async def drain() -> None:
+        for result in (APILogWorker.drain_all(), EventsWorker.drain_all()):
+            if inspect.isawaitable(result):
+                await result
+
+    run_coro_as_sync(drain())
+
+
 def client_call(fn: Callable) -> Any:
     """Run ``await fn(client)`` with a Prefect client of the current settings."""
     from prefect.client.orchestration import get_client

@@ -14,7 +14,7 @@ from histo_core.config import SMOKE_WIDTH, EvalConfig, GateConfig, RetrainConfig
 from histo_core.data.synthetic import SyntheticSpec, write_kaggle_layout
 from histo_core.storage import LocalStore
 from conftest import tree_fingerprint
-from prefect_server import prefect_server
+from prefect_server import drain_prefect_clients, prefect_server
 from s3_servers import start_moto
 
 
@@ -29,6 +29,7 @@ def prefect_api(tmp_path_factory):
     with prefect_server(tmp_path_factory.mktemp("prefect")) as server:
         with temporary_settings(updates={PREFECT_API_URL: server["api"]}):
             yield
+            drain_prefect_clients()
 
 
 def test_two_runs_promote_then_gate_against_the_champion(prefect_api, tmp_path):
