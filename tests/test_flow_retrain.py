@@ -34,7 +34,7 @@ def prefect_api(tmp_path_factory):
 
 def test_two_runs_promote_then_gate_against_the_champion(prefect_api, tmp_path):
     data = tmp_path / "data"
-    write_kaggle_layout(data / "batches" / "b1", SyntheticSpec(count=360, seed=5))
+    write_kaggle_layout(data / "batches" / "b1", SyntheticSpec(count=240, seed=5))
     before = tree_fingerprint(data)
     config = RetrainConfig(data=str(data), store=StoreConfig(uri=str(tmp_path / "store")), workdir=str(tmp_path / "work"),
                            train=TrainConfig(epochs=1, width=SMOKE_WIDTH, batch_size=32), evaluation=FAST, gate=GateConfig(auc_floor=0.5))
@@ -43,7 +43,7 @@ def test_two_runs_promote_then_gate_against_the_champion(prefect_api, tmp_path):
     assert first["outcome"] == "promoted" and first["champion"] == first["version"]
     assert first["previous_champion"] is None
 
-    write_kaggle_layout(data / "batches" / "b2", SyntheticSpec(count=120, seed=6))
+    write_kaggle_layout(data / "batches" / "b2", SyntheticSpec(count=80, seed=6))
     # An impossible margin: the second challenger must be rejected and the champion kept.
     strict = config.model_copy(update={"gate": GateConfig(auc_floor=0.5, min_improvement=1.0,
                                                           max_sensitivity_drop=0.0)})
@@ -69,7 +69,7 @@ def test_two_runs_promote_then_gate_against_the_champion(prefect_api, tmp_path):
         assert "## Operating point" in card and "Wilson" in card
     events = store.list("models/pcam-cnn/events")
     assert [e.split("-")[1] for e in (Path(k).name for k in events)] == ["promoted", "rejected"]
-    assert store.get_json(f"runs/{second['run_id']}/validation.json")["counts"] == {"ok": 480}
+    assert store.get_json(f"runs/{second['run_id']}/validation.json")["counts"] == {"ok": 320}
     assert store.exists(f"runs/{second['run_id']}/data_docs/index.html")
     assert store.exists(f"runs/{second['run_id']}/train/history.json")
     assert tree_fingerprint(data) == {**before, **{k: v for k, v in tree_fingerprint(data).items()
