@@ -181,16 +181,16 @@ def test_predict_scores_or_names_every_mutated_file_and_opens_nothing_outside(tm
     assert tree_fingerprint(folder) == before
 
 
-def test_evaluate_scores_the_readable_rows_and_counts_the_rest(tmp_path):
-    """The command line end to end: 200 mutated files, a link out and a pipe among 40 good
-    patches; it exits 0, scores the good ones and reports the others as unreadable."""
+def test_evaluate_scores_the_readable_rows_and_counts_the_rest(tmp_path, capfd):
+    """The command (``histo evaluate``, called here: its own process would add only its
+    imports): 200 mutated files, a link out and a pipe among 40 good patches; it exits 0,
+    scores the good ones and reports the others as unreadable."""
     import json
     import os
-    import subprocess
-    import sys
 
     import torch
 
+    from histo_cli.main import main
     from histo_core.model import create_model
 
     checkpoint = tmp_path / "model.pt"
@@ -216,11 +216,11 @@ def test_evaluate_scores_the_readable_rows_and_counts_the_rest(tmp_path):
     (data / "labels.csv").write_text("id,label,filename\n" + "\n".join(rows) + "\n")
     before = tree_fingerprint(data)
 
-    done = subprocess.run([sys.executable, "-m", "histo_cli.main", "evaluate", "--checkpoint", str(checkpoint),
-                           "--data", str(data), "--device", "cpu", "--no-tta", "--json", str(tmp_path / "m.json")],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    code = main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(data), "--device", "cpu", "--no-tta",
+                 "--json", str(tmp_path / "m.json")])
+    err = capfd.readouterr().err
+    assert code == 0, err[-3000:]
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["n"] + metrics["unreadable"] == 242 and metrics["n"] >= 40 and metrics["unreadable"] >= 2
-    assert "Traceback" not in done.stderr
+    assert "Traceback" not in err
     assert tree_fingerprint(data) == before
