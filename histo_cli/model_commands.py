@@ -96,14 +96,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.nproc > 1:
         import subprocess
+        import tempfile
 
         steps.load_partitions(split, out / "cache")  # decode once here, not in every rank
         steps.record_split(model, split)
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
-                   "-m", "histo_cli.ddp_worker", "--split", str(split.root), "--out", str(out),
-                   "--cache", str(out / "cache"), "--config", cfg.model_dump_json()]
-        if subprocess.run(command).returncode != 0:
-            raise RuntimeError(f"distributed training with {args.nproc} processes failed (see above)")
+        # torchrun's log folder (it makes one in the system's temporary folder and leaves
+        # it there, one per run, when it is not given one): ours, removed afterwards.
+        with tempfile.TemporaryDirectory(prefix="histo-torchrun-") as logs:
+            command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                       f"--nproc-per-node={args.nproc}", "--log-dir", logs,
+                       "-m", "histo_cli.ddp_worker", "--split", str(split.root), "--out", str(out),
+                       "--cache", str(out / "cache"), "--config", cfg.model_dump_json()]
+            if subprocess.run(command).returncode != 0:
+                raise RuntimeError(f"distributed training with {args.nproc} processes failed (see above)")
     else:
         from histo_core.train import format_epoch
 

@@ -337,6 +337,12 @@ def test_two_process_ddp_on_cpu_trains_on_all_data_and_only_rank_0_writes(kaggle
     imports."""
     from histo_cli.main import main
 
+    import tempfile
+
+    def torchrun_leftovers() -> set[Path]:
+        return set(Path(tempfile.gettempdir()).glob("torchelastic_*"))
+
+    before = torchrun_leftovers()
     out = tmp_path / "ddp"
     code = main(["train", "--data", str(kaggle_root), "--out", str(out), "--epochs", "2", "--batch-size", "16",
                  "--nproc", "2", "--width", str(SMOKE_WIDTH)])
@@ -350,6 +356,7 @@ def test_two_process_ddp_on_cpu_trains_on_all_data_and_only_rank_0_writes(kaggle
     state = torch.load(out / "last.pt", weights_only=True)
     assert state["world"] == 2 and not any(k.startswith("module.") for k in state["model"])
     assert json.loads((out / "training.json").read_text())["epochs"] == 2  # what the model card reads
+    assert torchrun_leftovers() == before, "torchrun's log folder is left in the temporary folder"
 
 
 def test_loader_workers_none_on_cpu_some_on_a_gpu_and_an_explicit_count_wins():
