@@ -12,13 +12,13 @@ timed apart: it is paid once per process, not per run.
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")  # as histo_cli: 20 s is short on 2 busy cores
+from histo_cli.run_commands import quiet_prefect_defaults
+
+quiet_prefect_defaults()  # as histo retrain runs: no telemetry, 90 s for the temporary API to start
 
 from prefect import flow  # noqa: E402
 

@@ -49,7 +49,7 @@ def register_serve(sub: argparse._SubParsersAction) -> None:
     serve.set_defaults(func=cmd_serve)
 
 
-def _quiet_prefect_defaults() -> None:
+def quiet_prefect_defaults() -> None:
     """Defaults for running on a laptop; an explicit environment setting wins.
 
     The ephemeral API server's telemetry heartbeat races its own database migration on
@@ -64,7 +64,7 @@ def _quiet_prefect_defaults() -> None:
 
 
 def _run_retrain(config: RetrainConfig) -> dict[str, Any]:
-    _quiet_prefect_defaults()
+    quiet_prefect_defaults()
     from histo_flows.retrain import retrain
 
     return retrain(config)
@@ -113,7 +113,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print_config(config)
         return OK
     require_store(config.store, config.model_name)
-    _quiet_prefect_defaults()
+    quiet_prefect_defaults()
     from histo_deployments.serve import serve_deployments
 
     serve_deployments(config, cron=args.cron, timezone=args.timezone, watch_every=args.watch_every)
