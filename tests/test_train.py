@@ -335,9 +335,9 @@ def test_two_process_ddp_on_cpu_trains_on_all_data_and_only_rank_0_writes(kaggle
     """``histo train --nproc 2`` called here (the ranks are torchrun's processes, writing
     to this process's stdout): a process of its own for the command would add only its
     imports."""
-    from histo_cli.main import main
-
     import tempfile
+
+    from histo_cli.main import main
 
     def torchrun_leftovers() -> set[Path]:
         return set(Path(tempfile.gettempdir()).glob("torchelastic_*"))
