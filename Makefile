@@ -9,13 +9,15 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 .PHONY: demo test setup swift clean
 
 # pip compiles every installed file to bytecode, one at a time (81 s of its 175 s here);
-# compileall does the same on every core (49 s). A few files that only newer Pythons can
-# compile fail there, as they do, silently, in pip: hence `|| true`.
+# compileall does the same on every core (49 s), less the packages' own test folders
+# (pandas', matplotlib's, ...: 96 of 349 MB of bytecode, none of it ever imported here;
+# a fifth of the compile time). A few files that only newer Pythons can compile fail
+# there, as they do, silently, in pip: hence `|| true`.
 $(BIN)/histo: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet --no-compile -e '.[test]'
-	$(BIN)/python -m compileall -qq -j 0 $(VENV)/lib || true
+	$(BIN)/python -m compileall -qq -j 0 -x 'site-packages/(.*/)?tests?/' $(VENV)/lib || true
 	@touch $@
 
 setup: $(BIN)/histo
