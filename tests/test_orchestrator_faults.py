@@ -74,10 +74,12 @@ def site(tmp_path_factory):
 
 def _serve(site) -> None:
     """``histo serve`` as a worker machine runs it, heartbeats on, HOME (and so the run
-    guard's lock folder) its own."""
+    guard's lock folder) its own, and TMPDIR: what Prefect's runner keeps there
+    (``runner_storage/``), a SIGKILLed one leaves behind."""
     tmp = site["tmp"]
-    env = {**site["server"]["env"], "HOME": str(tmp / "home"), "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
-           "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
+    (tmp / "serve-tmp").mkdir(exist_ok=True)
+    env = {**site["server"]["env"], "HOME": str(tmp / "home"), "TMPDIR": str(tmp / "serve-tmp"),
+           "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30", "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
     log = open(tmp / "serve.log", "a")
     site["serve"] = subprocess.Popen(
         [str(Path(sys.executable).with_name("histo")), "serve", "--data", str(tmp / "data"),

@@ -106,8 +106,12 @@ def site(tmp_path_factory, installed_env):
             assert done.returncode == 0, f"prefect {' '.join(args)}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
         # The worker: another folder, another HOME, the installed package only, and the
         # S3 credentials in its environment (the boto3 chain), nowhere else.
+        # TMPDIR: Prefect's process worker keeps each flow run's environment (the keys
+        # included, mode 0600) in a temporary folder that it removes when the run ends, and
+        # cannot remove once the worker is killed, as it is below: here, not in /tmp.
         (tmp / "worker" / "home").mkdir(parents=True)
-        worker_env = installed_env.env(**moto.env(), HOME=str(tmp / "worker" / "home"),
+        (tmp / "worker" / "tmp").mkdir()
+        worker_env = installed_env.env(**moto.env(), HOME=str(tmp / "worker" / "home"), TMPDIR=str(tmp / "worker" / "tmp"),
                                        PREFECT_HOME=str(tmp / "worker" / "home" / ".prefect"),
                                        PREFECT_API_URL=server["api"], PREFECT_WORKER_QUERY_SECONDS="2",
                                        PREFECT_FLOWS_HEARTBEAT_FREQUENCY="30")
