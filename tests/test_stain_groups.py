@@ -33,3 +33,17 @@ def test_two_stain_recipes_fall_in_two_groups_whatever_the_label_and_blank_patch
     assert (groups[:20] == stain_groups.GROUPS.index("purple")).all()
     assert (groups[20:40] == stain_groups.GROUPS.index("pink")).all()
     assert (groups[40:] == stain_groups.NO_TISSUE).all()
+
+
+def test_colour_clusters_follow_the_stain_recipe_and_its_strength():
+    patches = np.stack([render_patch(seed=2, index=i, label=i % 2) for i in range(40)])
+    brown = np.array(RGB_FROM_HED, dtype=np.float64)
+    brown[0], brown[1] = [0.45, 0.60, 0.66], [0.20, 0.80, 0.56]
+    brown[:2] /= np.linalg.norm(brown[:2], axis=1, keepdims=True)
+    recipes = [np.array(RGB_FROM_HED), brown]
+    # Four lots of ten: each recipe as it is and three times as strong.
+    pixels = np.concatenate([_stained(patches[10 * i:10 * (i + 1)], recipes[i % 2] * (1 if i < 2 else 3))
+                             for i in range(4)])
+    clusters = stain_groups.colour_clusters(pixels, 4)
+    lots = [set(clusters[10 * i:10 * (i + 1)]) for i in range(4)]
+    assert all(len(lot) == 1 for lot in lots) and len(set.union(*lots)) == 4, lots
