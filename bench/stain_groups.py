@@ -121,6 +121,12 @@ def load_patches(data: Path | None) -> tuple[np.ndarray, np.ndarray]:
     return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in table["path"]]), labels
 
 
+def _cluster_count(text: str) -> int:
+    if not text.isdigit() or int(text) < 2:
+        raise argparse.ArgumentTypeError(f"{text!r}: a whole number of clusters, 2 or more")
+    return int(text)
+
+
 def command_line(description: str, clusters: bool = False) -> argparse.Namespace:
     """``[DATA]`` (default: the shared real patches) or ``--smoke`` (64 generated patches),
     and ``--clusters K`` where asked for."""
@@ -128,7 +134,7 @@ def command_line(description: str, clusters: bool = False) -> argparse.Namespace
     parser.add_argument("data", type=Path, nargs="?", default=DEFAULT_DATA)
     parser.add_argument("--smoke", action="store_true", help="seconds: 64 generated patches")
     if clusters:
-        parser.add_argument("--clusters", type=int, metavar="K", help="also split by colour into K clusters and "
+        parser.add_argument("--clusters", type=_cluster_count, metavar="K", help="also split by colour into K clusters and "
                                                                       "print each one's share of tumour patches")
     return parser.parse_args()
 
