@@ -11,7 +11,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 # pip compiles every installed file to bytecode, one at a time (81 s of its 175 s here);
 # compileall does the same on every core (49 s), less the packages' own test folders
 # (pandas', matplotlib's, ...: 96 of 349 MB of bytecode, none of it ever imported here;
-# a fifth of the compile time). A few files that only newer Pythons can compile fail
+# a quarter of the compile's CPU time). A few files that only newer Pythons can compile fail
 # there, as they do, silently, in pip: hence `|| true`.
 $(BIN)/histo: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
