@@ -70,9 +70,13 @@ def stain_groups(pixels: np.ndarray) -> np.ndarray:
 
 def colour_clusters(pixels: np.ndarray, k: int) -> np.ndarray:
     """Cluster (0 .. k-1) of each patch by k-means on its tissue colour: the OD direction
-    and the log of its strength, standardised; ``NO_TISSUE`` where there is too little."""
+    and the log of its strength, standardised; ``NO_TISSUE`` where there is too little.
+    Fewer patches with tissue than ``k`` ends the bench with that reason (exit 1)."""
     mean = tissue_od(pixels)
     has_tissue = ~np.isnan(mean[:, 0])
+    if has_tissue.sum() < k:
+        raise SystemExit(f"{k} colour clusters asked for, but only {has_tissue.sum()} of {len(pixels)} "
+                         f"patches have enough tissue to cluster")
     strength = np.linalg.norm(mean[has_tissue], axis=1, keepdims=True)
     features = np.hstack([mean[has_tissue] / strength, np.log(strength)])
     features = (features - features.mean(0)) / features.std(0)

@@ -6,6 +6,7 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from histo_core.data.dataset import RGB_FROM_HED
 from histo_core.data.synthetic import render_patch
@@ -47,3 +48,10 @@ def test_colour_clusters_follow_the_stain_recipe_and_its_strength():
     clusters = stain_groups.colour_clusters(pixels, 4)
     lots = [set(clusters[10 * i:10 * (i + 1)]) for i in range(4)]
     assert all(len(lot) == 1 for lot in lots) and len(set.union(*lots)) == 4, lots
+
+
+def test_more_colour_clusters_than_patches_with_tissue_is_a_clear_error():
+    patches = np.stack([render_patch(seed=2, index=i, label=i % 2) for i in range(3)])
+    blank = np.full((2, 96, 96, 3), 255, dtype=np.uint8)
+    with pytest.raises(SystemExit, match="4 colour clusters asked for, but only 3 of 5 patches have enough tissue"):
+        stain_groups.colour_clusters(np.concatenate([patches, blank]), 4)
