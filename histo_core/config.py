@@ -102,11 +102,6 @@ class TrainConfig(_Frozen):
         "Validate, checkpoint and serve an exponential moving average of the weights over about this many "
         "epochs (decay per step 1 - 1/(ema_epochs x steps per epoch)) instead of the last step's weights; "
         "0: off. See docs/benchmarks.md."))
-    mixstyle: float = Field(0.0, ge=0, le=1, description=(
-        "simple_cnn models: with this probability per training batch, mix each image's per-channel feature "
-        "statistics after the first two blocks with another image's (MixStyle, Zhou et al. 2021), so the "
-        "network sees stains between those of its training images; inference is unchanged; 0: off. "
-        "See docs/benchmarks.md."))
     augment: bool = Field(True, description="Random flips, 90-degree rotations and colour jitter while training.")
     color_jitter: float = Field(0.1, ge=0, lt=1, description="Brightness/contrast/saturation jitter; 0: off. "
                                                             "See bench/augmentation.py for why 0.1.")
@@ -140,16 +135,12 @@ class TrainConfig(_Frozen):
     def _width_fits_the_model(self) -> "TrainConfig":
         if self.width != SEED_CNN_WIDTH and not self.model.startswith("simple_cnn"):
             raise ValueError(f"width applies to the simple_cnn models only; {self.model} keeps torchvision's widths")
-        if self.mixstyle and not self.model.startswith("simple_cnn"):
-            raise ValueError(f"mixstyle applies to the simple_cnn models only, not {self.model}")
         return self
 
     def model_kwargs(self) -> dict[str, Any]:
         """The architecture's arguments, as a checkpoint records them: the width only where it
-        is not the original's and MixStyle only when on, so checkpoints of the default read as
-        they always have."""
-        return {"dropout": self.dropout, **({"width": self.width} if self.width != SEED_CNN_WIDTH else {}),
-                **({"mixstyle": self.mixstyle} if self.mixstyle else {})}
+        is not the original's, so checkpoints of the default read as they always have."""
+        return {"dropout": self.dropout, **({"width": self.width} if self.width != SEED_CNN_WIDTH else {})}
 
 
 class EvalConfig(_Frozen):

@@ -64,32 +64,6 @@ class IBNBlock(nn.Module):
         return torch.cat([self.instance(x), self.batch(x)], dim=1)
 
 
-class MixStyle(nn.Module):
-    """MixStyle (Zhou et al., *Domain generalization with MixStyle*, ICLR 2021): in training,
-    with probability ``p`` per batch, each image's per-channel feature mean and standard
-    deviation are replaced by a mix of its own and those of another image of the batch,
-    weighted by Beta(alpha, alpha). The statistics of shallow feature maps are mostly an
-    image's appearance (its stain), as for IBN; mixing them shows the network stains
-    between those of its training images instead of normalising them away, and changes
-    nothing at inference (identity in eval mode, no parameters, so the state dict is the
-    plain network's). The draws come from torch's global generator, as dropout's do."""
-
-    def __init__(self, p: float, alpha: float = 0.1, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.p, self.alpha, self.eps = p, alpha, eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0 or len(x) < 2 or torch.rand(()).item() >= self.p:
-            return x
-        mean = x.mean(dim=(2, 3), keepdim=True).detach()
-        std = (x.var(dim=(2, 3), keepdim=True) + self.eps).sqrt().detach()
-        weight = torch.distributions.Beta(self.alpha, self.alpha).sample((len(x), 1, 1, 1)).to(x)
-        other = torch.randperm(len(x)).to(x.device)
-        mixed_mean = weight * mean + (1 - weight) * mean[other]
-        mixed_std = weight * std + (1 - weight) * std[other]
-        return (x - mean) / std * mixed_std + mixed_mean
-
-
 def block_channels(width: int = SEED_CNN_WIDTH) -> tuple[int, ...]:
     """Output channels of the five blocks: ``width`` doubled in each (32 -> 512 in the original)."""
     return tuple(width * 2 ** i for i in range(BLOCKS))
@@ -99,15 +73,11 @@ class SimpleCNN(nn.Module):
     """The original 5-block CNN for 96x96 RGB patches; outputs one logit per image.
 
     ``ibn_blocks``: how many of the first blocks are ``IBNBlock`` (0: the original
-    network). ``width``: the first block's channels (``TrainConfig.width``). ``mixstyle``:
-    the probability of ``MixStyle`` after each of the first two blocks in training."""
-
-    MIXSTYLE_BLOCKS = 2  # after the shallow blocks, where MixStyle's authors found it to help
+    network). ``width``: the first block's channels (``TrainConfig.width``)."""
 
     def __init__(self, dropout: float = 0.5, hidden: int = 256, image_size: int = 96, ibn_blocks: int = 0,
-                 width: int = SEED_CNN_WIDTH, mixstyle: float = 0.0) -> None:
+                 width: int = SEED_CNN_WIDTH) -> None:
         super().__init__()
-        self.mixstyle = MixStyle(mixstyle)
         blocks, in_ch, channels = [], 3, block_channels(width)
         for i, out_ch in enumerate(channels):
             blocks.append(IBNBlock(in_ch, out_ch) if i < ibn_blocks else _conv_block(in_ch, out_ch))
@@ -124,11 +94,7 @@ class SimpleCNN(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for i, block in enumerate(self.features):
-            x = block(x)
-            if i < self.MIXSTYLE_BLOCKS:
-                x = self.mixstyle(x)
-        return self.head(x).squeeze(1)  # (B,)
+        return self.head(self.features(x)).squeeze(1)  # (B,)
 
 
 class TorchvisionResNet(nn.Module):
@@ -151,9 +117,9 @@ def _resnet(arch: str) -> Callable[..., nn.Module]:
 
 
 def _simple_cnn_ibn(dropout: float = 0.5, hidden: int = 256, image_size: int = 96,
-                    width: int = SEED_CNN_WIDTH, mixstyle: float = 0.0) -> SimpleCNN:
+                    width: int = SEED_CNN_WIDTH) -> SimpleCNN:
     # IBN-Net puts it in the shallow half of a network and keeps deep layers BatchNorm
-    return SimpleCNN(dropout, hidden, image_size, ibn_blocks=2, width=width, mixstyle=mixstyle)
+    return SimpleCNN(dropout, hidden, image_size, ibn_blocks=2, width=width)
 
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -178,7 +144,6 @@ class SimpleCNNArguments(_Arguments):
     hidden: int = Field(256, ge=1, le=4096)
     image_size: int = Field(96, ge=2 ** BLOCKS, le=1024, description="at least 32: five 2x poolings")
     width: int = TrainConfig.model_fields["width"]
-    mixstyle: float = TrainConfig.model_fields["mixstyle"]
 
 
 ARGUMENTS: dict[str, type[_Arguments]] = {name: SimpleCNNArguments if name.startswith("simple_cnn") else _Arguments

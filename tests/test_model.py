@@ -51,20 +51,19 @@ def test_a_narrower_seed_cnn_halves_its_channels_and_checkpoints_say_so_only_whe
         create_model("simple_cnn", width=1)
 
 
-def test_a_model_folder_keeps_its_key_from_before_the_width_and_mixstyle_settings(kaggle_split, tmp_path):
-    """An upgraded worker finds the models it trained: the settings added since, at their
-    defaults, are not in the key."""
+def test_a_model_folder_keeps_its_key_from_before_the_width_setting(kaggle_split, tmp_path):
+    """An upgraded worker finds the models it trained: the default width is not in the key."""
     from histo_core import steps
     from histo_core.config import TrainConfig
     from histo_core.layout import Workdir
     from histo_core.storage import sha256_file
 
     workdir, cfg = Workdir(tmp_path), TrainConfig()
-    before = {k: v for k, v in cfg.model_dump().items() if k not in ("width", "mixstyle")}  # the settings as they were
+    before = {k: v for k, v in cfg.model_dump().items() if k != "width"}  # the settings as they were
     expected = steps.content_key(sha256_file(kaggle_split.csv), before)
     assert steps.model_dir(workdir, kaggle_split, cfg).root.name == expected
-    for changed in ({"width": 8}, {"mixstyle": 0.5}):
-        assert steps.model_dir(workdir, kaggle_split, cfg.model_copy(update=changed)).root.name != expected
+    narrow = steps.model_dir(workdir, kaggle_split, cfg.model_copy(update={"width": 8}))
+    assert narrow.root.name != expected
 
 
 def test_unknown_model_name_lists_the_valid_ones():
@@ -126,49 +125,3 @@ def test_the_instance_half_forgets_an_images_own_contrast_and_never_looks_at_the
     assert not torch.allclose(out[:, 8:], out_rescaled[:, 8:], atol=1e-2)  # the batch half sees image 0 change
     assert torch.allclose(out[1:2, :8], block(x[1:2])[:, :8], atol=1e-5)  # alone or in a batch: the same
     assert torch.allclose(block(x.to(memory_format=torch.channels_last)), out, atol=1e-5)
-
-
-def test_mixstyle_mixes_each_images_feature_statistics_with_anothers_in_training_only():
-    from histo_core.model import MixStyle
-
-    mix = MixStyle(p=1.0).train()
-    x = torch.randn(8, 4, 12, 12) * torch.linspace(0.5, 3, 8)[:, None, None, None] + torch.arange(8.0)[:, None, None, None]
-    torch.manual_seed(0)
-    out = mix(x)
-    mean, std = x.mean((2, 3)), x.std((2, 3), correction=0)
-    out_mean, out_std = out.mean((2, 3)), out.std((2, 3), correction=0)
-    assert not torch.allclose(out_mean, mean, atol=1e-2)  # the statistics moved ...
-    lo, hi = mean.min(0).values, mean.max(0).values
-    assert ((out_mean >= lo - 1e-4) & (out_mean <= hi + 1e-4)).all()  # ... to mixes of the batch's own
-    # what is left after the statistics (the content) is each image's own
-    assert torch.allclose((out - out_mean[..., None, None]) / out_std[..., None, None],
-                          (x - mean[..., None, None]) / std[..., None, None], atol=1e-3)
-    assert torch.equal(mix.eval()(x), x) and torch.equal(MixStyle(p=0.0).train()(x), x)
-
-
-def test_a_mixstyle_network_is_the_plain_network_at_inference_and_checkpoints_say_so():
-    from histo_core.checkpoint import model_record
-    from histo_core.config import TrainConfig
-    from histo_core.train import build_model
-
-    torch.manual_seed(1)
-    plain = create_model("simple_cnn")
-    torch.manual_seed(1)
-    mixing = build_model(TrainConfig(mixstyle=0.5))
-    assert plain.state_dict().keys() == mixing.state_dict().keys()
-    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), mixing.state_dict().values()))
-    x = torch.rand(6, 3, 96, 96)
-    with torch.no_grad():
-        assert torch.equal(plain.eval()(x), mixing.eval()(x))
-        mixing.train()
-        torch.manual_seed(2)
-        plain_train = plain.train()(x)
-        torch.manual_seed(2)
-        assert not torch.allclose(mixing(x), plain_train)  # p=0.5 and this seed: mixed at least once
-    record = model_record(mixing, TrainConfig(mixstyle=0.5))
-    assert record["model_kwargs"] == {"dropout": 0.5, "mixstyle": 0.5}
-    assert create_model(record["model_name"], **record["model_kwargs"]).mixstyle.p == 0.5
-    with pytest.raises(ValueError, match="mixstyle applies to the simple_cnn models only"):
-        TrainConfig(model="resnet18", mixstyle=0.5)
-    with pytest.raises(ValueError, match="mixstyle"):
-        create_model("simple_cnn", mixstyle=2.0)
