@@ -6,7 +6,7 @@ ending in a single logit (trained with BCEWithLogits, the numerically stable for
 Sigmoid + BCELoss), and the default. ``simple_cnn_ibn`` is the same network with IBN-Net's
 half-instance normalisation in its first two blocks: trained for 10 epochs on one staining
 group of the shared patches it scored higher than the original on the other group, but at
-the full 30-epoch schedule it scored lower there (0.882-0.888 in two seeds against 0.901-0.904),
+30 epochs it scored lower there (0.882-0.888 in two seeds against 0.901-0.904),
 for about the same AUC on the same-slide test patches (docs/benchmarks.md), so it is not the
 default. torchvision's ResNets, trained from scratch with the same one-logit head, are
 registered for comparison (``TrainConfig.model``).
