@@ -2,7 +2,8 @@
 # Augmentation variants at the full default schedule, side by side on one GPU machine:
 # each variant trained three ways by bench/augmentation.py (without the purple staining
 # group, without the pink one, and on both), one JSON line per run in $RESULTS.
-# A CPU machine would need about 45 min per run; a GPU runs several at once in minutes.
+# EPOCHS: the default schedule, 45 (the sweep in docs/benchmarks.md ran at 30, the default
+# of the time). A CPU machine would need about an hour per run; a GPU runs several at once in minutes.
 #
 #   DATA=/path/to/pcam_real [SPLIT=split-folder] RESULTS=results.jsonl JOBS=4 WORKERS=3 PYTHON=python3 bash bench/stain_sweep.sh
 # SPLIT (a split folder, split.csv inside, made from DATA elsewhere) skips validation, for a GPU machine without
@@ -12,6 +13,7 @@ py=${PYTHON:-python3}
 data=${DATA:?set DATA to the data folder}
 results=${RESULTS:-bench-out/stain-sweep/results.jsonl}
 jobs=${JOBS:-4}
+epochs=${EPOCHS:-45}
 workers=${WORKERS:-3}  # loader processes per run: keep JOBS * (WORKERS + 1) within the cores
 out=${SWEEP_OUT:-/tmp/stain-sweep}
 split=()
@@ -39,7 +41,7 @@ run() {  # run HOLD_OUT NAME [KEY=VALUE ...]
   local sets=() flag=() tag=$name
   for kv in "$@"; do sets+=(--set "$kv"); done
   if [ "$hold" != none ]; then flag=(--hold-out-stain "$hold"); tag=$name-no-$hold; fi
-  "$py" bench/augmentation.py --name "$tag" --epochs 30 --data "$data" --out "$out" "${split[@]}" "${flag[@]}" \
+  "$py" bench/augmentation.py --name "$tag" --epochs "$epochs" --data "$data" --out "$out" "${split[@]}" "${flag[@]}" \
     --set device=cuda --set num_workers="$workers" "${sets[@]}" >"$out/$tag.log" 2>&1 \
     && printf '%s\n' "$(tr -d '\n' <"$out/$tag.json")" >>"$results" \
     && tail -n 1 "$out/$tag.log" || echo "$tag failed: $(tail -n 3 "$out/$tag.log")"
