@@ -98,8 +98,10 @@ class TrainConfig(_Frozen):
     lr: float = Field(1e-3, gt=0, description="Peak learning rate (linear warm-up, then cosine decay).")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW's decoupled weight decay.")
     patience: int = Field(6, ge=1, description="Stop after this many epochs without a better val loss.")
-    min_epochs: int = Field(20, ge=1, description="Never stop early before this epoch: while the learning rate "
-                                                 "is high the val loss is too noisy to judge convergence.")
+    min_epochs: int = Field(30, ge=1, description=(
+        "Never stop early before this epoch: while the learning rate is high the val loss is too noisy to judge "
+        "convergence. 30 of the 45 epochs is where the cosine decay has brought it to a quarter of its peak, as "
+        "20 of 30 did; with 20 of 45 a run stopped at epoch 26, at 0.4 of the peak (docs/benchmarks.md)."))
     dropout: float = Field(0.5, ge=0, lt=1)
     ema_epochs: float = Field(0.0, ge=0, le=1000, description=(
         "Validate, checkpoint and serve an exponential moving average of the weights over about this many "

@@ -233,8 +233,8 @@ def fit(train_set: PatchDataset, val_set: PatchDataset, cfg: TrainConfig, out_di
 
     Stops early after ``cfg.patience`` epochs without a better val loss, but not before
     ``cfg.min_epochs``: at a high learning rate the val loss jumps about (with the
-    defaults on the shared real patches, patience alone stopped at epoch 12 of 30 at
-    test AUC 0.94, where the full schedule reaches 0.97). If ``out_dir``
+    defaults of the time on the shared real patches, patience alone stopped at epoch 12
+    of 30 at test AUC 0.94, where the full schedule reached 0.97). If ``out_dir``
     holds a ``last.pt`` written with the same config, training resumes after its epoch
     and ends where an uninterrupted run would have.
     """
