@@ -7,6 +7,7 @@ overrides from the command line or a Prefect form are applied at the edge with
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -85,7 +86,7 @@ class TrainConfig(_Frozen):
     model: ModelName = Field("simple_cnn", description=(
         "Architecture name, see histo_core.model.MODELS. The default is the original project's CNN; "
         "'simple_cnn_ibn' adds IBN-Net's normalisation in its first two blocks (it carried less far across "
-        "staining groups at the full schedule: docs/benchmarks.md)."))
+        "staining groups at 30 epochs: docs/benchmarks.md)."))
     width: int = Field(SEED_CNN_WIDTH, ge=2, le=256, description=(
         "Channels of the simple_cnn models' first block, doubled in each of the five (the original: 32, so "
         "32 -> 512). Compute grows with its square: 8 trains about 7x faster and learns less, for smoke runs "
@@ -98,10 +99,11 @@ class TrainConfig(_Frozen):
     lr: float = Field(1e-3, gt=0, description="Peak learning rate (linear warm-up, then cosine decay).")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW's decoupled weight decay.")
     patience: int = Field(6, ge=1, description="Stop after this many epochs without a better val loss.")
-    min_epochs: int = Field(30, ge=1, description=(
+    min_epochs: int | None = Field(None, ge=1, description=(
         "Never stop early before this epoch: while the learning rate is high the val loss is too noisy to judge "
-        "convergence. 30 of the 45 epochs is where the cosine decay has brought it to a quarter of its peak, as "
-        "20 of 30 did; with 20 of 45 a run stopped at epoch 26, at 0.4 of the peak (docs/benchmarks.md)."))
+        "convergence. None: two thirds of `epochs` (30 of the default 45), where the cosine decay has brought "
+        "the learning rate to a quarter of its peak; a fixed 20 let a 45-epoch run stop at epoch 26, at 0.4 of "
+        "the peak (docs/benchmarks.md)."))
     dropout: float = Field(0.5, ge=0, lt=1)
     ema_epochs: float = Field(0.0, ge=0, le=1000, description=(
         "Validate, checkpoint and serve an exponential moving average of the weights over about this many "
@@ -141,6 +143,12 @@ class TrainConfig(_Frozen):
         if self.width != SEED_CNN_WIDTH and not self.model.startswith("simple_cnn"):
             raise ValueError(f"width applies to the simple_cnn models only; {self.model} keeps torchvision's widths")
         return self
+
+    @property
+    def early_stopping_from(self) -> int:
+        """The first epoch after which early stopping may end a run: ``min_epochs``, or two
+        thirds of the schedule, so that it moves with ``epochs``."""
+        return self.min_epochs if self.min_epochs is not None else math.ceil(2 * self.epochs / 3)
 
     def model_kwargs(self) -> dict[str, Any]:
         """The architecture's arguments, as a checkpoint records them: the width only where it

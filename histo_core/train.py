@@ -232,7 +232,7 @@ def fit(train_set: PatchDataset, val_set: PatchDataset, cfg: TrainConfig, out_di
     total)`` reports progress inside an epoch, for a command-line progress bar.
 
     Stops early after ``cfg.patience`` epochs without a better val loss, but not before
-    ``cfg.min_epochs``: at a high learning rate the val loss jumps about (with the
+    ``cfg.early_stopping_from``: at a high learning rate the val loss jumps about (with the
     defaults of the time on the shared real patches, patience alone stopped at epoch 12
     of 30 at test AUC 0.94, where the full schedule reached 0.97). If ``out_dir``
     holds a ``last.pt`` written with the same config, training resumes after its epoch
@@ -292,7 +292,7 @@ def fit(train_set: PatchDataset, val_set: PatchDataset, cfg: TrainConfig, out_di
              "device" if augment else "loader", len(train_set), len(val_set), cfg.epochs)
     batches = train_loader.batch_sampler
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
-        if epoch > cfg.min_epochs and _stale_epochs(history) >= cfg.patience:
+        if epoch > cfg.early_stopping_from and _stale_epochs(history) >= cfg.patience:
             log.info("early stop: val loss has not improved for %d epochs", cfg.patience)
             break
         epoch_started = time.perf_counter()

@@ -196,6 +196,11 @@ def test_training_stops_early_when_val_loss_stops_improving(parts, tmp_path, mon
     later = fit(small, parts["val"], TrainConfig(epochs=6, patience=2, min_epochs=4, batch_size=32, width=SMOKE_WIDTH),
                 tmp_path / "later")
     assert len(later.history) == 4
+    # unset, it is two thirds of the schedule, whatever its length: 6 of 9 here, 30 of the default 45
+    assert TrainConfig().early_stopping_from == 30 and TrainConfig(epochs=90).early_stopping_from == 60
+    thirds = fit(small, parts["val"], TrainConfig(epochs=9, patience=2, batch_size=32, width=SMOKE_WIDTH),
+                 tmp_path / "thirds")
+    assert len(thirds.history) == 6
 
 
 def test_checkpoint_from_another_config_is_not_resumed(parts, tmp_path):
