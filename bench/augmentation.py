@@ -15,11 +15,20 @@ so that variants started side by side afterwards share that work.
     .venv/bin/python bench/augmentation.py --name hed10 --set hed_jitter=0.1 [--epochs 10]
     .venv/bin/python bench/augmentation.py --name hed10-x --set hed_jitter=0.1 --hold-out-stain purple
     .venv/bin/python bench/augmentation.py --ensemble seed1 seed2   # the variants' mean logit, scored
+    .venv/bin/python bench/augmentation.py --score-val seed1 --hold-out-stain pink   # an older run's val logits
     .venv/bin/python bench/augmentation.py --smoke    # seconds: 240 generated patches, 1 epoch
 
 Each variant keeps its logits beside its result (``NAME-logits.npz``), so ``--ensemble``
 scores several trained variants as one model (the mean of their logits, as TTA averages
 views) without scoring any image again.
+
+Besides the AUCs it gives each scored part's operating point with TTA, the figure a
+pathologist would use: the sensitivity and specificity at the threshold that reaches
+sensitivity 0.95 on the validation images (as a retrain chooses it; with
+``--hold-out-stain`` the validation images are of the other group, so the threshold meets
+a stain it was not chosen on), and the specificity where the part's own ROC curve reaches
+sensitivity 0.95 (no threshold to carry over: the ranking alone). ``--score-val NAME``
+adds the validation logits to a variant trained before they were kept.
 
 Its figures are in docs/benchmarks.md.
 """
@@ -43,6 +52,7 @@ from histo_core.config import SMOKE_WIDTH, SplitConfig, TrainConfig, ValidationC
 from histo_core.data.cache import cache_key
 from histo_core.data.dataset import PatchDataset
 from histo_core.data.synthetic import SyntheticSpec, write_kaggle_layout
+from histo_core.evaluate import threshold_for_sensitivity
 from histo_core.inference import load_model, pick_device, score_dataset
 from histo_core.layout import DatasetDir, SplitDir
 from histo_core.train import fit, format_epoch, training_augmentation
@@ -76,6 +86,36 @@ def without_group(dataset: PatchDataset, groups: np.ndarray, group: int) -> Patc
                         dataset.transform)
 
 
+TARGET_SENSITIVITY = 0.95
+
+
+def operating_points(scores: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """Each scored part's sensitivity and specificity with TTA at the threshold that reaches
+    ``TARGET_SENSITIVITY`` on the validation images (when their logits were kept), and the
+    specificity at the part's own threshold for that sensitivity (the ROC curve's point)."""
+    def rates(labels: np.ndarray, logits: np.ndarray, threshold: float) -> tuple[float, float]:
+        called = logits >= threshold
+        return float(called[labels == 1].mean()), float((~called[labels == 0]).mean())
+
+    chosen = threshold_for_sensitivity(scores["labels_val"], scores["val_auc_tta"], TARGET_SENSITIVITY) \
+        if "labels_val" in scores else None
+    points = {}
+    for part in (key.removeprefix("labels_") for key in scores if key.startswith("labels_") and key != "labels_val"):
+        labels, logits = scores[f"labels_{part}"], scores[f"{part}_auc_tta"]
+        own = threshold_for_sensitivity(labels, logits, TARGET_SENSITIVITY)
+        points[part] = {"specificity_at_own_threshold": round(rates(labels, logits, own)[1], 4)}
+        if chosen is not None:
+            sensitivity, specificity = rates(labels, logits, chosen)
+            points[part].update(sensitivity=round(sensitivity, 4), specificity=round(specificity, 4))
+    return points
+
+
+def describe_points(points: dict[str, dict[str, float]]) -> str:
+    return "; ".join(f"{part}: " + (f"sensitivity {p['sensitivity']}, specificity {p['specificity']} at the "
+                                    "validation threshold, " if "sensitivity" in p else "")
+                     + f"specificity {p['specificity_at_own_threshold']} at its own" for part, p in points.items())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--name", help="variant name: its model folder and result file")
@@ -90,6 +130,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench-out/augmentation"))
     parser.add_argument("--ensemble", nargs="+", metavar="NAME", help="score these trained variants (in --out) "
                                                                        "as one model: the mean of their logits")
+    parser.add_argument("--score-val", nargs="+", metavar="NAME", help="score the validation images with these "
+                        "trained variants (in --out; with the --hold-out-stain they were trained with) and add the "
+                        "logits to their NAME-logits.npz: variants trained before those were kept")
     parser.add_argument("--smoke", action="store_true", help="seconds: 240 generated patches, 1 epoch, a narrow network")
     args = parser.parse_args()
     if args.smoke:
@@ -103,20 +146,29 @@ def main() -> None:
     if args.ensemble:
         ensemble(args.out, args.ensemble)
         return
+    if args.score_val:
+        score_val(args)
+        return
     if not (args.prepare or args.name):
         parser.error("--name is required unless --prepare")
     run(args)
 
 
-def run(args: argparse.Namespace) -> None:
-    cfg = TrainConfig.model_validate({**TrainConfig().model_dump(), "epochs": args.epochs,
-                                      "num_threads": args.threads, **parse_overrides(args.overrides)})
+def prepared(args: argparse.Namespace, cfg: TrainConfig) -> tuple[SplitDir, dict[str, PatchDataset], np.ndarray]:
+    """The split of ``--data`` (validated, split and decoded once per ``--out``), its
+    partitions and every patch's staining group."""
     split = SplitDir(args.split) if args.split else steps.split(
         steps.validate(str(args.data), DatasetDir(args.out / "data"), ValidationConfig(), args.out / "manifests"),
         SplitConfig())
     cache = args.out / "cache"
     parts = steps.load_partitions(split, cache, training_augmentation(cfg))
-    groups = groups_of(split, cache, parts)
+    return split, parts, groups_of(split, cache, parts)
+
+
+def run(args: argparse.Namespace) -> None:
+    cfg = TrainConfig.model_validate({**TrainConfig().model_dump(), "epochs": args.epochs,
+                                      "num_threads": args.threads, **parse_overrides(args.overrides)})
+    split, parts, groups = prepared(args, cfg)
     if args.prepare:
         print(f"prepared {split.root}: {describe(parts['train'].pixels, groups)}")
         return
@@ -130,21 +182,58 @@ def run(args: argparse.Namespace) -> None:
     result = {"name": args.name, "config": cfg.model_dump(), "hold_out_stain": args.hold_out_stain,
               "train_min": (time.perf_counter() - started) / 60}
 
-    test = PatchDataset(parts["test"].pixels, parts["test"].labels, parts["test"].indices)
+    test = unaugmented(parts["test"])
     scored = {"test": test, "restained": restained(test)}
     if held_out is not None:
         scored["held_out_stain"] = PatchDataset(test.pixels, test.labels, np.flatnonzero(groups == held_out))
+    scored["val"] = unaugmented(parts["val"])  # chooses the operating point
+    scores = score_parts(best, scored)
+    result.update({key: round(float(roc_auc_score(scores[f"labels_{key.split('_auc')[0]}"], logits)), 4)
+                   for key, logits in scores.items() if "_auc" in key})
+    result["operating_points"] = operating_points(scores)
+    np.savez(args.out / f"{args.name}-logits.npz", **scores)
+    (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=2))
+    print(f"{args.name}: {summary(result, list(scored))}; {result['train_min']:.1f} min training", flush=True)
+    print(f"{args.name} operating points with TTA: {describe_points(result['operating_points'])}", flush=True)
+
+
+def unaugmented(part: PatchDataset) -> PatchDataset:
+    """``part`` as it is scored: without the training augmentation."""
+    return PatchDataset(part.pixels, part.labels, part.indices)
+
+
+def score_parts(checkpoint: Path, scored: dict[str, PatchDataset]) -> dict[str, np.ndarray]:
+    """Each part's logits without and with TTA (``PART_auc``, ``PART_auc_tta``) and labels."""
     device = pick_device()
-    net = load_model(best, device)
+    net = load_model(checkpoint, device)
     scores = {}
     for tta in (False, True):
         for name, dataset in scored.items():
             key = f"{name}_auc{'_tta' if tta else ''}"
             scores[key], scores[f"labels_{name}"] = score_dataset(net, dataset, device, tta)
-            result[key] = round(float(roc_auc_score(scores[f"labels_{name}"], scores[key])), 4)
-    np.savez(args.out / f"{args.name}-logits.npz", **scores)
-    (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=2))
-    print(f"{args.name}: {summary(result, list(scored))}; {result['train_min']:.1f} min training", flush=True)
+    return scores
+
+
+def score_val(args: argparse.Namespace) -> None:
+    """Add the validation logits to variants trained before they were kept, from each
+    one's best checkpoint, on the validation images it was trained beside."""
+    _, parts, groups = prepared(args, TrainConfig())
+    for name in args.score_val:
+        if not (args.out / f"{name}-logits.npz").is_file():
+            raise SystemExit(f"no logits of {name} in {args.out}: --score-val adds to a variant trained there")
+        result = json.loads((args.out / f"{name}.json").read_text())
+        if result.get("hold_out_stain") != args.hold_out_stain:
+            raise SystemExit(f"{name} was trained with --hold-out-stain {result.get('hold_out_stain')}, "
+                             f"not {args.hold_out_stain}")
+        val = parts["val"]
+        if args.hold_out_stain:
+            val = without_group(val, groups, GROUPS.index(args.hold_out_stain))
+        scores = dict(np.load(args.out / f"{name}-logits.npz"))
+        scores.update(score_parts(args.out / name / "best.pt", {"val": unaugmented(val)}))
+        np.savez(args.out / f"{name}-logits.npz", **scores)
+        print(f"{name}: val AUC {roc_auc_score(scores['labels_val'], scores['val_auc']):.4f} "
+              f"({roc_auc_score(scores['labels_val'], scores['val_auc_tta']):.4f} with TTA) on {len(val)} images; "
+              f"operating points with TTA: {describe_points(operating_points(scores))}", flush=True)
 
 
 def summary(result: dict[str, float], parts: list[str]) -> str:
@@ -159,9 +248,16 @@ def ensemble(out: Path, names: list[str]) -> None:
         raise SystemExit(f"no logits of {', '.join(missing)} in {out}: train each there first (runs from before "
                          "the logits were kept have only their .json)")
     runs = [dict(np.load(out / f"{name}-logits.npz")) for name in names]
-    parts = [key.removeprefix("labels_") for key in runs[0] if key.startswith("labels_")]
-    if any(run.keys() != runs[0].keys() or any(not np.array_equal(run[f"labels_{part}"], runs[0][f"labels_{part}"])
-                                              for part in parts) for run in runs):
+    # Validation logits only where every member has them (older runs need --score-val).
+    keys = [key for key in runs[0] if all(key in run for run in runs)]
+    parts = [key.removeprefix("labels_") for key in keys if key.startswith("labels_")]
+
+    def scored_parts(run_keys) -> set[str]:
+        return {key for key in run_keys if key != "labels_val" and not key.startswith("val_")}
+
+    if any(scored_parts(run) != scored_parts(keys)
+           or any(not np.array_equal(run[f"labels_{part}"], runs[0][f"labels_{part}"]) for part in parts)
+           for run in runs):
         raise SystemExit(f"{', '.join(names)}: not scored on the same patches; train them on one --out")
     result, agreement = {}, []
     for part in parts:
@@ -175,6 +271,8 @@ def ensemble(out: Path, names: list[str]) -> None:
                          f"{'/'.join(str(int(w.sum())) for w in wrong)}, {int(wrong.all(0).sum())} by all")
     print(f"ensemble of {' + '.join(names)}: {summary(result, parts)}", flush=True)
     print("members with TTA: " + "; ".join(agreement), flush=True)
+    mean = {key: np.mean([run[key] for run in runs], axis=0) if "_auc" in key else runs[0][key] for key in keys}
+    print(f"operating points with TTA: {describe_points(operating_points(mean))}", flush=True)
 
 
 if __name__ == "__main__":
