@@ -37,7 +37,7 @@ def _fresh_unless(task: Task, done: Path) -> Task:
 
 def _summary(validation: dict[str, Any], history: list[dict[str, Any]], decision: dict[str, Any],
              store_uri: str) -> str:
-    best = min(history, key=lambda r: r["val_loss"])
+    best = steps.best_epoch(history)
     champion_auc = decision["champion_auc"]
     quarantined = [r for r in validation["rows"] if r["status"] == "quarantined"]
     lines = [

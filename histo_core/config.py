@@ -103,7 +103,8 @@ class TrainConfig(_Frozen):
         "Never stop early before this epoch: while the learning rate is high the val loss is too noisy to judge "
         "convergence. None: two thirds of `epochs` (30 of the default 45), where the cosine decay has brought "
         "the learning rate to a quarter of its peak; a fixed 20 let a 45-epoch run stop at epoch 26, at 0.4 of "
-        "the peak (docs/benchmarks.md)."))
+        "the peak (docs/benchmarks.md). From this epoch on the checkpoint is chosen afresh, among the later "
+        "epochs: a dip of the val loss at a high learning rate is not kept as the best."))
     dropout: float = Field(0.5, ge=0, lt=1)
     ema_epochs: float = Field(0.0, ge=0, le=1000, description=(
         "Validate, checkpoint and serve an exponential moving average of the weights over about this many "

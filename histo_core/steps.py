@@ -254,12 +254,19 @@ def record_training(model: ModelDir, history: list[dict[str, Any]], device: str)
     """``training.json``: what the model card reports about how the model was made."""
     from importlib.metadata import version
 
-    best = min(history, key=lambda r: r["val_loss"]) if history else {}
+    best = best_epoch(history)
     _write_json(model.training, {
         "device": device, "torch": version("torch"), "torchvision": version("torchvision"),
         "histo_retrain": __version__, "epochs": len(history), "best_epoch": best.get("epoch"),
         "best_val_loss": best.get("val_loss"), "best_val_auc": best.get("val_auc"),
         "seconds": sum(r.get("seconds", 0.0) for r in history)})
+
+
+def best_epoch(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The epoch ``best.pt`` holds: the last that improved the val loss (from
+    ``TrainConfig.early_stopping_from`` on the best is chosen afresh, so it need not be the
+    lowest val loss of the run)."""
+    return next((r for r in reversed(history) if r["improved"]), {})
 
 
 def record_split(model: ModelDir, split: SplitDir) -> None:

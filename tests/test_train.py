@@ -54,7 +54,9 @@ def test_gathered_dihedral_views_are_the_looped_ones():
 def test_fit_writes_checkpoints_history_and_keeps_the_best(parts, tmp_path):
     """The default architecture, as a retrain trains it; the trainer's other tests run the
     same code on a narrower network (SMOKE_WIDTH)."""
-    cfg = TrainConfig(epochs=3, batch_size=32, seed=1)
+    # min_epochs 3: the best of all three epochs (the choice afresh after min_epochs is
+    # test_the_checkpoint_is_chosen_afresh_once_early_stopping_may_act's)
+    cfg = TrainConfig(epochs=3, batch_size=32, seed=1, min_epochs=3)
     result = fit(_first(parts["train"]), parts["val"], cfg, tmp_path)
     history = json.loads((tmp_path / "history.json").read_text())
     assert [r["epoch"] for r in history] == [1, 2, 3] == [r["epoch"] for r in result.history]
@@ -190,17 +192,34 @@ def test_training_stops_early_when_val_loss_stops_improving(parts, tmp_path, mon
     # the evaluation is pinned to a constant: epoch 1 improves on infinity, 2 and 3 don't.
     monkeypatch.setattr(trainer, "evaluate_loss_auc", lambda *a, **k: (0.5, 0.5, len(parts["val"])))
     small = _first(parts["train"], 64)  # what is counted is epochs, not what they learn
+    # After min_epochs (1) the best is chosen afresh: epoch 2 is the first, 3 and 4 don't improve.
     result = fit(small, parts["val"], TrainConfig(epochs=6, patience=2, min_epochs=1, batch_size=32, width=SMOKE_WIDTH), tmp_path)
-    assert [r["improved"] for r in result.history] == [True, False, False]
-    # ... but never before min_epochs, however long the val loss has been flat
-    later = fit(small, parts["val"], TrainConfig(epochs=6, patience=2, min_epochs=4, batch_size=32, width=SMOKE_WIDTH),
+    assert [r["improved"] for r in result.history] == [True, True, False, False]
+    # ... and never before min_epochs, however long the val loss has been flat
+    later = fit(small, parts["val"], TrainConfig(epochs=9, patience=2, min_epochs=4, batch_size=32, width=SMOKE_WIDTH),
                 tmp_path / "later")
-    assert len(later.history) == 4
-    # unset, it is two thirds of the schedule, whatever its length: 6 of 9 here, 30 of the default 45
+    assert [r["improved"] for r in later.history] == [True, False, False, False, True, False, False]
+    # unset, it is two thirds of the schedule, whatever its length: 8 of 12 here, 30 of the default 45
     assert TrainConfig().early_stopping_from == 30 and TrainConfig(epochs=90).early_stopping_from == 60
-    thirds = fit(small, parts["val"], TrainConfig(epochs=9, patience=2, batch_size=32, width=SMOKE_WIDTH),
+    thirds = fit(small, parts["val"], TrainConfig(epochs=12, patience=2, batch_size=32, width=SMOKE_WIDTH),
                  tmp_path / "thirds")
-    assert len(thirds.history) == 6
+    assert len(thirds.history) == 8 + 1 + 2
+
+
+def test_the_checkpoint_is_chosen_afresh_once_early_stopping_may_act(parts, tmp_path, monkeypatch):
+    """A dip of the val loss while the learning rate is high (epoch 2 here) is not kept as
+    the best: from min_epochs on, best.pt is the best of the later epochs."""
+    from histo_core import steps, train as trainer
+
+    losses = iter([0.5, 0.2, 0.4, 0.3, 0.35, 0.36, 0.37])
+    # A val loss sequence like this cannot be produced on demand by real training.
+    monkeypatch.setattr(trainer, "evaluate_loss_auc", lambda *a, **k: (next(losses), 0.5, len(parts["val"])))
+    result = fit(_first(parts["train"], 64), parts["val"],
+                 TrainConfig(epochs=7, patience=2, min_epochs=2, batch_size=32, width=SMOKE_WIDTH), tmp_path)
+    assert [r["improved"] for r in result.history] == [True, True, True, True, False, False]
+    best = torch.load(result.best_checkpoint, weights_only=True)
+    assert (best["epoch"], best["val_loss"]) == (4, 0.3)
+    assert steps.best_epoch(result.history)["epoch"] == 4
 
 
 def test_checkpoint_from_another_config_is_not_resumed(parts, tmp_path):
