@@ -18,7 +18,7 @@ def test_hostile_ids_and_reasons_stay_single_inert_cells():
     validation = {"counts": {"ok": 1}, "labels": {"0": 1}, "drift": None,
                   "rows": [{"id": h, "status": "quarantined", "reason": h} for h in HOSTILE],
                   "batches": {"b1": {"verdict": "rejected", "decided": "2026-12-01", "reasons": HOSTILE}}}
-    history = [{"epoch": 1, "val_loss": 0.5, "val_auc": 0.9}]
+    history = [{"epoch": 1, "val_loss": 0.5, "val_auc": 0.9, "improved": True}]
     decision = {"outcome": "rejected", "version": "v1", "champion_auc": None, "challenger_auc": 0.9,
                 "reasons": ["floor"], "previous_champion": None, "champion": None}
     text = _summary(validation, history, decision, "file:///store")
