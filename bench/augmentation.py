@@ -52,7 +52,7 @@ from histo_core.config import SMOKE_WIDTH, SplitConfig, TrainConfig, ValidationC
 from histo_core.data.cache import cache_key
 from histo_core.data.dataset import PatchDataset
 from histo_core.data.synthetic import SyntheticSpec, write_kaggle_layout
-from histo_core.evaluate import threshold_for_sensitivity
+from histo_core.evaluate import binary_metrics, threshold_for_sensitivity
 from histo_core.inference import load_model, pick_device, score_dataset
 from histo_core.layout import DatasetDir, SplitDir
 from histo_core.train import fit, format_epoch, training_augmentation
@@ -87,26 +87,23 @@ def without_group(dataset: PatchDataset, groups: np.ndarray, group: int) -> Patc
 
 
 TARGET_SENSITIVITY = 0.95
+VALIDATION_KEYS = {"labels_val", "val_auc", "val_auc_tta"}  # kept since 1f6b9e1; older runs: --score-val
 
 
 def operating_points(scores: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
     """Each scored part's sensitivity and specificity with TTA at the threshold that reaches
     ``TARGET_SENSITIVITY`` on the validation images (when their logits were kept), and the
     specificity at the part's own threshold for that sensitivity (the ROC curve's point)."""
-    def rates(labels: np.ndarray, logits: np.ndarray, threshold: float) -> tuple[float, float]:
-        called = logits >= threshold
-        return float(called[labels == 1].mean()), float((~called[labels == 0]).mean())
-
     chosen = threshold_for_sensitivity(scores["labels_val"], scores["val_auc_tta"], TARGET_SENSITIVITY) \
         if "labels_val" in scores else None
     points = {}
     for part in (key.removeprefix("labels_") for key in scores if key.startswith("labels_") and key != "labels_val"):
         labels, logits = scores[f"labels_{part}"], scores[f"{part}_auc_tta"]
-        own = threshold_for_sensitivity(labels, logits, TARGET_SENSITIVITY)
-        points[part] = {"specificity_at_own_threshold": round(rates(labels, logits, own)[1], 4)}
+        own = binary_metrics(labels, logits, threshold_for_sensitivity(labels, logits, TARGET_SENSITIVITY))
+        points[part] = {"specificity_at_own_threshold": round(own["specificity"], 4)}
         if chosen is not None:
-            sensitivity, specificity = rates(labels, logits, chosen)
-            points[part].update(sensitivity=round(sensitivity, 4), specificity=round(specificity, 4))
+            at = binary_metrics(labels, logits, chosen)
+            points[part].update(sensitivity=round(at["sensitivity"], 4), specificity=round(at["specificity"], 4))
     return points
 
 
@@ -188,8 +185,9 @@ def run(args: argparse.Namespace) -> None:
         scored["held_out_stain"] = PatchDataset(test.pixels, test.labels, np.flatnonzero(groups == held_out))
     scored["val"] = unaugmented(parts["val"])  # chooses the operating point
     scores = score_parts(best, scored)
-    result.update({key: round(float(roc_auc_score(scores[f"labels_{key.split('_auc')[0]}"], logits)), 4)
-                   for key, logits in scores.items() if "_auc" in key})
+    for name in scored:
+        for key in (f"{name}_auc", f"{name}_auc_tta"):
+            result[key] = round(float(roc_auc_score(scores[f"labels_{name}"], scores[key])), 4)
     result["operating_points"] = operating_points(scores)
     np.savez(args.out / f"{args.name}-logits.npz", **scores)
     (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=2))
@@ -251,11 +249,7 @@ def ensemble(out: Path, names: list[str]) -> None:
     # Validation logits only where every member has them (older runs need --score-val).
     keys = [key for key in runs[0] if all(key in run for run in runs)]
     parts = [key.removeprefix("labels_") for key in keys if key.startswith("labels_")]
-
-    def scored_parts(run_keys) -> set[str]:
-        return {key for key in run_keys if key != "labels_val" and not key.startswith("val_")}
-
-    if any(scored_parts(run) != scored_parts(keys)
+    if any(set(run) - VALIDATION_KEYS != set(runs[0]) - VALIDATION_KEYS
            or any(not np.array_equal(run[f"labels_{part}"], runs[0][f"labels_{part}"]) for part in parts)
            for run in runs):
         raise SystemExit(f"{', '.join(names)}: not scored on the same patches; train them on one --out")
