@@ -265,9 +265,8 @@ def record_training(model: ModelDir, history: list[dict[str, Any]], device: str)
 def best_epoch(history: list[dict[str, Any]]) -> dict[str, Any]:
     """The epoch ``best.pt`` holds: the last that improved the val loss (from
     ``TrainConfig.early_stopping_from`` on the best is chosen afresh, so it need not be the
-    lowest val loss of the run). A history without the flags: its lowest val loss."""
-    flagged = [r for r in history if r.get("improved")]
-    return flagged[-1] if flagged else min(history, key=lambda r: r["val_loss"], default={})
+    lowest val loss of the run)."""
+    return next((r for r in reversed(history) if r["improved"]), {})
 
 
 def record_split(model: ModelDir, split: SplitDir) -> None:
