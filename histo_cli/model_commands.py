@@ -13,7 +13,7 @@ from histo_cli.checks import (OK, check_image_size, require_data_root, require_d
 from histo_cli.options import add_config_file_options, add_config_options, print_config, resolve_config
 from histo_cli.progress import EpochBars, ProgressBar
 from histo_core.atomic import atomic_write
-from histo_core.config import EvalConfig, SplitConfig, TrainConfig, ValidationConfig
+from histo_core.config import EvalConfig, PredictConfig, SplitConfig, TrainConfig, ValidationConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -49,6 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--out", type=Path,
                           help="folder for predictions.csv, metrics.json and the ROC, PR and reliability plots")
     evaluate.add_argument("--json", type=Path, help="also write the metrics here")
+    evaluate.add_argument("--adapt-to-data", action="store_true",
+                          help=PredictConfig.model_fields["adapt_to_data"].description)
     evaluate.add_argument("--device", default=TrainConfig.model_fields["device"].default,
                           help=f"{TrainConfig.model_fields['device'].description} (default: %(default)s)")
     add_config_file_options(evaluate)
@@ -165,7 +167,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     try:
         metrics, predictions = steps.evaluate_images(
             args.checkpoint, table, cfg, args.device, partition, args.split, root=os.path.realpath(args.data),
-            progress=lambda done: bar(done, scored))
+            progress=lambda done: bar(done, scored), adapt=args.adapt_to_data)
     finally:
         bar.close()
     metrics["data"] = str(args.data)
@@ -173,6 +175,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"AUC {metrics['auc']:.4f} (DeLong 95% CI {metrics['auc_ci_low']:.4f}-{metrics['auc_ci_high']:.4f}, "
           f"bootstrap {metrics['auc_bootstrap_ci_low']:.4f}-{metrics['auc_bootstrap_ci_high']:.4f})  "
           f"on {metrics['n']} images{' with TTA' if cfg.tta else ''}"
+          + (", BatchNorm statistics adapted to them" if args.adapt_to_data else "")
           + (f"; {metrics['unreadable']} could not be scored (first: {first_error})" if metrics["unreadable"] else ""))
     where = "the validation images" if metrics["operating_point"]["fitted_on"] == "validation" else \
         f"these images by {metrics['operating_point']['fitted_on']}"

@@ -51,7 +51,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"model: {which}")
         try:
             result = predict_folder(weights, config.data, config.out, config.device, config.batch_size,
-                                    tta=config.tta, order=config.order, progress=lambda done: bar(done, len(patches)))
+                                    tta=config.tta, order=config.order, progress=lambda done: bar(done, len(patches)),
+                                    adapt=config.adapt_to_data)
         finally:
             bar.close()
     print(f"wrote {result.csv} ({result.scored} rows: id,label)")

@@ -275,6 +275,12 @@ class PredictConfig(_Frozen):
         "Average each patch's 8 flips/rotations: 8x the time, a slightly better AUC on unseen slides."))
     batch_size: int = Field(256, ge=1, description="Images per inference batch.")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
+    adapt_to_data: bool = Field(False, description=(
+        "Re-estimate the network's BatchNorm statistics on the images scored (at least 256 readable ones, "
+        "all from one site) before scoring them: a better ranking on a stain the model was not trained on "
+        "(held-out stain AUC +0.009), one more pass over the images. Off by default: each probability then "
+        "depends on the other images scored with it, and the operating point's sensitivity on their tumour "
+        "fraction (see docs/benchmarks.md)."))
 
     @model_validator(mode="after")
     def _one_model(self) -> "PredictConfig":

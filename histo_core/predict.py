@@ -22,7 +22,7 @@ from histo_core.config import PredictConfig
 from histo_core.data.images import checked_stat, open_image
 from histo_core.data.sources import IMAGE_SUFFIXES, DataSourceError, list_images
 from histo_core.evaluate import sigmoid
-from histo_core.inference import BatchProgress, load_model, pick_device, score
+from histo_core.inference import BatchProgress, adapt_batchnorm, load_model, pick_device, score
 from histo_core.tables import write_csv
 
 log = logging.getLogger(__name__)
@@ -77,14 +77,20 @@ class _Decoded(Dataset):
 
 def score_paths(checkpoint: Path | str, paths: list[str], device: str = "auto", batch_size: int = 256,
                 workers: int = 0, tta: bool = False, root: str | None = None,
-                progress: BatchProgress | None = None) -> tuple[np.ndarray, list[str]]:
+                progress: BatchProgress | None = None, adapt: bool = False) -> tuple[np.ndarray, list[str]]:
     """Logits of the images at ``paths`` (NaN where they could not be scored) and errors.
 
-    ``root``: the folder the paths must stay inside once links are resolved."""
+    ``root``: the folder the paths must stay inside once links are resolved. ``adapt``:
+    first re-estimate the model's BatchNorm statistics on these images
+    (``inference.adapt_batchnorm``: one more pass over them, without TTA)."""
     torch_device = pick_device(device)
     model = load_model(checkpoint, torch_device)
     loader = DataLoader(_Decoded(paths, root=root), batch_size, num_workers=workers,
                         pin_memory=torch_device.type == "cuda")
+    if adapt:
+        log.info("re-estimating BatchNorm statistics on the %d images to score (one pass, before scoring)", len(paths))
+        used = adapt_batchnorm(model, loader, torch_device)
+        log.info("BatchNorm statistics re-estimated on %d readable images of the %d to score", used, len(paths))
     logits, batch_errors = score(model, loader, torch_device, tta, progress)
     errors = [e for batch in batch_errors for e in batch]
     logits[np.array(errors, dtype=str) != ""] = np.nan
@@ -93,9 +99,9 @@ def score_paths(checkpoint: Path | str, paths: list[str], device: str = "auto", 
 
 def score_files(checkpoint: Path | str, paths: list[str], device: str = "auto", batch_size: int = 256,
                 workers: int = 0, tta: bool = False, root: str | None = None,
-                progress: BatchProgress | None = None) -> tuple[np.ndarray, list[str]]:
+                progress: BatchProgress | None = None, adapt: bool = False) -> tuple[np.ndarray, list[str]]:
     """Tumour probabilities of the images at ``paths`` (NaN where unreadable) and errors."""
-    logits, errors = score_paths(checkpoint, paths, device, batch_size, workers, tta, root, progress)
+    logits, errors = score_paths(checkpoint, paths, device, batch_size, workers, tta, root, progress, adapt)
     return sigmoid(logits), errors
 
 
@@ -116,16 +122,17 @@ def errors_path(out_csv: Path) -> Path:
 
 def predict_folder(checkpoint: Path | str, data: Path | str, out_csv: Path | str, device: str = "auto",
                    batch_size: int = 256, workers: int = 0, tta: bool = False,
-                   order: Path | str | None = None, progress: BatchProgress | None = None) -> Predictions:
+                   order: Path | str | None = None, progress: BatchProgress | None = None,
+                   adapt: bool = False) -> Predictions:
     """Write exactly ``id,label`` (label = tumour probability), as a Kaggle submission
     expects; images that could not be scored go to ``<out>.errors.csv`` (``id,error``).
 
     ``order``: a ``sample_submission.csv`` whose ids give the rows' order; an id there
-    without an image here is an error row.
+    without an image here is an error row. ``adapt``: see ``PredictConfig.adapt_to_data``.
     """
     table = list_patches(data)
     probability, errors = score_files(checkpoint, table["path"].tolist(), device, batch_size, workers, tta,
-                                      root=os.path.realpath(data), progress=progress)
+                                      root=os.path.realpath(data), progress=progress, adapt=adapt)
     scored = pd.DataFrame({"id": table["id"], "label": probability, "error": errors})
     if order is not None:
         wanted = pd.read_csv(order, dtype={"id": str}, usecols=["id"], keep_default_na=False)

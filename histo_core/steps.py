@@ -348,7 +348,8 @@ def write_predictions(predictions: pd.DataFrame, csv: Path, plots: dict[str, Pat
 
 def evaluate_images(checkpoint: Path, table: pd.DataFrame, cfg: EvalConfig, device: str = "auto",
                     partition: pd.Series | None = None, target: str | None = None, root: str | None = None,
-                    progress: Callable[[int], None] | None = None) -> tuple[dict[str, Any], pd.DataFrame]:
+                    progress: Callable[[int], None] | None = None,
+                    adapt: bool = False) -> tuple[dict[str, Any], pd.DataFrame]:
     """One checkpoint on the labelled images of ``table`` (``id``, ``label``, ``path``):
     its metrics and predictions (id, label, challenger), the columns a retrain writes.
 
@@ -356,13 +357,15 @@ def evaluate_images(checkpoint: Path, table: pd.DataFrame, cfg: EvalConfig, devi
     training split, only that partition is reported, with the temperature and operating
     point fitted on the validation images, as a retrain does; otherwise both are fitted by
     cross-fitting on the scored images themselves. Rows that cannot be read are counted
-    (``unreadable``) and left out; ``metrics["first_error"]`` names the first."""
+    (``unreadable``) and left out; ``metrics["first_error"]`` names the first. ``adapt``:
+    the BatchNorm statistics are first re-estimated on the scored images
+    (``PredictConfig.adapt_to_data``)."""
     from histo_core.evaluate import cross_fitted_report, full_report, sigmoid
     from histo_core.predict import score_paths
 
     scored = table[partition.isin({target, "val"})] if target and partition is not None else table
     logits, errors = score_paths(checkpoint, scored["path"].tolist(), device, batch_size=cfg.batch_size, tta=cfg.tta,
-                                 root=root, progress=progress)
+                                 root=root, progress=progress, adapt=adapt)
     ok = ~np.isnan(logits)
     if not ok.any():
         from histo_core.data.sources import DataSourceError
@@ -381,7 +384,7 @@ def evaluate_images(checkpoint: Path, table: pd.DataFrame, cfg: EvalConfig, devi
         chosen = ok
         metrics, probability = cross_fitted_report(labels[ok], logits[ok], cfg.target_sensitivity, cfg.bootstrap)
         unreadable = int((~ok).sum())
-    metrics.update(tta=cfg.tta, unreadable=unreadable, first_error=next((e for e in errors if e), ""),
+    metrics.update(tta=cfg.tta, adapted_to_data=adapt, unreadable=unreadable, first_error=next((e for e in errors if e), ""),
                    checkpoint=str(checkpoint), split=target)
     predictions = pd.DataFrame({"id": scored["id"].to_numpy()[chosen], "label": labels[chosen],
                                 "challenger": probability})

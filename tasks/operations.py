@@ -43,7 +43,7 @@ def score_patches(config: PredictConfig, workdir: str) -> dict[str, Any]:
     weights, which = weights_for(config, workdir)
     get_run_logger().info("scoring %s with %s", config.data, which)
     result = predict_folder(weights, config.data, config.out, config.device, config.batch_size, tta=config.tta,
-                            order=config.order)
+                            order=config.order, adapt=config.adapt_to_data)
     return {"csv": str(result.csv), "errors_csv": result.errors_csv and str(result.errors_csv),
             "scored": result.scored, "failed": result.failed, "model": which}
 

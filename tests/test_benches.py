@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 BENCHES = sorted(p.name for p in (REPO / "bench").glob("*.py"))
 # What each smoke run must print: the lines its figures come from.
 EXPECTED = {
-    "augmentation.py": ("smoke: test AUC", "smoke operating points with TTA: test: sensitivity"),
+    "augmentation.py": ("smoke: test AUC", "smoke operating points with TTA: test: sensitivity",
+                        "held-out images of 90% tumour: AUC"),
     "faults.py": "configurations with a failure, 0 uncaught thread exceptions",
     "hostile_inputs.py": "clean-20k",
     "label_audit.py": "clean batches held:",

@@ -111,6 +111,11 @@ def test_predict_scores_unlabelled_files_and_reports_unreadable_ones(tmp_path, c
     errors = pd.read_csv(tmp_path / "o.errors.csv", keep_default_na=False)
     assert errors["id"].tolist() == ["broken"] and errors["error"][0].startswith("unreadable image")
     assert "1 of 6 images could not be scored" in capsys.readouterr().err
+    # Adapting to the data needs more readable images than these five: a usage error, no CSV.
+    assert main(["predict", "--checkpoint", str(checkpoint), "--data", str(folder), "--adapt-to-data",
+                 "--out", str(tmp_path / "adapted.csv")]) == 2
+    assert "needs at least 256 readable images, and there are 5" in capsys.readouterr().err
+    assert not (tmp_path / "adapted.csv").exists()
 
 
 def test_train_then_evaluate_from_the_command_line(kaggle_root, tmp_path, capsys):
@@ -134,6 +139,13 @@ def test_train_then_evaluate_from_the_command_line(kaggle_root, tmp_path, capsys
     assert metrics["operating_point"]["fitted_on"] == "5-fold cross-fitting" and metrics["temperature"] > 0
     captured = capsys.readouterr()
     assert "with TTA" not in captured.out and "chosen on these images by 5-fold cross-fitting" in captured.out
+    assert metrics["adapted_to_data"] is False and "adapted" not in captured.out
+    # The same images with the network's BatchNorm statistics re-estimated on them first.
+    assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--data", str(kaggle_root), "--no-tta",
+                 "--adapt-to-data", "--json", str(tmp_path / "adapted.json")]) == 0
+    adapted = json.loads((tmp_path / "adapted.json").read_text())
+    assert adapted["adapted_to_data"] is True and adapted["n"] == 300 and adapted["auc"] != metrics["auc"]
+    assert "on 300 images, BatchNorm statistics adapted to them" in capsys.readouterr().out
     split = pd.read_csv(next(out.glob("data/split-*/split.csv")), dtype={"id": str})
     counts = split["partition"].value_counts()
     assert f"warning: {counts['train']} of the 300 images were used to train this model" in captured.err

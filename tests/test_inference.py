@@ -57,3 +57,63 @@ def test_evaluate_and_predict_give_the_same_probabilities(kaggle_root, checkpoin
     difference = np.abs(predicted[evaluated.index].to_numpy() - evaluated.to_numpy()).max()
     print(f"{device}, tta={tta}: largest difference {difference:.2e} over {len(evaluated)} images")
     assert difference <= TOLERANCE[device]
+
+
+def _images(root) -> torch.Tensor:
+    """The 300 patches of ``root`` as one uint8 batch (N, 3, 96, 96), every value even, so
+    that halving them is exact."""
+    from PIL import Image
+
+    pixels = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in sorted((root / "train").glob("*.tif"))])
+    return torch.from_numpy(pixels & 0xFE).permute(0, 3, 1, 2).contiguous()
+
+
+def _adapted_logits(checkpoint, images: torch.Tensor, batches: list[tuple[torch.Tensor, list[str]]] | None = None):
+    from histo_core.inference import adapt_batchnorm, score
+
+    model, cpu = load_model(checkpoint), torch.device("cpu")
+    used = adapt_batchnorm(model, batches or [(images[i:i + 100], [""] * len(images[i:i + 100]))
+                                              for i in range(0, len(images), 100)], cpu)
+    logits, _ = score(model, [(images, None)], cpu)
+    return logits, used, model
+
+
+def test_adapting_to_a_paler_site_scores_its_images_as_the_original_site(kaggle_root, checkpoint):
+    """A second site whose scanner renders every patch paler (x / 2 + 64, the same on each
+    channel). A network with the first site's statistics (adapted to its images, as if
+    trained there) scores the second site's copies apart from the originals; with the
+    second site's own statistics, alike (not exactly: the conv's zero padding does not
+    move with the colours). Measured in logits, against their spread over the images."""
+    from histo_core.inference import score
+
+    original = _images(kaggle_root)
+    paler = original // 2 + 64
+    first_site, _, model = _adapted_logits(checkpoint, original)
+    cpu = torch.device("cpu")
+    with_first_statistics = score(model, [(paler, None)], cpu)[0]
+    with_own_statistics = _adapted_logits(checkpoint, paler)[0]
+    spread = first_site.std()
+    apart = float(np.abs(with_first_statistics - first_site).mean() / spread)
+    alike = float(np.abs(with_own_statistics - first_site).mean() / spread)
+    print(f"mean |logit(original) - logit(paler)| / spread: {apart:.3f} with the first site's statistics, "
+          f"{alike:.3f} with its own")
+    assert alike < apart / 5
+    assert np.corrcoef(first_site, with_own_statistics)[0, 1] > 0.99
+
+
+def test_adapting_skips_unreadable_images_and_needs_enough_readable_ones(kaggle_root, checkpoint):
+    from histo_core.inference import MIN_ADAPT_IMAGES, TooFewImagesToAdapt, adapt_batchnorm
+
+    images = _images(kaggle_root)
+    clean, used, model = _adapted_logits(checkpoint, images, [(images[:150], [""] * 150), (images[150:], [""] * 150)])
+    unreadable = (torch.zeros(40, 3, 96, 96, dtype=torch.uint8), ["unreadable image: truncated"] * 40)
+    mixed, used_mixed, _ = _adapted_logits(checkpoint, images,
+                                           [(images[:150], [""] * 150), unreadable, (images[150:], [""] * 150)])
+    assert used == used_mixed == 300 and np.array_equal(clean, mixed)
+    assert model.features[0][1].num_batches_tracked == 2  # the first block's BatchNorm saw two batches
+
+    before = {k: v.clone() for k, v in load_model(checkpoint).state_dict().items()}
+    few = load_model(checkpoint)
+    with pytest.raises(TooFewImagesToAdapt, match=f"at least {MIN_ADAPT_IMAGES} readable images, and there are 255"):
+        adapt_batchnorm(few, [(images[:255], [""] * 255), unreadable], torch.device("cpu"))
+    assert all(torch.equal(before[k], v) for k, v in few.state_dict().items()), "left as it was"
