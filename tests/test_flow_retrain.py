@@ -4,6 +4,7 @@ on a real S3 endpoint (moto's server)."""
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -209,6 +210,15 @@ def test_predict_and_rollback_flows(prefect_api, tmp_path, kaggle_root):
     assert len(by_version) == 2 and pd.read_csv(tmp_path / "m.errors.csv")["id"].tolist() == ["broken"]
     older = table.set_index("id").loc[by_version["id"], "label"].to_numpy()  # scored by the champion
     assert not np.allclose(by_version["label"], older), "the named version, not the champion, scored"
+    # Too few readable images to adapt to: the run fails at once, naming the count; not retried
+    # (the task's two retries would wait 5 s, then 10 s, to fail the same way).
+    from histo_core.inference import TooFewImagesToAdapt
+
+    started = time.monotonic()
+    with pytest.raises(TooFewImagesToAdapt, match="at least 256 readable images, and there are 2"):
+        predict(PredictConfig(data=str(folder), out=str(tmp_path / "a.csv"), store=store_cfg, adapt_to_data=True))
+    assert time.monotonic() - started < 10, "retried"
+    assert not (tmp_path / "a.csv").exists()
 
     assert rollback(store=store_cfg, model_name="pcam-cnn") == {"from": versions[1], "to": versions[0]}
     assert registry.champion().version == versions[0]
