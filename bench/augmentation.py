@@ -286,18 +286,18 @@ def adaptation(args: argparse.Namespace, minimum: int = MIN_ADAPT_IMAGES) -> Non
             suffix = "_tta" if tta else ""
             scores[f"val_auc{suffix}"] = adapted_scores(name, val, val, tta)
             scores[f"held_out_auc{suffix}"] = adapted_scores(name, held, held, tta)
-        trained = dict(np.load(args.out / f"{name}-logits.npz")) if not args.smoke else {}
+        trained = dict(np.load(args.out / f"{name}-logits.npz"))
         part = "held_out_stain" if args.hold_out_stain else "test"
-        before = (f" (training statistics: {trained[f'{part}_auc']:.4f} / {trained[f'{part}_auc_tta']:.4f})"
-                  if trained else "")
         print(f"{name} adapted: held-out AUC {roc_auc_score(labels, scores['held_out_auc']):.4f} / "
-              f"{roc_auc_score(labels, scores['held_out_auc_tta']):.4f} with TTA{before}; operating points with "
+              f"{roc_auc_score(labels, scores['held_out_auc_tta']):.4f} with TTA (training statistics: "
+              f"{result[f'{part}_auc']} / {result[f'{part}_auc_tta']}); operating points with "
               f"TTA: {describe_points(operating_points(scores))}", flush=True)
         # The threshold a retrain records (validation scored with the training statistics) and
         # the one validation gives with its own; without TTA, as the mixes are scored.
-        thresholds = {"adapted": scores["val_auc"], "training": trained.get("val_auc")}
+        if "val_auc" not in trained:
+            raise SystemExit(f"no validation logits of {name}: add them with --score-val {name} first")
         thresholds = {kind: threshold_for_sensitivity(scores["labels_val"], logits, TARGET_SENSITIVITY)
-                      for kind, logits in thresholds.items() if logits is not None}
+                      for kind, logits in (("adapted", scores["val_auc"]), ("training", trained["val_auc"]))}
         for mix, indices in mixes.items():
             logits = adapted_scores(name, PatchDataset(held.pixels, held.labels, indices), held, False)
             points = [(kind, binary_metrics(labels, logits, threshold)) for kind, threshold in thresholds.items()]
