@@ -254,8 +254,9 @@ def score_val(args: argparse.Namespace) -> None:
 def adaptation(args: argparse.Namespace, minimum: int = MIN_ADAPT_IMAGES) -> None:
     """``--adapt``: each variant's held-out group (the test partition without a hold-out)
     and validation images scored with BatchNorm statistics re-estimated on each, beside
-    its scores with the training statistics; then adapted to 2,000 held-out images of 10%
-    and of 90% tumour. ``minimum``: the fewest images to adapt to (the smoke's are few)."""
+    its scores with the training statistics (the adapted logits are kept in
+    ``NAME-adapted-logits.npz``); then adapted to 2,000 held-out images of 10% and of 90%
+    tumour. ``minimum``: the fewest images to adapt to (the smoke's are few)."""
     _, parts, groups = prepared(args, TrainConfig())
     val, held = unaugmented(parts["val"]), unaugmented(parts["test"])
     if args.hold_out_stain:
@@ -281,21 +282,25 @@ def adaptation(args: argparse.Namespace, minimum: int = MIN_ADAPT_IMAGES) -> Non
         if result.get("hold_out_stain") != args.hold_out_stain:
             raise SystemExit(f"{name} was trained with --hold-out-stain {result.get('hold_out_stain')}, "
                              f"not {args.hold_out_stain}")
+        trained = dict(np.load(args.out / f"{name}-logits.npz"))
+        if "val_auc" not in trained:
+            raise SystemExit(f"no validation logits of {name}: add them with --score-val {name} first")
         scores = {"labels_val": val.labels[val.indices], "labels_held_out": labels}
         for tta in (False, True):
             suffix = "_tta" if tta else ""
             scores[f"val_auc{suffix}"] = adapted_scores(name, val, val, tta)
             scores[f"held_out_auc{suffix}"] = adapted_scores(name, held, held, tta)
-        trained = dict(np.load(args.out / f"{name}-logits.npz"))
         part = "held_out_stain" if args.hold_out_stain else "test"
+        np.savez(args.out / f"{name}-adapted-logits.npz", **scores)
+        kept = threshold_for_sensitivity(trained["labels_val"], trained["val_auc_tta"], TARGET_SENSITIVITY)
+        at_kept = binary_metrics(labels, scores["held_out_auc_tta"], kept)
         print(f"{name} adapted: held-out AUC {roc_auc_score(labels, scores['held_out_auc']):.4f} / "
               f"{roc_auc_score(labels, scores['held_out_auc_tta']):.4f} with TTA (training statistics: "
               f"{result[f'{part}_auc']} / {result[f'{part}_auc_tta']}); operating points with "
-              f"TTA: {describe_points(operating_points(scores))}", flush=True)
+              f"TTA: {describe_points(operating_points(scores))}; at the training statistics' validation threshold "
+              f"sensitivity {at_kept['sensitivity']:.4f}, specificity {at_kept['specificity']:.4f}", flush=True)
         # The threshold a retrain records (validation scored with the training statistics) and
         # the one validation gives with its own; without TTA, as the mixes are scored.
-        if "val_auc" not in trained:
-            raise SystemExit(f"no validation logits of {name}: add them with --score-val {name} first")
         thresholds = {kind: threshold_for_sensitivity(scores["labels_val"], logits, TARGET_SENSITIVITY)
                       for kind, logits in (("adapted", scores["val_auc"]), ("training", trained["val_auc"]))}
         for mix, indices in mixes.items():
