@@ -303,6 +303,11 @@ def adaptation(args: argparse.Namespace, minimum: int = MIN_ADAPT_IMAGES) -> Non
         # the one validation gives with its own; without TTA, as the mixes are scored.
         thresholds = {kind: threshold_for_sensitivity(scores["labels_val"], logits, TARGET_SENSITIVITY)
                       for kind, logits in (("adapted", scores["val_auc"]), ("training", trained["val_auc"]))}
+        recorded = {kind: binary_metrics(labels, logits, thresholds["training"]) for kind, logits in
+                    (("adapted", scores["held_out_auc"]), ("training", trained[f"{part}_auc"]))}
+        print(f"{name} held-out sensitivity / specificity at the recorded validation threshold (no TTA): " + ", ".join(
+            f"{at['sensitivity']:.4f} / {at['specificity']:.4f} with the {kind} statistics"
+            for kind, at in recorded.items()), flush=True)
         for mix, indices in mixes.items():
             logits = adapted_scores(name, PatchDataset(held.pixels, held.labels, indices), held, False)
             points = [(kind, binary_metrics(labels, logits, threshold)) for kind, threshold in thresholds.items()]
