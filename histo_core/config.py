@@ -278,9 +278,9 @@ class PredictConfig(_Frozen):
     adapt_to_data: bool = Field(False, description=(
         "Re-estimate the network's BatchNorm statistics on the images scored (at least 256 readable ones, "
         "all from one site) before scoring them: a better ranking on a stain the model was not trained on "
-        "(held-out stain AUC +0.009), one more pass over the images. Off by default: each probability then "
-        "depends on the other images scored with it, and the operating point's sensitivity on their tumour "
-        "fraction (see docs/benchmarks.md)."))
+        "(held-out stain AUC +0.009 and +0.017, two seeds), one more pass over the images. Off by default: "
+        "each probability then depends on the other images scored with it, and the operating point's "
+        "sensitivity on their tumour fraction (see docs/benchmarks.md)."))
 
     @model_validator(mode="after")
     def _one_model(self) -> "PredictConfig":

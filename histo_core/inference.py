@@ -107,7 +107,7 @@ def adapt_batchnorm(model: nn.Module, batches: Iterable[tuple[torch.Tensor, Any]
     A new site's stain and scanner shift the early feature maps' means and variances, and a
     network normalising them with its training statistics scores the site's images as if
     they were darker or paler tissue. Normalising with the site's own statistics removes
-    that shift (held-out stain AUC +0.009 with TTA; docs/benchmarks.md). The statistics
+    that shift (held-out stain AUC +0.009 and +0.017 with TTA; docs/benchmarks.md). The statistics
     also carry the site's tumour fraction, so the operating point's sensitivity then
     depends on it: a trade the caller chooses (off by default everywhere).
 
