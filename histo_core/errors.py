@@ -21,3 +21,8 @@ class UnservableVersionError(ValueError):
 class RunGuardError(RuntimeError):
     """The machine-wide lock folder of the run guard cannot be created or opened: an
     environment problem (permissions, a full or read-only disk)."""
+
+
+class TooFewImagesToAdapt(ValueError):
+    """Adapting BatchNorm statistics to the scored images was asked for, and the data has
+    fewer readable images than it needs (``inference.MIN_ADAPT_IMAGES``)."""

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from histo_core.checkpoint import read_checkpoint
 from histo_core.data.dataset import dihedral_views, to_model_input
-from histo_core.errors import DeviceUnavailableError
+from histo_core.errors import DeviceUnavailableError, TooFewImagesToAdapt
 from histo_core.model import create_model
 
 BatchProgress = Callable[[int], None]  # called with the number of images scored so far
@@ -91,10 +91,6 @@ def score(model: nn.Module, batches: Iterable[tuple[torch.Tensor, Any]], device:
 
 # Fewer images than this give BatchNorm statistics too noisy to trust (one inference batch).
 MIN_ADAPT_IMAGES = 256
-
-
-class TooFewImagesToAdapt(ValueError):
-    """``adapt_batchnorm`` was asked for, but the data has fewer readable images than it needs."""
 
 
 @torch.no_grad()

@@ -6,14 +6,16 @@ from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.states import State
 from prefect.events import emit_event
 from prefect.tasks import exponential_backoff
 
 from histo_core.config import PredictConfig, StoreConfig
+from histo_core.data.sources import DataSourceError
+from histo_core.errors import TooFewImagesToAdapt
 from histo_core.registry import open_registry
 from histo_core.storage import open_store
 from histo_core.watch import batch_uri, claim_new_batches
+from histo_tasks.retries import retry_unless
 
 ARRIVED = "histo.data.arrived"
 
@@ -33,23 +35,9 @@ def announce(data: str, batches: list[str]) -> None:
     get_run_logger().info("emitted %s for %d batch(es)", ARRIVED, len(batches))
 
 
-def _worth_retrying(task: object, task_run: object, state: State) -> bool:
-    """Retry a store or network hiccup; never data that fails the same way every time (no
-    images to score, too few to adapt to)."""
-    from histo_core.data.sources import DataSourceError
-    from histo_core.inference import TooFewImagesToAdapt  # torch: loaded by the failed scoring already
-
-    try:
-        state.result()
-    except (DataSourceError, TooFewImagesToAdapt):
-        return False
-    except Exception:  # noqa: BLE001 - anything else may be transient
-        return True
-    return False
-
-
-@task(name="score-patches", retries=2, retry_delay_seconds=exponential_backoff(5), retry_condition_fn=_worth_retrying,
-      cache_policy=NO_CACHE)
+# Not retried: data that fails the same way every time (no images; too few to adapt to).
+@task(name="score-patches", retries=2, retry_delay_seconds=exponential_backoff(5),
+      retry_condition_fn=retry_unless(DataSourceError, TooFewImagesToAdapt), cache_policy=NO_CACHE)
 def score_patches(config: PredictConfig, workdir: str) -> dict[str, Any]:
     """Write the predictions CSV; images that could not be scored are counted and listed
     in its errors CSV, not retried (a retry would fail on them again)."""

@@ -25,7 +25,6 @@ from typing import Any, Iterator
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.states import State
 from prefect.tasks import exponential_backoff
 
 from histo_core import steps
@@ -33,19 +32,9 @@ from histo_core.config import EvalConfig, GateConfig, SplitConfig, StoreConfig, 
 from histo_core.data.sources import DataSourceError
 from histo_core.layout import DatasetDir, ModelDir, RunDir, SplitDir, Workdir
 from histo_core.validation import DataValidationError
+from histo_tasks.retries import retry_unless
 
 CACHE_FOR = timedelta(days=30)
-
-
-def _worth_retrying(task: object, task_run: object, state: State) -> bool:
-    """Retry network trouble; never a data set that validation rejected (it fails the same way)."""
-    try:
-        state.result()
-    except (DataValidationError, DataSourceError):
-        return False
-    except Exception:  # noqa: BLE001 - anything else may be transient
-        return True
-    return False
 
 
 def output_folder_key(context: Any, parameters: dict[str, Any]) -> str:
@@ -56,7 +45,7 @@ def output_folder_key(context: Any, parameters: dict[str, Any]) -> str:
 
 
 @task(name="validate-data", retries=2, retry_delay_seconds=exponential_backoff(5),
-      retry_condition_fn=_worth_retrying, cache_policy=NO_CACHE)
+      retry_condition_fn=retry_unless(DataValidationError, DataSourceError), cache_policy=NO_CACHE)
 def validate_data(data: str, out: str, workdir: str, cfg: ValidationConfig, store: StoreConfig,
                   run_id: str, model_name: str | None = None) -> dict[str, Any]:
     """Manifest + GX validation into a data set folder; fails the run with the data set's

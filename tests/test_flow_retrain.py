@@ -212,7 +212,7 @@ def test_predict_and_rollback_flows(prefect_api, tmp_path, kaggle_root):
     assert not np.allclose(by_version["label"], older), "the named version, not the champion, scored"
     # Too few readable images to adapt to: the run fails at once, naming the count; not retried
     # (the task's two retries would wait 5 s, then 10 s, to fail the same way).
-    from histo_core.inference import TooFewImagesToAdapt
+    from histo_core.errors import TooFewImagesToAdapt
 
     started = time.monotonic()
     with pytest.raises(TooFewImagesToAdapt, match="at least 256 readable images, and there are 2"):

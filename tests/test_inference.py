@@ -102,7 +102,8 @@ def test_adapting_to_a_paler_site_scores_its_images_as_the_original_site(kaggle_
 
 
 def test_adapting_skips_unreadable_images_and_needs_enough_readable_ones(kaggle_root, checkpoint):
-    from histo_core.inference import MIN_ADAPT_IMAGES, TooFewImagesToAdapt, adapt_batchnorm
+    from histo_core.errors import TooFewImagesToAdapt
+    from histo_core.inference import MIN_ADAPT_IMAGES, adapt_batchnorm
 
     images = _images(kaggle_root)
     clean, used, model = _adapted_logits(checkpoint, images, [(images[:150], [""] * 150), (images[150:], [""] * 150)])
