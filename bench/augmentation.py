@@ -50,6 +50,7 @@ import time
 
 import numpy as np
 import pandas as pd
+import torch
 from pathlib import Path
 
 from stain_groups import GROUPS, describe, stain_groups
@@ -272,10 +273,10 @@ def adaptation(args: argparse.Namespace, minimum: int = MIN_ADAPT_IMAGES) -> Non
                                                  rng.choice(benign, size - size * share // 100, replace=False)])
              for share in (10, 90)}
 
-    def adapted_scores(name: str, adapt_on: PatchDataset, scored: PatchDataset, tta: bool) -> np.ndarray:
+    def adapted(name: str, adapt_on: PatchDataset) -> torch.nn.Module:
         net = load_model(args.out / name / "best.pt", device)
         adapt_batchnorm(net, DataLoader(adapt_on, 256), device, minimum)
-        return score_dataset(net, scored, device, tta)[0]
+        return net
 
     for name in args.adapt:
         result = json.loads((args.out / f"{name}.json").read_text())
@@ -286,10 +287,10 @@ def adaptation(args: argparse.Namespace, minimum: int = MIN_ADAPT_IMAGES) -> Non
         if "val_auc" not in trained:
             raise SystemExit(f"no validation logits of {name}: add them with --score-val {name} first")
         scores = {"labels_val": val.labels[val.indices], "labels_held_out": labels}
-        for tta in (False, True):
-            suffix = "_tta" if tta else ""
-            scores[f"val_auc{suffix}"] = adapted_scores(name, val, val, tta)
-            scores[f"held_out_auc{suffix}"] = adapted_scores(name, held, held, tta)
+        for part_name, images in (("val", val), ("held_out", held)):
+            net = adapted(name, images)  # once per part: the statistics do not depend on TTA
+            for suffix, tta in (("", False), ("_tta", True)):
+                scores[f"{part_name}_auc{suffix}"] = score_dataset(net, images, device, tta)[0]
         part = "held_out_stain" if args.hold_out_stain else "test"
         np.savez(args.out / f"{name}-adapted-logits.npz", **scores)
         kept = threshold_for_sensitivity(trained["labels_val"], trained["val_auc_tta"], TARGET_SENSITIVITY)
@@ -309,7 +310,7 @@ def adaptation(args: argparse.Namespace, minimum: int = MIN_ADAPT_IMAGES) -> Non
             f"{at['sensitivity']:.4f} / {at['specificity']:.4f} with the {kind} statistics"
             for kind, at in recorded.items()), flush=True)
         for mix, indices in mixes.items():
-            logits = adapted_scores(name, PatchDataset(held.pixels, held.labels, indices), held, False)
+            logits = score_dataset(adapted(name, PatchDataset(held.pixels, held.labels, indices)), held, device)[0]
             points = [(kind, binary_metrics(labels, logits, threshold)) for kind, threshold in thresholds.items()]
             print(f"{name} adapted to {len(indices)} held-out images of {mix}: AUC {roc_auc_score(labels, logits):.4f}; "
                   "sensitivity / specificity at the validation threshold (no TTA) " + ", ".join(
