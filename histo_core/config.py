@@ -125,6 +125,10 @@ class TrainConfig(_Frozen):
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description=(
         "Train towards labels eps/2 and 1 - eps/2 instead of 0 and 1 (validation loss stays plain); 0: off. "
         "See docs/benchmarks.md."))
+    focal_gamma: float = Field(0.0, ge=0, le=5, description=(
+        "Focal loss (Lin et al. 2017): each training image's loss weighted by (1 - p_t) ** gamma, so that patches "
+        "the model already gets right count less; 0: plain cross-entropy. Validation loss stays plain. "
+        "See docs/benchmarks.md."))
     augment_on: Literal["auto", "loader", "device"] = Field("auto", description=(
         "Where training batches are augmented: in the loader (CPU), or on the training device after the copy. "
         "auto: on a CUDA GPU from batch 128 up the device, else the loader (see train.augments_on_device). "

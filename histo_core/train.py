@@ -26,6 +26,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler, Sampler, WeightedRandomSampler
+from torchvision.ops import sigmoid_focal_loss
 
 from histo_core.atomic import atomic_write
 from histo_core.checkpoint import TrainingState, model_record, read_checkpoint, write_checkpoint
@@ -63,13 +64,18 @@ def training_augmentation(cfg: TrainConfig) -> Callable[[torch.Tensor], torch.Te
                               cfg.blur_sigma)
 
 
-def training_loss(label_smoothing: float = 0.0) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def training_loss(label_smoothing: float = 0.0,
+                  focal_gamma: float = 0.0) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Binary cross-entropy on logits, towards labels ``label_smoothing / 2`` and
     ``1 - label_smoothing / 2``: a model then gains nothing from ever more confident logits
-    on patches it already ranks right. Only training uses it; the val loss that picks the
-    checkpoint stays the plain one, comparable across settings."""
+    on patches it already ranks right. With ``focal_gamma`` each image's loss is weighted
+    by ``(1 - p_t) ** focal_gamma`` (torchvision's focal loss, no class weight: the sampler
+    balances the classes). Only training uses it; the val loss that picks the checkpoint
+    stays the plain one, comparable across settings."""
     def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         targets = labels * (1 - label_smoothing) + label_smoothing / 2 if label_smoothing else labels
+        if focal_gamma:
+            return sigmoid_focal_loss(logits, targets, alpha=-1, gamma=focal_gamma, reduction="mean")
         return nn.functional.binary_cross_entropy_with_logits(logits, targets)
     return loss
 
@@ -262,7 +268,7 @@ def fit(train_set: PatchDataset, val_set: PatchDataset, cfg: TrainConfig, out_di
     total_steps = cfg.epochs * len(train_loader)
     scheduler = warmup_cosine(optimizer, total_steps, warmup_steps=min(len(train_loader), total_steps // 10 + 1))
     scaler = torch.amp.GradScaler("cuda") if amp_dtype(device) == torch.float16 else None
-    loss_fn = training_loss(cfg.label_smoothing)
+    loss_fn = training_loss(cfg.label_smoothing, cfg.focal_gamma)
     average = weight_average(model, cfg, len(train_loader))
 
     history: list[dict[str, float]] = []

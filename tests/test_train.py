@@ -235,7 +235,7 @@ def test_a_checkpoint_from_before_a_setting_existed_resumes_when_the_setting_is_
     from histo_core.train import _same_run
 
     cfg = TrainConfig(epochs=3)
-    older = {k: v for k, v in cfg.model_dump().items() if k not in ("blur_sigma", "label_smoothing")}
+    older = {k: v for k, v in cfg.model_dump().items() if k not in ("blur_sigma", "label_smoothing", "focal_gamma")}
     assert _same_run(older, cfg)
     assert not _same_run(older, cfg.model_copy(update={"blur_sigma": 0.5}))
     assert not _same_run({**older, "lr": 5e-4}, cfg)
@@ -466,7 +466,23 @@ def test_label_smoothing_pulls_the_training_target_in_from_0_and_1():
     assert training_loss(0.1)(logits, labels) > training_loss(0.1)(best.detach(), labels)
 
 
-@pytest.mark.parametrize("field, value", [("blur_sigma", 3.5), ("blur_sigma", -0.1), ("label_smoothing", 0.5)])
+def test_focal_loss_weighs_down_what_the_model_already_gets_right():
+    from histo_core.train import training_loss
+
+    labels = torch.tensor([1.0, 0.0])
+    right, wrong = torch.tensor([3.0, -3.0]), torch.tensor([-1.0, 1.0])
+    plain = training_loss(0.0)
+    assert torch.allclose(training_loss(0.0, focal_gamma=1e-9)(right, labels), plain(right, labels))
+    focal = training_loss(0.0, focal_gamma=2.0)
+    # p_t = sigmoid(3) for the right pair, sigmoid(-1) for the wrong one: weights (1 - p_t) ** 2
+    for logits in (right, wrong):
+        weight = (1 - torch.sigmoid(logits * (2 * labels - 1))) ** 2
+        assert torch.allclose(focal(logits, labels), plain(logits, labels) * weight.mean(), rtol=1e-5)
+    assert focal(right, labels) / plain(right, labels) < 0.01 < 0.5 < focal(wrong, labels) / plain(wrong, labels)
+
+
+@pytest.mark.parametrize("field, value", [("blur_sigma", 3.5), ("blur_sigma", -0.1), ("label_smoothing", 0.5),
+                                          ("focal_gamma", -1.0)])
 def test_blur_and_label_smoothing_out_of_range_are_refused_when_the_config_is_built(field, value):
     import pydantic
 
