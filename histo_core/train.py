@@ -342,14 +342,20 @@ def fit(train_set: PatchDataset, val_set: PatchDataset, cfg: TrainConfig, out_di
     return TrainResult(best_path, last_path, history, str(device))
 
 
+# Settings whose default is not what the versions before them did: a checkpoint written
+# before the setting existed trained this way.
+_BEFORE_THE_SETTING = {"label_smoothing": 0.0}  # added off (9968e8f); 0.1 by default since
+
+
 def _same_run(saved: dict[str, object], cfg: TrainConfig) -> bool:
     """Whether a checkpoint's config is ``cfg``'s, up to the loader worker count, which
     does not change results (augmentation is seeded per batch): a retry on a machine
     with more cores still resumes. A setting the checkpoint's version did not have yet
-    counts as its default, which is what that version did: a run killed before an
-    upgrade resumes after it."""
-    defaults = TrainConfig().model_dump()
-    return {**defaults, **saved, "num_workers": None} == {**cfg.model_dump(), "num_workers": None}
+    counts as what that version did (its default, unless ``_BEFORE_THE_SETTING`` says
+    otherwise): a run killed before an upgrade resumes after it, if it trained as the
+    upgraded config would."""
+    before = {**TrainConfig().model_dump(), **_BEFORE_THE_SETTING}
+    return {**before, **saved, "num_workers": None} == {**cfg.model_dump(), "num_workers": None}
 
 
 def _stale_epochs(history: list[dict[str, float]]) -> int:

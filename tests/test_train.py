@@ -229,16 +229,21 @@ def test_checkpoint_from_another_config_is_not_resumed(parts, tmp_path):
     assert [r["epoch"] for r in result.history] == [1]
 
 
-def test_a_checkpoint_from_before_a_setting_existed_resumes_when_the_setting_is_at_its_default():
-    """An upgrade that adds a training setting must not make a killed run start over: the
-    old version trained as the new default does."""
+def test_a_checkpoint_from_before_a_setting_existed_resumes_when_it_trained_as_the_config_would():
+    """An upgrade that adds a training setting must not make a killed run start over when
+    the old version trained as the new config does, and must when it did not (a default
+    that changed)."""
     from histo_core.train import _same_run
 
     cfg = TrainConfig(epochs=3)
     older = {k: v for k, v in cfg.model_dump().items() if k not in ("blur_sigma", "label_smoothing", "focal_gamma")}
-    assert _same_run(older, cfg)
-    assert not _same_run(older, cfg.model_copy(update={"blur_sigma": 0.5}))
-    assert not _same_run({**older, "lr": 5e-4}, cfg)
+    # label smoothing was added off and is on by default now: the older run trained without it
+    assert cfg.label_smoothing > 0 and not _same_run(older, cfg)
+    unsmoothed = cfg.model_copy(update={"label_smoothing": 0.0})
+    assert _same_run(older, unsmoothed)
+    assert not _same_run(older, unsmoothed.model_copy(update={"blur_sigma": 0.5}))
+    assert not _same_run({**older, "lr": 5e-4}, unsmoothed)
+    assert _same_run(cfg.model_dump(), cfg)
 
 
 def test_dataset_items_are_uint8_chw_with_float_labels(parts):
