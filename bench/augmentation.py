@@ -311,11 +311,12 @@ def adaptation(args: argparse.Namespace, minimum: int = MIN_ADAPT_IMAGES) -> Non
             for kind, at in recorded.items()), flush=True)
         for mix, indices in mixes.items():
             logits = score_dataset(adapted(name, PatchDataset(held.pixels, held.labels, indices)), held, device)[0]
-            points = [(kind, binary_metrics(labels, logits, threshold)) for kind, threshold in thresholds.items()]
+            points = {kind: binary_metrics(labels, logits, threshold) for kind, threshold in thresholds.items()}
             print(f"{name} adapted to {len(indices)} held-out images of {mix}: AUC {roc_auc_score(labels, logits):.4f}; "
-                  "sensitivity / specificity at the validation threshold (no TTA) " + ", ".join(
-                      f"{at['sensitivity']:.4f} / {at['specificity']:.4f} with the {kind} statistics"
-                      for kind, at in points), flush=True)
+                  "sensitivity / specificity (no TTA) " + ", ".join(
+                      f"{points[kind]['sensitivity']:.4f} / {points[kind]['specificity']:.4f} {where}"
+                      for kind, where in (("training", "at the recorded threshold"),
+                                          ("adapted", "at validation's own adapted threshold"))), flush=True)
 
 
 def summary(result: dict[str, float], parts: list[str]) -> str:
