@@ -31,6 +31,7 @@ EXPECTED = {
     "scale.py": "per-image time ratio",
     "season.py": "bad batches isolated of",
     "stain_groups.py": "median blue OD direction",
+    "stain_normalise.py": ("held-out mapped: AUC", "mapped from the 90% tumour estimate", "then BatchNorm adapted to it"),
     "stain_shift.py": "re-stained as 8 labs",
     "throughput.py": "training, library trainer",
     "validate.py": "ratio to PIL decode",
