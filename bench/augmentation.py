@@ -252,6 +252,18 @@ def score_val(args: argparse.Namespace) -> None:
               f"operating points with TTA: {describe_points(operating_points(scores))}", flush=True)
 
 
+def tumour_mixes(held: PatchDataset) -> dict[str, np.ndarray]:
+    """Up to 2,000 of ``held``'s patches at 10% and at 90% tumour (seeded): the images a
+    site might adapt to, to show how the adaptation moves with their tumour fraction."""
+    labels = held.labels[held.indices]
+    rng = np.random.default_rng(0)
+    tumour, benign = held.indices[labels == 1], held.indices[labels == 0]
+    size = min(2000, len(tumour) * 10 // 9, len(benign) * 10 // 9)
+    return {f"{share}% tumour": np.concatenate([rng.choice(tumour, size * share // 100, replace=False),
+                                                rng.choice(benign, size - size * share // 100, replace=False)])
+            for share in (10, 90)}
+
+
 def adaptation(args: argparse.Namespace, minimum: int = MIN_ADAPT_IMAGES) -> None:
     """``--adapt``: each variant's held-out group (the test partition without a hold-out)
     and validation images scored with BatchNorm statistics re-estimated on each, beside
@@ -266,12 +278,7 @@ def adaptation(args: argparse.Namespace, minimum: int = MIN_ADAPT_IMAGES) -> Non
                                                                     np.flatnonzero(groups == group))
     device = pick_device()
     labels = held.labels[held.indices]
-    rng = np.random.default_rng(0)
-    tumour, benign = held.indices[labels == 1], held.indices[labels == 0]
-    size = min(2000, len(tumour) * 10 // 9, len(benign) * 10 // 9)
-    mixes = {f"{share}% tumour": np.concatenate([rng.choice(tumour, size * share // 100, replace=False),
-                                                 rng.choice(benign, size - size * share // 100, replace=False)])
-             for share in (10, 90)}
+    mixes = tumour_mixes(held)
 
     def adapted(name: str, adapt_on: PatchDataset) -> torch.nn.Module:
         net = load_model(args.out / name / "best.pt", device)

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from augmentation import GROUPS, TARGET_SENSITIVITY, prepared, run, unaugmented, without_group
+from augmentation import GROUPS, TARGET_SENSITIVITY, prepared, run, tumour_mixes, unaugmented, without_group
 from sklearn.metrics import roc_auc_score
 from torch.utils.data import DataLoader
 
@@ -135,14 +135,11 @@ def normalise(args: argparse.Namespace, minimum: int = 256) -> None:
     reference, lab = lab_stains(train), lab_stains(held)
     print(f"training stain {describe(reference)}; held-out {describe(lab)}", flush=True)
     labels = held.labels[held.indices]
-    rng = np.random.default_rng(0)
-    tumour, benign = held.indices[labels == 1], held.indices[labels == 0]
-    size = min(2000, len(tumour) * 10 // 9, len(benign) * 10 // 9)
-    mixes = {f"{share}% tumour": lab_stains(PatchDataset(held.pixels, held.labels, np.concatenate([
-        rng.choice(tumour, size * share // 100, replace=False),
-        rng.choice(benign, size - size * share // 100, replace=False)]))) for share in (10, 90)}
-    print("the held-out lab estimated from " + "; ".join(f"{size} images of {mix}: {describe(stains)}"
+    mix_indices = tumour_mixes(held)
+    mixes = {mix: lab_stains(PatchDataset(held.pixels, held.labels, indices)) for mix, indices in mix_indices.items()}
+    print("the held-out lab estimated from " + "; ".join(f"{len(mix_indices[mix])} images of {mix}: {describe(stains)}"
                                                          for mix, stains in mixes.items()), flush=True)
+    val_lab = lab_stains(val)
     device = pick_device()
     variants = {"mapped": StainMap(lab, reference)}
     if args.project:
@@ -166,7 +163,7 @@ def normalise(args: argparse.Namespace, minimum: int = 256) -> None:
               f"{point(as_trained)}", flush=True)
         for kind, transform in variants.items():
             plain, tta = (scored(net, mapped(held, transform), device, with_tta, recorded) for with_tta in (False, True))
-            own = StainMap(lab_stains(val), reference, project=kind == "projected")
+            own = StainMap(val_lab, reference, project=kind == "projected")
             print(f"{name} held-out {kind}: AUC {plain[0]:.4f} / {tta[0]:.4f} with TTA; at the recorded threshold "
                   f"(TTA) {point(tta[1])}; validation {kind} with its own estimate: AUC "
                   f"{scored(net, mapped(val, own), device, False, recorded)[0]:.4f} "
