@@ -230,21 +230,32 @@ def score_parts(checkpoint: Path, scored: dict[str, PatchDataset]) -> dict[str, 
     return scores
 
 
+def trained_variant(args: argparse.Namespace, name: str, need_val: bool = True) -> tuple[dict, dict[str, np.ndarray]]:
+    """The result and kept logits of variant ``name`` in ``--out``; exits with the reason
+    when it was not trained there, was trained with another ``--hold-out-stain`` (its
+    held-out group would be a different set of images), or (``need_val``) has no
+    validation logits to take the recorded threshold from."""
+    if not (args.out / f"{name}-logits.npz").is_file():
+        raise SystemExit(f"no logits of {name} in {args.out}: train it there with augmentation.py first")
+    result = json.loads((args.out / f"{name}.json").read_text())
+    if result.get("hold_out_stain") != args.hold_out_stain:
+        raise SystemExit(f"{name} was trained with --hold-out-stain {result.get('hold_out_stain')}, "
+                         f"not {args.hold_out_stain}")
+    logits = dict(np.load(args.out / f"{name}-logits.npz"))
+    if need_val and "val_auc" not in logits:
+        raise SystemExit(f"no validation logits of {name}: add them with augmentation.py --score-val {name} first")
+    return result, logits
+
+
 def score_val(args: argparse.Namespace) -> None:
     """Add the validation logits to variants trained before they were kept, from each
     one's best checkpoint, on the validation images it was trained beside."""
+    kept = {name: trained_variant(args, name, need_val=False)[1] for name in args.score_val}  # before the data
     _, parts, groups = prepared(args, TrainConfig())
-    for name in args.score_val:
-        if not (args.out / f"{name}-logits.npz").is_file():
-            raise SystemExit(f"no logits of {name} in {args.out}: --score-val adds to a variant trained there")
-        result = json.loads((args.out / f"{name}.json").read_text())
-        if result.get("hold_out_stain") != args.hold_out_stain:
-            raise SystemExit(f"{name} was trained with --hold-out-stain {result.get('hold_out_stain')}, "
-                             f"not {args.hold_out_stain}")
+    for name, scores in kept.items():
         val = parts["val"]
         if args.hold_out_stain:
             val = without_group(val, groups, GROUPS.index(args.hold_out_stain))
-        scores = dict(np.load(args.out / f"{name}-logits.npz"))
         scores.update(score_parts(args.out / name / "best.pt", {"val": unaugmented(val)}))
         np.savez(args.out / f"{name}-logits.npz", **scores)
         print(f"{name}: val AUC {roc_auc_score(scores['labels_val'], scores['val_auc']):.4f} "
@@ -270,6 +281,7 @@ def adaptation(args: argparse.Namespace, minimum: int = MIN_ADAPT_IMAGES) -> Non
     its scores with the training statistics (the adapted logits are kept in
     ``NAME-adapted-logits.npz``); then adapted to 2,000 held-out images of 10% and of 90%
     tumour. ``minimum``: the fewest images to adapt to (the smoke's are few)."""
+    variants = {name: trained_variant(args, name) for name in args.adapt}  # checked before the data is read
     _, parts, groups = prepared(args, TrainConfig())
     val, held = unaugmented(parts["val"]), unaugmented(parts["test"])
     if args.hold_out_stain:
@@ -285,14 +297,7 @@ def adaptation(args: argparse.Namespace, minimum: int = MIN_ADAPT_IMAGES) -> Non
         adapt_batchnorm(net, DataLoader(adapt_on, 256), device, minimum)
         return net
 
-    for name in args.adapt:
-        result = json.loads((args.out / f"{name}.json").read_text())
-        if result.get("hold_out_stain") != args.hold_out_stain:
-            raise SystemExit(f"{name} was trained with --hold-out-stain {result.get('hold_out_stain')}, "
-                             f"not {args.hold_out_stain}")
-        trained = dict(np.load(args.out / f"{name}-logits.npz"))
-        if "val_auc" not in trained:
-            raise SystemExit(f"no validation logits of {name}: add them with --score-val {name} first")
+    for name, (result, trained) in variants.items():
         scores = {"labels_val": val.labels[val.indices], "labels_held_out": labels}
         for part_name, images in (("val", val), ("held_out", held)):
             net = adapted(name, images)  # once per part: the statistics do not depend on TTA

@@ -34,14 +34,14 @@ Its figures are in docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
-from augmentation import GROUPS, TARGET_SENSITIVITY, prepared, run, tumour_mixes, unaugmented, without_group
+from augmentation import (GROUPS, TARGET_SENSITIVITY, prepared, run, trained_variant, tumour_mixes, unaugmented,
+                          without_group)
 from sklearn.metrics import roc_auc_score
 from torch.utils.data import DataLoader
 
@@ -126,6 +126,7 @@ def describe(stains: torch.Tensor) -> str:
 def normalise(args: argparse.Namespace, minimum: int = 256) -> None:
     """Score each variant's held-out group (the test partition without a hold-out) with the
     lab's stain mapped onto the training images'."""
+    kept = {name: trained_variant(args, name)[1] for name in args.names}  # checked before the stains are estimated
     _, parts, groups = prepared(args, TrainConfig())
     train, val, held = (unaugmented(parts[name]) for name in ("train", "val", "test"))
     if args.hold_out_stain:
@@ -144,16 +145,8 @@ def normalise(args: argparse.Namespace, minimum: int = 256) -> None:
     variants = {"mapped": StainMap(lab, reference)}
     if args.project:
         variants["projected"] = StainMap(lab, reference, project=True)
-    for name in args.names:
-        if not (args.out / f"{name}-logits.npz").is_file():
-            raise SystemExit(f"no logits of {name} in {args.out}: train it there with augmentation.py first")
-        trained_with = json.loads((args.out / f"{name}.json").read_text()).get("hold_out_stain")
-        if trained_with != args.hold_out_stain:
-            raise SystemExit(f"{name} was trained with --hold-out-stain {trained_with}, not {args.hold_out_stain}")
-        trained = dict(np.load(args.out / f"{name}-logits.npz"))
+    for name, trained in kept.items():
         part = "held_out_stain" if args.hold_out_stain else "test"
-        if "val_auc" not in trained:
-            raise SystemExit(f"no validation logits of {name}: add them with augmentation.py --score-val {name} first")
         recorded = {tta: threshold_for_sensitivity(trained["labels_val"], trained[f"val_auc{tta}"], TARGET_SENSITIVITY)
                     for tta in ("", "_tta")}
         net = load_model(args.out / name / "best.pt", device)
