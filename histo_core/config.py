@@ -122,6 +122,9 @@ class TrainConfig(_Frozen):
     blur_sigma: float = Field(0.0, ge=0, le=3, description=(
         "Gaussian blur of each training image with a standard deviation drawn from U(0, blur_sigma) pixels, "
         "as another scanner's focus would blur it; 0: off. See docs/benchmarks.md."))
+    scale_jitter: float = Field(0.0, ge=0, le=0.5, description=(
+        "Zoom each training image about its centre by a factor from 1/(1 + scale_jitter) to 1 + scale_jitter, "
+        "as another scanner's pixel size would; 0: off. See docs/benchmarks.md."))
     label_smoothing: float = Field(0.1, ge=0, lt=0.5, description=(
         "Train towards labels eps/2 and 1 - eps/2 instead of 0 and 1 (validation loss stays plain); 0: off. "
         "0.1 scored higher on held-out stains in two seeds at 45 epochs: see docs/benchmarks.md."))

@@ -99,7 +99,7 @@ def dataset_dir(workdir: Workdir, data: str, cfg: ValidationConfig) -> DatasetDi
 
 # Training settings added after model folders were first keyed: part of the key only when
 # changed from their default, so that an upgraded worker still finds the models it trained.
-KEYED_ONLY_WHEN_SET = ("width",)
+KEYED_ONLY_WHEN_SET = ("width", "scale_jitter")
 
 
 def model_dir(workdir: Workdir, split: SplitDir, cfg: TrainConfig) -> ModelDir:

@@ -61,7 +61,7 @@ def training_augmentation(cfg: TrainConfig) -> Callable[[torch.Tensor], torch.Te
     if not cfg.augment:
         return None
     return build_augmentation(cfg.color_jitter, cfg.hue_jitter, cfg.hed_jitter, cfg.stain_vector_jitter,
-                              cfg.blur_sigma)
+                              cfg.blur_sigma, cfg.scale_jitter)
 
 
 def training_loss(label_smoothing: float = 0.0,

@@ -51,19 +51,21 @@ def test_a_narrower_seed_cnn_halves_its_channels_and_checkpoints_say_so_only_whe
         create_model("simple_cnn", width=1)
 
 
-def test_a_model_folder_keeps_its_key_from_before_the_width_setting(kaggle_split, tmp_path):
-    """An upgraded worker finds the models it trained: the default width is not in the key."""
+@pytest.mark.parametrize("setting, changed", [("width", 8), ("scale_jitter", 0.1)])
+def test_a_model_folder_keeps_its_key_from_before_a_later_setting(kaggle_split, tmp_path, setting, changed):
+    """An upgraded worker finds the models it trained: a later setting at its default is
+    not in the key."""
     from histo_core import steps
     from histo_core.config import TrainConfig
     from histo_core.layout import Workdir
     from histo_core.storage import sha256_file
 
     workdir, cfg = Workdir(tmp_path), TrainConfig()
-    before = {k: v for k, v in cfg.model_dump().items() if k != "width"}  # the settings as they were
+    before = {k: v for k, v in cfg.model_dump().items() if k not in steps.KEYED_ONLY_WHEN_SET}  # as they were
     expected = steps.content_key(sha256_file(kaggle_split.csv), before)
     assert steps.model_dir(workdir, kaggle_split, cfg).root.name == expected
-    narrow = steps.model_dir(workdir, kaggle_split, cfg.model_copy(update={"width": 8}))
-    assert narrow.root.name != expected
+    other = steps.model_dir(workdir, kaggle_split, cfg.model_copy(update={setting: changed}))
+    assert other.root.name != expected
 
 
 def test_unknown_model_name_lists_the_valid_ones():

@@ -236,12 +236,14 @@ def test_a_checkpoint_from_before_a_setting_existed_resumes_when_it_trained_as_t
     from histo_core.train import _same_run
 
     cfg = TrainConfig(epochs=3)
-    older = {k: v for k, v in cfg.model_dump().items() if k not in ("blur_sigma", "label_smoothing", "focal_gamma")}
+    older = {k: v for k, v in cfg.model_dump().items()
+             if k not in ("blur_sigma", "label_smoothing", "focal_gamma", "scale_jitter")}
     # label smoothing was added off and is on by default now: the older run trained without it
     assert cfg.label_smoothing > 0 and not _same_run(older, cfg)
     unsmoothed = cfg.model_copy(update={"label_smoothing": 0.0})
     assert _same_run(older, unsmoothed)
     assert not _same_run(older, unsmoothed.model_copy(update={"blur_sigma": 0.5}))
+    assert not _same_run(older, unsmoothed.model_copy(update={"scale_jitter": 0.1}))
     assert not _same_run({**older, "lr": 5e-4}, unsmoothed)
     assert _same_run(cfg.model_dump(), cfg)
 
@@ -456,6 +458,37 @@ def test_blur_draws_its_sigma_per_image_after_every_other_draw():
     assert len(set(sigma.tolist())) == 8
 
 
+def test_zoom_keeps_the_centre_and_factor_one_changes_nothing():
+    from histo_core.data.dataset import scale_each
+
+    images = torch.randint(0, 256, (2, 3, 96, 96), dtype=torch.uint8)
+    assert torch.equal(scale_each(images, torch.ones(2)), images)
+    # x2 is the centre 48 x 48 upsampled (bilinear); inside the border the two agree
+    zoomed = scale_each(images, torch.tensor([2.0, 2.0]))
+    crop = torch.nn.functional.interpolate(images[:, :, 24:72, 24:72].float(), size=96, mode="bilinear",
+                                           align_corners=False)
+    assert (zoomed[:, :, 1:-1, 1:-1].float() - crop[:, :, 1:-1, 1:-1]).abs().max() <= 0.5 + 1e-3
+    # zooming out keeps every pixel in range and the centre pixel where it was
+    shrunk = scale_each(images, torch.tensor([0.8, 0.8]))
+    assert shrunk.dtype == torch.uint8 and shrunk.shape == images.shape
+    assert (shrunk[:, :, 47:49, 47:49].float() - images[:, :, 47:49, 47:49].float()).abs().max() <= 128
+
+
+def test_zoom_draws_its_factor_per_image_after_every_other_draw():
+    """As with blur: a run with the zoom sees the flips and colours of one without it."""
+    from histo_core.data.dataset import scale_each
+
+    images = torch.randint(0, 256, (8, 3, 96, 96), dtype=torch.uint8)
+    torch.manual_seed(5)
+    zoomed = build_augmentation(scale_jitter=0.2)(images)
+    torch.manual_seed(5)
+    plain = build_augmentation()(images)
+    factor = torch.exp((2 * torch.rand(8) - 1) * np.log1p(0.2))
+    assert torch.equal(zoomed, scale_each(plain, factor))
+    assert ((factor >= 1 / 1.2 - 1e-6) & (factor <= 1.2 + 1e-6)).all() and len(set(factor.tolist())) == 8
+    assert factor.min() < 1 < factor.max()
+
+
 def test_label_smoothing_pulls_the_training_target_in_from_0_and_1():
     from histo_core.train import training_loss
 
@@ -487,7 +520,7 @@ def test_focal_loss_weighs_down_what_the_model_already_gets_right():
 
 
 @pytest.mark.parametrize("field, value", [("blur_sigma", 3.5), ("blur_sigma", -0.1), ("label_smoothing", 0.5),
-                                          ("focal_gamma", -1.0)])
+                                          ("focal_gamma", -1.0), ("scale_jitter", 0.6), ("scale_jitter", -0.1)])
 def test_blur_and_label_smoothing_out_of_range_are_refused_when_the_config_is_built(field, value):
     import pydantic
 
