@@ -468,10 +468,14 @@ def test_zoom_keeps_the_centre_and_factor_one_changes_nothing():
     crop = torch.nn.functional.interpolate(images[:, :, 24:72, 24:72].float(), size=96, mode="bilinear",
                                            align_corners=False)
     assert (zoomed[:, :, 1:-1, 1:-1].float() - crop[:, :, 1:-1, 1:-1]).abs().max() <= 0.5 + 1e-3
-    # zooming out keeps every pixel in range and the centre pixel where it was
-    shrunk = scale_each(images, torch.tensor([0.8, 0.8]))
-    assert shrunk.dtype == torch.uint8 and shrunk.shape == images.shape
-    assert (shrunk[:, :, 47:49, 47:49].float() - images[:, :, 47:49, 47:49].float()).abs().max() <= 128
+    # zooming out by 0.8: output column j shows input column (j + 0.5 - 48) / 0.8 + 47.5, so a
+    # ramp of 2 per column becomes one of 2.5 through the same centre (edges reflected, not tested)
+    ramp = (2 * torch.arange(96)).to(torch.uint8).expand(1, 3, 96, 96)
+    shrunk = scale_each(ramp, torch.tensor([0.8]))
+    j = torch.arange(10, 86)
+    expected = 2 * ((j + 0.5 - 48) / 0.8 + 47.5)
+    assert shrunk.dtype == torch.uint8 and shrunk.shape == ramp.shape
+    assert (shrunk[0, :, :, 10:86].float() - expected).abs().max() <= 0.5 + 1e-3
 
 
 def test_zoom_draws_its_factor_per_image_after_every_other_draw():
