@@ -275,6 +275,19 @@ def tumour_mixes(held: PatchDataset) -> dict[str, np.ndarray]:
             for share in (10, 90)}
 
 
+def held_out_parts(args: argparse.Namespace) -> dict[str, PatchDataset]:
+    """The unaugmented train and validation images a variant was trained on (without the
+    held-out group) and the images it is scored on: the whole held-out group, or the test
+    partition without a hold-out."""
+    _, parts, groups = prepared(args, TrainConfig())
+    train, val, held = (unaugmented(parts[name]) for name in ("train", "val", "test"))
+    if args.hold_out_stain:
+        group = GROUPS.index(args.hold_out_stain)
+        train, val = without_group(train, groups, group), without_group(val, groups, group)
+        held = PatchDataset(held.pixels, held.labels, np.flatnonzero(groups == group))
+    return {"train": train, "val": val, "held_out": held}
+
+
 def adaptation(args: argparse.Namespace, minimum: int = MIN_ADAPT_IMAGES) -> None:
     """``--adapt``: each variant's held-out group (the test partition without a hold-out)
     and validation images scored with BatchNorm statistics re-estimated on each, beside
@@ -282,12 +295,8 @@ def adaptation(args: argparse.Namespace, minimum: int = MIN_ADAPT_IMAGES) -> Non
     ``NAME-adapted-logits.npz``); then adapted to 2,000 held-out images of 10% and of 90%
     tumour. ``minimum``: the fewest images to adapt to (the smoke's are few)."""
     variants = {name: trained_variant(args, name) for name in args.adapt}  # checked before the data is read
-    _, parts, groups = prepared(args, TrainConfig())
-    val, held = unaugmented(parts["val"]), unaugmented(parts["test"])
-    if args.hold_out_stain:
-        group = GROUPS.index(args.hold_out_stain)
-        val, held = without_group(val, groups, group), PatchDataset(held.pixels, held.labels,
-                                                                    np.flatnonzero(groups == group))
+    parts = held_out_parts(args)
+    val, held = parts["val"], parts["held_out"]
     device = pick_device()
     labels = held.labels[held.indices]
     mixes = tumour_mixes(held)

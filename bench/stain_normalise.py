@@ -40,12 +40,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from augmentation import (GROUPS, TARGET_SENSITIVITY, prepared, run, trained_variant, tumour_mixes, unaugmented,
-                          without_group)
+from augmentation import GROUPS, TARGET_SENSITIVITY, held_out_parts, run, trained_variant, tumour_mixes
+from quality import DEFAULT_DATA
 from sklearn.metrics import roc_auc_score
 from torch.utils.data import DataLoader
 
-from histo_core.config import SMOKE_WIDTH, TrainConfig
+from histo_core.config import SMOKE_WIDTH
 from histo_core.data.dataset import PatchDataset
 from histo_core.data.synthetic import SyntheticSpec, write_kaggle_layout
 from histo_core.evaluate import binary_metrics, threshold_for_sensitivity
@@ -127,12 +127,8 @@ def normalise(args: argparse.Namespace, minimum: int = 256) -> None:
     """Score each variant's held-out group (the test partition without a hold-out) with the
     lab's stain mapped onto the training images'."""
     kept = {name: trained_variant(args, name)[1] for name in args.names}  # checked before the stains are estimated
-    _, parts, groups = prepared(args, TrainConfig())
-    train, val, held = (unaugmented(parts[name]) for name in ("train", "val", "test"))
-    if args.hold_out_stain:
-        group = GROUPS.index(args.hold_out_stain)
-        train, val = without_group(train, groups, group), without_group(val, groups, group)
-        held = PatchDataset(held.pixels, held.labels, np.flatnonzero(groups == group))
+    parts = held_out_parts(args)
+    train, val, held = parts["train"], parts["val"], parts["held_out"]
     reference, lab = lab_stains(train), lab_stains(held)
     print(f"training stain {describe(reference)}; held-out {describe(lab)}", flush=True)
     labels = held.labels[held.indices]
@@ -145,8 +141,8 @@ def normalise(args: argparse.Namespace, minimum: int = 256) -> None:
     variants = {"mapped": StainMap(lab, reference)}
     if args.project:
         variants["projected"] = StainMap(lab, reference, project=True)
+    part = "held_out_stain" if args.hold_out_stain else "test"
     for name, trained in kept.items():
-        part = "held_out_stain" if args.hold_out_stain else "test"
         recorded = {tta: threshold_for_sensitivity(trained["labels_val"], trained[f"val_auc{tta}"], TARGET_SENSITIVITY)
                     for tta in ("", "_tta")}
         net = load_model(args.out / name / "best.pt", device)
@@ -189,7 +185,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench-out/augmentation"))
     parser.add_argument("--hold-out-stain", choices=GROUPS, help="the group the variants were trained without")
     parser.add_argument("--project", action="store_true", help="also score the projection onto H and E alone")
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/pcam_real")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--split", type=Path, help="a split folder made earlier from --data (see augmentation.py)")
     parser.add_argument("--smoke", action="store_true", help="seconds: 240 generated patches, 1 epoch, a narrow network")
     args = parser.parse_args()
