@@ -235,8 +235,10 @@ def trained_variant(args: argparse.Namespace, name: str, need_val: bool = True) 
     when it was not trained there, was trained with another ``--hold-out-stain`` (its
     held-out group would be a different set of images), or (``need_val``) has no
     validation logits to take the recorded threshold from."""
-    if not (args.out / f"{name}-logits.npz").is_file():
-        raise SystemExit(f"no logits of {name} in {args.out}: train it there with augmentation.py first")
+    for kept in (f"{name}-logits.npz", f"{name}.json"):
+        if not (args.out / kept).is_file():
+            raise SystemExit(f"no {kept} in {args.out}: train {name} there with augmentation.py first "
+                             "(a run stopped before it finished scoring keeps only part of its results)")
     result = json.loads((args.out / f"{name}.json").read_text())
     if result.get("hold_out_stain") != args.hold_out_stain:
         raise SystemExit(f"{name} was trained with --hold-out-stain {result.get('hold_out_stain')}, "

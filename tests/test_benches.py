@@ -3,6 +3,7 @@ data) here, and each is listed in docs/benchmarks.md's table, where its figures 
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -102,3 +103,13 @@ def test_every_bench_is_in_the_benchmarks_table():
     table = [line for line in page.read_text().splitlines() if line.startswith("| `")]
     for bench in BENCHES:
         assert any(f"`{bench}" in line for line in table), f"{bench}: no row in docs/benchmarks.md's table"
+
+
+def test_a_variant_kept_in_part_is_named_not_read(tmp_path, monkeypatch):
+    """A run killed between writing its logits and its result leaves one without the
+    other: comparing it must say which file is missing, not raise FileNotFoundError."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import augmentation
+    (tmp_path / "cut-logits.npz").write_bytes(b"")
+    with pytest.raises(SystemExit, match=r"no cut\.json in .*: train cut there"):
+        augmentation.trained_variant(argparse.Namespace(out=tmp_path, hold_out_stain="pink"), "cut")
