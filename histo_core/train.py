@@ -237,17 +237,18 @@ def fit(train_set: PatchDataset, val_set: PatchDataset, cfg: TrainConfig, out_di
     ``on_epoch`` receives each epoch's record (rank 0 only); ``on_batch(epoch, done,
     total)`` reports progress inside an epoch, for a command-line progress bar.
 
-    Saves ``best.pt`` whenever the val loss improves, and stops early after ``cfg.patience``
-    epochs without a better one, but not before ``cfg.early_stopping_from``: at a high
+    Saves ``best.pt`` whenever the val loss improves; with a ``cfg.patience``, stops early
+    after that many epochs without a better one (by default it trains the whole schedule,
+    see ``TrainConfig.patience``), but never before ``cfg.early_stopping_from``: at a high
     learning rate the val loss jumps about (with the defaults of the time on the shared real
     patches, patience alone stopped at epoch 12 of 30 at test AUC 0.94, where the full
     schedule reached 0.97). From that epoch on the best is chosen afresh, among the epochs of
     the decayed learning rate only: a lucky dip of the val loss at a high learning rate
     otherwise stays the best (on the 19k shared patches, epoch 20 of 45 was, early
     stopping ended the run at 30 and the test AUC was 0.005 below the 30-epoch schedule's;
-    docs/benchmarks.md). If ``out_dir``
-    holds a ``last.pt`` written with the same config, training resumes after its epoch
-    and ends where an uninterrupted run would have.
+    docs/benchmarks.md). If ``out_dir`` holds a ``last.pt`` written with the same config
+    (up to a patience under which it would not have stopped sooner), training resumes
+    after its epoch and ends where an uninterrupted run would have.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -277,8 +278,11 @@ def fit(train_set: PatchDataset, val_set: PatchDataset, cfg: TrainConfig, out_di
     if last_path.exists():
         # on the CPU: RNG states must stay CPU tensors; the model and optimizer copy theirs over
         state = read_checkpoint(last_path, map_location="cpu")
-        if _same_run(state["config"], cfg):
-            resume = TrainingState.from_checkpoint(state, last_path)
+        resume = TrainingState.from_checkpoint(state, last_path) if _same_run(state["config"], cfg) else None
+        if resume is not None and _stopped_sooner(resume.history, cfg):
+            log.warning("ignoring %s: with patience %s this run would have stopped before its epoch %d",
+                        last_path, cfg.patience, resume.epoch)
+        elif resume is not None:
             model.load_state_dict(state["model"] if average is None else resume.trained_model)
             if average is not None:
                 average.module.load_state_dict(state["model"])
@@ -303,7 +307,7 @@ def fit(train_set: PatchDataset, val_set: PatchDataset, cfg: TrainConfig, out_di
              "device" if augment else "loader", len(train_set), len(val_set), cfg.epochs)
     batches = train_loader.batch_sampler
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
-        if epoch > cfg.early_stopping_from and _stale_epochs(history[cfg.early_stopping_from:]) >= cfg.patience:
+        if _stops_after(history, cfg):
             log.info("early stop: val loss has not improved for %d epochs", cfg.patience)
             break
         if epoch == cfg.early_stopping_from + 1:
@@ -353,9 +357,24 @@ def _same_run(saved: dict[str, object], cfg: TrainConfig) -> bool:
     with more cores still resumes. A setting the checkpoint's version did not have yet
     counts as what that version did (its default, unless ``_BEFORE_THE_SETTING`` says
     otherwise): a run killed before an upgrade resumes after it, if it trained as the
-    upgraded config would."""
+    upgraded config would. ``patience`` only decides when to stop, so it is left to
+    ``_stopped_sooner``: a run stopped early goes on when given more patience."""
     before = {**TrainConfig().model_dump(), **_BEFORE_THE_SETTING}
-    return {**before, **saved, "num_workers": None} == {**cfg.model_dump(), "num_workers": None}
+    ignored = {"num_workers": None, "patience": None}
+    return {**before, **saved, **ignored} == {**cfg.model_dump(), **ignored}
+
+
+def _stops_after(history: list[dict[str, float]], cfg: TrainConfig) -> bool:
+    """Whether early stopping ends the run after the epochs in ``history``: never before
+    ``cfg.early_stopping_from``, never without a ``cfg.patience``."""
+    start = cfg.early_stopping_from
+    return cfg.patience is not None and len(history) > start and _stale_epochs(history[start:]) >= cfg.patience
+
+
+def _stopped_sooner(history: list[dict[str, float]], cfg: TrainConfig) -> bool:
+    """Whether ``cfg``'s patience would have ended a run before the last epoch it trained:
+    resuming it then would not end where an uninterrupted run with ``cfg`` would have."""
+    return any(_stops_after(history[:done], cfg) for done in range(len(history)))
 
 
 def _stale_epochs(history: list[dict[str, float]]) -> int:

@@ -204,6 +204,39 @@ def test_training_stops_early_when_val_loss_stops_improving(parts, tmp_path, mon
     thirds = fit(small, parts["val"], TrainConfig(epochs=12, patience=2, batch_size=32, width=SMOKE_WIDTH),
                  tmp_path / "thirds")
     assert len(thirds.history) == 8 + 1 + 2
+    # without a patience (the default) the whole schedule runs, however flat the val loss
+    assert TrainConfig().patience is None
+    whole = fit(small, parts["val"], TrainConfig(epochs=5, min_epochs=1, batch_size=32, width=SMOKE_WIDTH),
+                tmp_path / "whole")
+    assert [r["epoch"] for r in whole.history] == [1, 2, 3, 4, 5]
+
+
+def test_a_run_stopped_early_goes_on_with_more_patience_and_starts_over_with_less(parts, tmp_path, monkeypatch):
+    """Patience only decides when to stop, so a stopped run resumed with more patience (or
+    none) trains on from its last epoch; with less, it would have stopped sooner than it
+    did, and resuming could not end where an uninterrupted run would: it starts over."""
+    import shutil
+
+    from histo_core import train as trainer
+
+    # a flat val loss, as in the early-stop test: epoch 1 improves on infinity, epoch 2 is
+    # the first after min_epochs, then nothing improves
+    monkeypatch.setattr(trainer, "evaluate_loss_auc", lambda *a, **k: (0.5, 0.5, len(parts["val"])))
+    small = _first(parts["train"], 64)
+    cfg = TrainConfig(epochs=6, patience=2, min_epochs=1, batch_size=32, width=SMOKE_WIDTH)
+    stopped = fit(small, parts["val"], cfg, tmp_path / "a")
+    assert [r["epoch"] for r in stopped.history] == [1, 2, 3, 4]
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+
+    trained: list[int] = []
+    on = fit(small, parts["val"], cfg.model_copy(update={"patience": None}), tmp_path / "a",
+             on_epoch=lambda record: trained.append(record["epoch"]))
+    assert trained == [5, 6] and [r["epoch"] for r in on.history] == [1, 2, 3, 4, 5, 6]
+
+    trained.clear()  # patience 1 would have stopped it after epoch 3, not 4
+    over = fit(small, parts["val"], cfg.model_copy(update={"patience": 1}), tmp_path / "b",
+               on_epoch=lambda record: trained.append(record["epoch"]))
+    assert trained == [1, 2, 3] and [r["epoch"] for r in over.history] == [1, 2, 3]
 
 
 def test_the_checkpoint_is_chosen_afresh_once_early_stopping_may_act(parts, tmp_path, monkeypatch):
@@ -246,6 +279,8 @@ def test_a_checkpoint_from_before_a_setting_existed_resumes_when_it_trained_as_t
     assert not _same_run(older, unsmoothed.model_copy(update={"scale_jitter": 0.1}))
     assert not _same_run({**older, "lr": 5e-4}, unsmoothed)
     assert _same_run(cfg.model_dump(), cfg)
+    # patience is left to the history (see the test above): a checkpoint from before None was the default resumes
+    assert _same_run({**cfg.model_dump(), "patience": 6}, cfg)
 
 
 def test_dataset_items_are_uint8_chw_with_float_labels(parts):
