@@ -2,8 +2,9 @@
 
 Every field of a config model becomes an option with the field's name (``lr`` ->
 ``--lr``, nested ``train.epochs`` -> ``--train.epochs``), its default and description in
-the help, and its choices when it is a ``Literal``; booleans get ``--x/--no-x``. Values
-stay strings until the model validates them, so a bad value is reported by pydantic's
+the help, and its choices when it is a ``Literal``; booleans get ``--x/--no-x``; an
+optional number takes ``none`` (``--patience none``). Values stay strings until the
+model validates them, so a bad value is reported by pydantic's
 own rules, with the option's name. ``--config FILE.yaml`` supplies any part of the model;
 options given on the command line win; ``--print-config`` shows the result.
 
@@ -60,7 +61,22 @@ def add_config_options(parser: argparse.ArgumentParser, model: type[BaseModel], 
             kwargs["choices"] = typing.get_args(field.annotation)
         else:
             kwargs["metavar"] = name.upper()
+            if _optional_number(field.annotation):
+                kwargs["type"] = _none_or_text
         group.add_argument(*flags, **kwargs)
+
+
+def _optional_number(annotation: Any) -> bool:
+    """``int | None`` and the like: "none" can mean nothing but None there (for an optional
+    text field it could be a name, so it stays text)."""
+    kinds = set(typing.get_args(annotation))
+    return type(None) in kinds and kinds - {type(None)} <= {int, float}
+
+
+def _none_or_text(value: str) -> str | None:
+    """``--patience none`` for None, as the help's "(default: none)" writes it; the rest
+    stays text for pydantic to validate."""
+    return None if value.strip().lower() in ("none", "null") else value
 
 
 def add_config_file_options(parser: argparse.ArgumentParser) -> None:

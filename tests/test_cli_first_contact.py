@@ -268,6 +268,15 @@ def test_a_config_file_with_options_on_top_and_the_resolved_config_printed(tmp_p
     # The same file drives histo train: its train, validation and split sections.
     done = histo("train", "--config", str(config), "--data", "x", "--out", "y", "--print-config")
     assert yaml.safe_load(done.stdout)["train"]["epochs"] == 7
+    # an optional number set in the file is unset again with "none", as the help shows its default
+    config.write_text("train:\n  patience: 6\n  min_epochs: 20\n")
+    done = histo("train", "--config", str(config), "--data", "x", "--out", "y", "--patience", "none",
+                 "--min-epochs", "NULL", "--print-config")
+    assert done.returncode == 0, done.stderr
+    resolved = yaml.safe_load(done.stdout)["train"]
+    assert (resolved["patience"], resolved["min_epochs"]) == (None, None)
+    done = histo("train", "--data", "x", "--out", "y", "--patience", "nones")
+    assert done.returncode == 2 and "--patience: Input should be a valid integer" in done.stderr
 
 
 def test_a_bad_value_names_the_option_and_the_rule_and_writes_nothing(kaggle_root, tmp_path):
