@@ -302,9 +302,11 @@ def fit(train_set: PatchDataset, val_set: PatchDataset, cfg: TrainConfig, out_di
 
     if ctx.active:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    log.info("training %s on %s (%s, %d process%s, augmenting on the %s): %d train / %d val images, up to %d "
-             "epochs", cfg.model, device, amp_dtype(device) or "fp32", ctx.world, "es" if ctx.active else "",
-             "device" if augment else "loader", len(train_set), len(val_set), cfg.epochs)
+    log.info("training %s on %s (%s, %d process%s, augmenting on the %s): %d train / %d val images, %d epochs%s",
+             cfg.model, device, amp_dtype(device) or "fp32", ctx.world, "es" if ctx.active else "",
+             "device" if augment else "loader", len(train_set), len(val_set), cfg.epochs,
+             "" if cfg.patience is None else f" at most (early stopping after {cfg.patience} epochs without a better "
+                                             f"val loss, counted from epoch {cfg.early_stopping_from + 1})")
     batches = train_loader.batch_sampler
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         if _stops_after(history, cfg):
