@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -278,11 +278,8 @@ def fit(train_set: PatchDataset, val_set: PatchDataset, cfg: TrainConfig, out_di
     if last_path.exists():
         # on the CPU: RNG states must stay CPU tensors; the model and optimizer copy theirs over
         state = read_checkpoint(last_path, map_location="cpu")
-        resume = TrainingState.from_checkpoint(state, last_path) if _same_run(state["config"], cfg) else None
-        if resume is not None and _stopped_sooner(resume.history, cfg):
-            log.warning("ignoring %s: with patience %s this run would have stopped before its epoch %d",
-                        last_path, cfg.patience, resume.epoch)
-        elif resume is not None:
+        resume = _resumable(state, cfg, last_path)
+        if resume is not None:
             model.load_state_dict(state["model"] if average is None else resume.trained_model)
             if average is not None:
                 average.module.load_state_dict(state["model"])
@@ -297,8 +294,6 @@ def fit(train_set: PatchDataset, val_set: PatchDataset, cfg: TrainConfig, out_di
                 torch.cuda.set_rng_state(resume.cuda_rng, device)
             history, best_loss, start_epoch = resume.history, resume.best_val_loss, resume.epoch
             log.info("resuming from %s after epoch %d", last_path, start_epoch)
-        else:
-            log.warning("ignoring %s: it was written with a different config", last_path)
 
     if ctx.active:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -351,6 +346,20 @@ def fit(train_set: PatchDataset, val_set: PatchDataset, cfg: TrainConfig, out_di
 # Settings whose default is not what the versions before them did: a checkpoint written
 # before the setting existed trained this way.
 _BEFORE_THE_SETTING = {"label_smoothing": 0.0}  # added off (9968e8f); 0.1 by default since
+
+
+def _resumable(state: dict[str, Any], cfg: TrainConfig, path: Path) -> TrainingState | None:
+    """What to resume from the checkpoint ``state`` read from ``path``; None, with the
+    reason logged, when a run with ``cfg`` cannot continue it."""
+    if not _same_run(state["config"], cfg):
+        log.warning("ignoring %s: it was written with a different config", path)
+        return None
+    resume = TrainingState.from_checkpoint(state, path)
+    if _stopped_sooner(resume.history, cfg):
+        log.warning("ignoring %s: with patience %s this run would have stopped before its epoch %d",
+                    path, cfg.patience, resume.epoch)
+        return None
+    return resume
 
 
 def _same_run(saved: dict[str, object], cfg: TrainConfig) -> bool:
