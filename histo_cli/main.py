@@ -1,8 +1,6 @@
-"""``histo``: run the demo, a retrain, or make sample data.
-
-The root parser; each command family registers its own subcommands (``run_commands``,
-``model_commands``, ``predict_command``, ``registry_commands``, ``data_commands``), and
-``checks`` holds the exit codes and the checks made before any work. Prefect and torch
+"""The ``histo`` command's root parser; each command family registers its own
+subcommands (``run_commands``, ``model_commands``, ``predict_command``,
+``registry_commands``, ``data_commands``), and ``checks`` holds the exit codes and the checks made before any work. Prefect and torch
 are imported inside the commands that need them, so ``histo --help`` answers at once.
 """
 
@@ -17,11 +15,16 @@ from histo_cli.checks import ENVIRONMENT, OK, REJECTED, USAGE, exit_code
 
 __all__ = ["ENVIRONMENT", "OK", "REJECTED", "USAGE", "build_parser", "exit_code", "main"]
 
+# A constant, not the module docstring: ``python -OO`` (PYTHONOPTIMIZE=2, set in some
+# container images) strips docstrings, and ``histo --help`` must still answer.
+DESCRIPTION = ("Keep a tumour-patch classifier fresh: validate labelled patches, train, compare with the "
+               "model in service and promote only a better one. Start with `histo demo` (no cloud account).")
+
 
 def build_parser() -> argparse.ArgumentParser:
     from histo_core import __version__
 
-    parser = argparse.ArgumentParser(prog="histo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="histo", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"histo-retrain {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run_commands.register_demo_and_retrain(sub)

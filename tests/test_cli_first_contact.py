@@ -59,6 +59,15 @@ def test_version():
     assert done.returncode == 0 and done.stdout.strip() == f"histo-retrain {__version__}"
 
 
+def test_help_answers_with_docstrings_stripped():
+    """``python -OO`` (PYTHONOPTIMIZE=2 in some container images) strips docstrings; the root
+    help was once built from the module docstring and raised AttributeError there."""
+    done = subprocess.run([sys.executable, "-OO", "-m", "histo_cli.main", "--help"], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "histo demo" in done.stdout and "retrain" in done.stdout
+
+
 def test_predict_writes_exactly_what_kaggle_accepts_in_the_sample_order(checkpoint, tmp_path):
     data = _images(tmp_path / "test", 96)
     sample = tmp_path / "sample_submission.csv"
