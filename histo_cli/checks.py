@@ -28,7 +28,8 @@ def exit_code(exc: BaseException) -> tuple[int, str] | None:
     """The exit code and kind of one of our errors; None for a bug (shown as a traceback)."""
     from histo_core.data.sources import DataSourceError
     from histo_core.batch_verdicts import VerdictError
-    from histo_core.errors import CheckpointError, DeviceUnavailableError, RunGuardError, UnservableVersionError
+    from histo_core.errors import (CheckpointError, DependencyError, DeviceUnavailableError, RunGuardError,
+                                   UnservableVersionError)
     from histo_core.registry import RegistryStateError
     from histo_core.split import SplitError
     from histo_core.validation import DataValidationError
@@ -40,6 +41,8 @@ def exit_code(exc: BaseException) -> tuple[int, str] | None:
     if isinstance(exc, (StoreError, DownloadError, ConnectionError, TimeoutError, DeviceUnavailableError,
                         RunGuardError)):
         return ENVIRONMENT, "environment (store, network, device)"
+    if isinstance(exc, DependencyError):
+        return ENVIRONMENT, "environment (a library cannot be imported)"
     if isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS:
         return ENVIRONMENT, "environment (permissions, disk space)"
     if isinstance(exc, (ValueError, FileExistsError, FileNotFoundError, RegistryStateError, VerdictError)):

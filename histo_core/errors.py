@@ -23,6 +23,12 @@ class RunGuardError(RuntimeError):
     environment problem (permissions, a full or read-only disk)."""
 
 
+class DependencyError(RuntimeError):
+    """A library the pipeline needs cannot be imported by this interpreter (missing, broken,
+    or at odds with its settings): an environment problem that a retry on the same
+    machine cannot mend."""
+
+
 class TooFewImagesToAdapt(ValueError):
     """Adapting BatchNorm statistics to the scored images was asked for, and the data has
     fewer readable images than it needs (``inference.MIN_ADAPT_IMAGES``)."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import html
 import logging
+import sys
 from fractions import Fraction
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from histo_core.batch_verdicts import USABLE, judge
 from histo_core.label_audit import Scorer, audit_batches
 from histo_core.config import ValidationConfig
 from histo_core.data_docs import write_site_index
+from histo_core.errors import DependencyError
 
 log = logging.getLogger(__name__)
 
@@ -118,11 +120,22 @@ def _helper_columns(manifest: pd.DataFrame, known: dict[str, dict[str, Any]] | N
     return rows
 
 
+def _great_expectations() -> Any:
+    """GX, imported on first use (it takes seconds); an interpreter that cannot import it is
+    an environment fault (exit 3, not retried), not a bug: ``python -OO`` or
+    PYTHONOPTIMIZE=2 strips the docstrings its altair dependency builds classes from."""
+    try:
+        import great_expectations
+    except Exception as exc:  # noqa: BLE001 - ImportError, or whatever a broken install raises
+        hint = (" It needs docstrings, which PYTHONOPTIMIZE=2 (python -OO) strips: unset PYTHONOPTIMIZE "
+                "or set it to 1." if sys.flags.optimize >= 2 else " Reinstall the project's dependencies.")
+        raise DependencyError(f"great_expectations cannot be imported ({type(exc).__name__}: {exc}).{hint}") from exc
+    return great_expectations
+
+
 def _row_expectations(cfg: ValidationConfig) -> list[tuple[Any, str, str]]:
     """(expectation, consequence, reason template) for each row rule, in reporting order."""
-    import great_expectations as gx
-
-    e = gx.expectations
+    e = _great_expectations().expectations
     return [
         (e.ExpectColumnValueLengthsToBeBetween(column="id", min_value=1, max_value=MAX_ID_CHARS),
          "quarantined", "id of {id_length} characters; ids are 1 to " + f"{MAX_ID_CHARS}"),
@@ -154,7 +167,7 @@ def _checkpoint(name: str, expectations: list[Any], rows: pd.DataFrame, docs_dir
                 index_columns: list[str]) -> Any:
     """Run ``expectations`` over ``rows`` as one GX checkpoint (ephemeral context); with
     ``docs_dir``, GX renders its Data Docs of the run there."""
-    import great_expectations as gx
+    gx = _great_expectations()
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     context = gx.get_context(mode="ephemeral")
@@ -204,9 +217,7 @@ def _verdict_expectations(cfg: ValidationConfig, labelled_rows: int) -> list[Any
     results are the verdict (``dataset_problems``) and the Data Docs' page. Warnings are
     listed (by id, with their reason) and never fail; quarantined rows fail only beyond
     the limit."""
-    import great_expectations as gx
-
-    e = gx.expectations
+    e = _great_expectations().expectations
     allowed = int(Fraction(cfg.max_quarantine_fraction).limit_denominator(10**9) * labelled_rows)
     return [
         e.ExpectColumnValuesToNotBeInSet(

@@ -30,6 +30,7 @@ from prefect.tasks import exponential_backoff
 from histo_core import steps
 from histo_core.config import EvalConfig, GateConfig, SplitConfig, StoreConfig, TrainConfig, ValidationConfig
 from histo_core.data.sources import DataSourceError
+from histo_core.errors import DependencyError
 from histo_core.layout import DatasetDir, ModelDir, RunDir, SplitDir, Workdir
 from histo_core.validation import DataValidationError
 from histo_tasks.retries import retry_unless
@@ -45,14 +46,16 @@ def output_folder_key(context: Any, parameters: dict[str, Any]) -> str:
 
 
 @task(name="validate-data", retries=2, retry_delay_seconds=exponential_backoff(5),
-      retry_condition_fn=retry_unless(DataValidationError, DataSourceError), cache_policy=NO_CACHE)
+      retry_condition_fn=retry_unless(DataValidationError, DataSourceError, DependencyError),
+      cache_policy=NO_CACHE)
 def validate_data(data: str, out: str, workdir: str, cfg: ValidationConfig, store: StoreConfig,
                   run_id: str, model_name: str | None = None) -> dict[str, Any]:
     """Manifest + GX validation into a data set folder; fails the run with the data set's
     problems if it is rejected.
 
     Retried because an ``s3://`` data root is listed and fetched over the network; a
-    rejected data set fails the same way every time and is not retried.
+    rejected data set fails the same way every time and is not retried, nor is an
+    interpreter that cannot import GX.
     """
     logger = get_run_logger()
     work, dataset = Workdir(Path(workdir)), DatasetDir(Path(out))

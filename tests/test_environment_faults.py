@@ -130,3 +130,19 @@ def test_a_failed_upload_leaves_no_incomplete_version(small_disk, tmp_path):
         registry.publish_version("v20261201T000000000000Z", {"card.md": tmp_path / "card.md",
                                                              "model.pt": tmp_path / "model.pt"}, {})
     assert [p for p in small_disk.rglob("*") if p.is_file()] == [] and registry.versions() == []
+
+
+def test_an_interpreter_that_cannot_import_gx_is_exit_3_naming_the_cause(kaggle_root, tmp_path):
+    """``python -OO`` (PYTHONOPTIMIZE=2 in some container images) strips the docstrings GX's
+    altair dependency builds classes from, so GX cannot be imported there: a real broken
+    environment. Validation says so in one line with the remedy (exit 3), not a traceback
+    and exit 1, which reads as rejected data."""
+    import sys
+
+    report = tmp_path / "report.json"
+    done = subprocess.run([sys.executable, "-OO", "-m", "histo_cli.main", "data", "validate", str(kaggle_root),
+                           "--report", str(report)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 3, done.stderr
+    assert "great_expectations cannot be imported" in done.stderr and "PYTHONOPTIMIZE" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not report.exists()

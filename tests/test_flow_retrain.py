@@ -233,11 +233,13 @@ def test_validation_retries_network_trouble_but_not_a_rejected_data_set(prefect_
     from prefect import flow, task
 
     from histo_core.data.sources import DataSourceError
+    from histo_core.errors import DependencyError
     from histo_core.validation import DataValidationError
     from histo_tasks.retrain import validate_data
 
     failures = {"rejected": DataValidationError("data set rejected: only label ['1'] present"),
                 "unreadable": DataSourceError("labels.csv: not UTF-8"),
+                "library": DependencyError("great_expectations cannot be imported"),
                 "network": ConnectionError("connection reset by peer")}
     attempts: Counter[str] = Counter()
 
@@ -254,7 +256,7 @@ def test_validation_retries_network_trouble_but_not_a_rejected_data_set(prefect_
         with pytest.raises(type(error)):
             run(kind)
     assert validate_data.retries == 2
-    assert attempts == {"rejected": 1, "unreadable": 1, "network": 3}
+    assert attempts == {"rejected": 1, "unreadable": 1, "library": 1, "network": 3}
 
 
 def _events(names: set[str], data: Path, expected: int, timeout: float = 30.0) -> list[dict]:
