@@ -1,7 +1,8 @@
 """The ``histo`` command's root parser; each command family registers its own
 subcommands (``run_commands``, ``model_commands``, ``predict_command``,
-``registry_commands``, ``data_commands``), and ``checks`` holds the exit codes and the checks made before any work. Prefect and torch
-are imported inside the commands that need them, so ``histo --help`` answers at once.
+``registry_commands``, ``data_commands``), and ``checks`` holds the exit codes and the
+checks made before any work. Prefect and torch are imported inside the commands that
+need them, so ``histo --help`` answers at once.
 """
 
 from __future__ import annotations
