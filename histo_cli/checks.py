@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,12 @@ def exit_code(exc: BaseException) -> tuple[int, str] | None:
         return ENVIRONMENT, "environment (a library cannot be imported)"
     if isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS:
         return ENVIRONMENT, "environment (permissions, disk space)"
+    if isinstance(exc, UnicodeEncodeError) and sys.getfilesystemencoding().lower().replace("-", "") != "utf8":
+        # A file name from the data (an id) that this interpreter's locale cannot spell: LC_ALL=C
+        # with PYTHONUTF8=0, or a Latin-1 locale. The data is fine; the machine's settings are not.
+        name = exc.object if isinstance(exc.object, str) else ""
+        return ENVIRONMENT, (f"environment (this locale's {sys.getfilesystemencoding()} encoding cannot spell the "
+                             f"file name {ascii(name)}: run with a UTF-8 locale or PYTHONUTF8=1)")
     if isinstance(exc, (ValueError, FileExistsError, FileNotFoundError, RegistryStateError, VerdictError)):
         return USAGE, "usage"
     return None

@@ -148,3 +148,28 @@ def test_an_interpreter_that_cannot_import_gx_is_exit_3_naming_the_cause(kaggle_
     assert "great_expectations cannot be imported" in done.stderr and "PYTHONOPTIMIZE" in done.stderr
     assert "Traceback" not in done.stderr
     assert not report.exists()
+
+
+def test_a_locale_that_cannot_spell_an_id_is_exit_3_naming_the_remedy(tmp_path):
+    """An id with letters outside ASCII is a valid id; an interpreter whose file names are
+    ASCII (LC_ALL=C with UTF-8 mode turned off) cannot open its file. That is the machine's
+    settings (exit 3, with the remedy), not a usage error (exit 2) with a bare codec message."""
+    import sys
+
+    from histo_core.data.synthetic import SyntheticSpec, write_kaggle_layout
+
+    data = write_kaggle_layout(tmp_path / "data", SyntheticSpec(count=40, seed=4))
+    labels = data / "train_labels.csv"
+    rows = labels.read_text(encoding="utf-8").splitlines()
+    first_id = rows[1].split(",")[0]
+    (data / "train" / f"{first_id}.tif").rename(data / "train" / "é_patch.tif")
+    labels.write_text("\n".join([rows[0], rows[1].replace(first_id, "é_patch", 1), *rows[2:]]) + "\n",
+                      encoding="utf-8")
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0"}
+    done = subprocess.run([sys.executable, "-m", "histo_cli.main", "data", "validate", str(data)],
+                          capture_output=True, text=True, encoding="utf-8", errors="replace", env=env, timeout=300)
+    if done.returncode == 0:
+        pytest.skip("this interpreter spells non-ASCII file names under LC_ALL=C PYTHONUTF8=0")
+    assert done.returncode == 3, done.stderr
+    assert "PYTHONUTF8=1" in done.stderr and "Traceback" not in done.stderr
+    assert "\\xe9_patch.tif" in done.stderr  # the file, spelt so any terminal shows it
