@@ -49,9 +49,11 @@ def exit_code(exc: BaseException) -> tuple[int, str] | None:
     if isinstance(exc, UnicodeEncodeError) and sys.getfilesystemencoding().lower().replace("-", "") != "utf8":
         # A file name from the data (an id) that this interpreter's locale cannot spell: LC_ALL=C
         # with PYTHONUTF8=0, or a Latin-1 locale. The data is fine; the machine's settings are not.
-        name = exc.object if isinstance(exc.object, str) else ""
-        return ENVIRONMENT, (f"environment (this locale's {sys.getfilesystemencoding()} encoding cannot spell the "
-                             f"file name {ascii(name)}: run with a UTF-8 locale or PYTHONUTF8=1)")
+        text = exc.object if isinstance(exc.object, str) else ""
+        if len(text) > 300:  # text being written rather than a name: the part around the letter
+            text = text[max(0, exc.start - 100):exc.end + 100]
+        return ENVIRONMENT, (f"environment (this locale's {sys.getfilesystemencoding()} encoding cannot spell "
+                             f"{ascii(text)}: run with a UTF-8 locale or PYTHONUTF8=1)")
     if isinstance(exc, (ValueError, FileExistsError, FileNotFoundError, RegistryStateError, VerdictError)):
         return USAGE, "usage"
     return None
