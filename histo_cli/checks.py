@@ -49,7 +49,7 @@ def exit_code(exc: BaseException) -> tuple[int, str] | None:
     if isinstance(exc, UnicodeEncodeError) and sys.getfilesystemencoding().lower().replace("-", "") != "utf8":
         # A file name from the data (an id) that this interpreter's locale cannot spell: LC_ALL=C
         # with PYTHONUTF8=0, or a Latin-1 locale. The data is fine; the machine's settings are not.
-        text = exc.object if isinstance(exc.object, str) else ""
+        text = exc.object  # always a str for an encode error
         if len(text) > 300:  # text being written rather than a name: the part around the letter
             text = text[max(0, exc.start - 100):exc.end + 100]
         return ENVIRONMENT, (f"environment (this locale's {sys.getfilesystemencoding()} encoding cannot spell "
